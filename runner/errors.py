@@ -1,0 +1,32 @@
+"""Error classes, each with the exit code the CLI turns it into.
+
+The CLI prints `str(error)` as one line; messages name the thing that is wrong and the fix.
+"""
+
+EXIT_OK = 0
+EXIT_DIFFERENCES = 1  # verify found differences, or some runs failed to copy
+EXIT_USAGE = 2  # bad input: config, manifest, URI, unknown experiment, credentials
+
+
+class ReplayerError(Exception):
+    """Base class: anything the tool raises on purpose."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(ReplayerError):
+    """Bad input from the user: a flag, a config file, a URI."""
+
+
+class ManifestError(ReplayerError):
+    """A manifest folder that cannot be read: missing, truncated, malformed, wrong version."""
+
+
+class EndpointError(ReplayerError):
+    """A tracking store that does not answer or refuses us."""
+
+
+class TransientError(ReplayerError):
+    """Worth retrying: throttling, timeouts, 5xx."""
+
+    exit_code = EXIT_DIFFERENCES

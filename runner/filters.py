@@ -1,0 +1,95 @@
+"""Which runs a migration takes: one object, applied to roots; children follow their root."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from runner.errors import UsageError
+
+
+@dataclass
+class Filters:
+    experiments: list[str] = field(default_factory=list)  # names or globs; empty = all
+    include: list[str] = field(default_factory=list)  # run ids or run names
+    since: int | None = None  # start time, epoch ms, inclusive
+    until: int | None = None  # start time, epoch ms, exclusive
+    status: list[str] = field(default_factory=list)
+    limit: int | None = None  # number of roots
+    include_deleted: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        experiments=None,
+        include=None,
+        include_file=None,
+        since=None,
+        until=None,
+        status=None,
+        limit=None,
+        include_deleted=False,
+    ) -> "Filters":
+        """Build from CLI/YAML values: comma strings or lists, dates as ISO text."""
+        ids = as_list(include)
+        if include_file:
+            path = Path(include_file)
+            if not path.is_file():
+                raise UsageError(f"--include-file {include_file}: no such file; give a file with one run id or name per line")
+            ids += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise UsageError(f"--limit {limit!r}: expected a positive whole number of root runs")
+        return cls(
+            experiments=as_list(experiments),
+            include=ids,
+            since=parse_time(since, "--since"),
+            until=parse_time(until, "--until"),
+            status=[s.upper() for s in as_list(status)],
+            limit=limit,
+            include_deleted=bool(include_deleted),
+        )
+
+    def wants_experiment(self, name: str) -> bool:
+        return not self.experiments or any(fnmatch.fnmatchcase(name, pattern) for pattern in self.experiments)
+
+    def wants_root(self, run_id: str, name: str, start_time: int | None, status: str) -> bool:
+        if self.include and run_id not in self.include and name not in self.include:
+            return False
+        if self.status and status.upper() not in self.status:
+            return False
+        if self.since is not None and (start_time is None or start_time < self.since):
+            return False
+        if self.until is not None and (start_time is None or start_time >= self.until):
+            return False
+        return True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def as_list(value) -> list[str]:
+    """Accept `a,b`, ['a', 'b'] or a tuple (python-fire turns `a,b` into a tuple)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def parse_time(value, flag: str) -> int | None:
+    """ISO date or datetime (UTC when no zone is given), or epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: not a date; use ISO form like 2024-05-01 or 2024-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)

@@ -1,0 +1,115 @@
+"""Plain records the engine moves around. No I/O, no Azure, no MLflow imports.
+
+Every source turns what it reads into these; every target writes from them; the manifest
+stores them as JSON lines. Times are epoch milliseconds (MLflow's unit), None when unknown.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Statuses a finished run keeps; anything else (RUNNING, SCHEDULED) stays open in the target.
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+@dataclass
+class Experiment:
+    """An experiment: the named folder runs live in. Tags carry the description."""
+
+    name: str
+    source_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    lifecycle_stage: str = "active"
+
+
+@dataclass
+class JobRecord:
+    """One job/run as the source saw it, without its metric points and artifact bytes."""
+
+    source_id: str
+    experiment: str
+    name: str = ""
+    kind: str = "run"  # command|pipeline|sweep|automl|run
+    status: str = "FINISHED"
+    start_time: int | None = None
+    end_time: int | None = None
+    parent_id: str | None = None
+    root_id: str = ""
+    depth: int = 0
+    step_name: str = ""
+    lifecycle_stage: str = "active"
+    user_id: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    # Latest value per metric key: a cheap summary that changes whenever history grows.
+    latest_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latest_metrics"] = {k: encode_float(v) for k, v in self.latest_metrics.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "JobRecord":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}")
+        missing = {"source_id", "experiment"} - set(data)
+        if missing:
+            raise ValueError(f"missing required fields {sorted(missing)}")
+        record = cls(**data)
+        record.latest_metrics = {k: decode_float(v) for k, v in record.latest_metrics.items()}
+        return record
+
+    def fingerprint(self) -> str:
+        """Digest of everything that can change on a source run after it was copied.
+
+        Stored on the target run; a different digest on a later sync means "repair it".
+        """
+        state = {
+            "status": self.status,
+            "end_time": self.end_time,
+            "lifecycle": self.lifecycle_stage,
+            "params": sorted(self.params.items()),
+            "tags": sorted(self.tags.items()),
+            "metrics": sorted((k, encode_float(v)) for k, v in self.latest_metrics.items()),
+        }
+        return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+    def identity(self) -> tuple[str, str, int, int]:
+        """Hashable identity where NaN equals NaN (float NaN never equals itself)."""
+        return (self.key, encode_float(self.value), self.timestamp, self.step)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A file of a run, by path relative to the run's artifact root."""
+
+    path: str
+    size: int
+    md5: str = ""
+
+
+def encode_float(value: float) -> float | str:
+    """JSON has no NaN/Infinity: write them as strings so any JSON reader can load the file."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def decode_float(value: float | str) -> float:
+    return float(value)

@@ -1,0 +1,215 @@
+"""Read run history from any MLflow tracking store (a server, sqlite, an embedded folder).
+
+Listing is two passes so memory stays small: first a skeleton of every run (id, parent, name,
+start, status) to pick roots and order parents before children, then full records fetched in
+pages of ids while the engine consumes them.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from runner import stores
+from runner.errors import UsageError
+from runner.filters import Filters
+from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
+
+PAGE = 1000  # runs per search page
+FETCH = 100  # run ids per `run_id IN (...)` query
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class Node:
+    run_id: str
+    parent_id: str | None
+    experiment_id: str
+    name: str
+    start_time: int | None
+    status: str
+    depth: int = 0
+    root_id: str = ""
+
+
+class MlflowSource:
+    def __init__(self, uri: str, filters: Filters, workspace: str | None = None):
+        self.uri = uri
+        self.filters = filters
+        self.client = stores.open_client(uri, create=False)
+        self.workspace = workspace or stores.workspace_name(uri)
+        self._experiments: list[Experiment] | None = None
+        self._plan: list[Node] | None = None
+
+    def describe(self) -> dict:
+        return {"kind": "mlflow", "uri": stores.redact(self.uri), "workspace": self.workspace}
+
+    def experiments(self) -> list[Experiment]:
+        if self._experiments is None:
+            self._experiments = self._list_experiments()
+        return self._experiments
+
+    def _list_experiments(self) -> list[Experiment]:
+        from mlflow.entities import ViewType
+
+        view = ViewType.ALL if self.filters.include_deleted else ViewType.ACTIVE_ONLY
+        found, token = [], None
+        while True:
+            page = self.client.search_experiments(view_type=view, max_results=PAGE, page_token=token)
+            found += page
+            token = page.token
+            if not token:
+                break
+        names = sorted(e.name for e in found)
+        for pattern in self.filters.experiments:
+            if not any(ch in pattern for ch in "*?[") and pattern not in names:
+                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                raise UsageError(f"unknown experiment {pattern!r} in {stores.redact(self.uri)}; it has: {shown}")
+        chosen = [e for e in found if self.filters.wants_experiment(e.name)]
+        chosen.sort(key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
+        return [
+            Experiment(name=e.name, source_id=e.experiment_id, tags=dict(e.tags), lifecycle_stage=e.lifecycle_stage)
+            for e in chosen
+        ]
+
+    # -- the run tree ---------------------------------------------------------------------
+
+    def plan(self) -> list[Node]:
+        """Every selected run, parents first; computed once."""
+        if self._plan is None:
+            self._plan = self._build_plan()
+        return self._plan
+
+    def _build_plan(self) -> list[Node]:
+        nodes = {node.run_id: node for node in self._skeleton()}
+        children: dict[str, list[Node]] = {}
+        roots = []
+        for node in nodes.values():
+            if node.parent_id and node.parent_id in nodes:
+                children.setdefault(node.parent_id, []).append(node)
+            else:
+                roots.append(node)  # a run whose parent is not selected stands as a root
+        order_key = lambda n: (n.start_time or 0, n.run_id)  # noqa: E731
+        roots.sort(key=order_key)
+        ordered: list[Node] = []
+        taken = 0
+        for root in roots:
+            tree = list(walk(root, children, order_key))
+            if not self._wants_tree(root, tree):
+                continue
+            ordered += tree
+            taken += 1
+            if self.filters.limit and taken >= self.filters.limit:
+                break
+        return ordered
+
+    def _wants_tree(self, root: Node, tree: list[Node]) -> bool:
+        f = self.filters
+        if not f.wants_root("", "", root.start_time, root.status):
+            return False
+        if not f.include:
+            return True
+        # --include names a root or any run inside its tree; the whole tree comes along.
+        return any(n.run_id in f.include or n.name in f.include for n in tree)
+
+    def _skeleton(self) -> Iterator[Node]:
+        for run in self._search(""):
+            yield Node(
+                run_id=run.info.run_id,
+                parent_id=run.data.tags.get(PARENT_TAG),
+                experiment_id=run.info.experiment_id,
+                name=run.info.run_name or "",
+                start_time=run.info.start_time,
+                status=run.info.status,
+            )
+
+    def _search(self, filter_string: str, max_results: int = PAGE):
+        from mlflow.entities import ViewType
+
+        ids = [e.source_id for e in self.experiments()]
+        view = ViewType.ALL if self.filters.include_deleted else ViewType.ACTIVE_ONLY
+        for start in range(0, len(ids), 100):
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    ids[start : start + 100], filter_string, view, max_results=max_results, page_token=token
+                )
+                yield from page
+                token = page.token
+                if not token:
+                    break
+
+    def count(self) -> int:
+        return len(self.plan())
+
+    def jobs(self) -> Iterator[JobRecord]:
+        names = {e.source_id: e.name for e in self.experiments()}
+        plan = self.plan()
+        for start in range(0, len(plan), FETCH):
+            chunk = plan[start : start + FETCH]
+            quoted = ", ".join(f"'{n.run_id}'" for n in chunk)
+            runs = {r.info.run_id: r for r in self._search(f"attributes.run_id IN ({quoted})", FETCH)}
+            for node in chunk:
+                run = runs.get(node.run_id)
+                if run is not None:  # deleted between the two passes: nothing to copy
+                    yield to_record(run, node, names[node.experiment_id])
+
+    # -- one run's contents -----------------------------------------------------------------
+
+    def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
+        for key in sorted(job.latest_metrics):
+            for m in self.client.get_metric_history(job.source_id, key):
+                yield MetricPoint(m.key, m.value, m.timestamp, m.step)
+
+    def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
+        pending = [""]
+        while pending:
+            folder = pending.pop()
+            for info in self.client.list_artifacts(job.source_id, folder or None):
+                if info.is_dir:
+                    pending.append(info.path)
+                else:
+                    yield ArtifactRef(path=info.path, size=info.file_size or 0)
+
+    @contextmanager
+    def fetch_artifact(self, job: JobRecord, ref: ArtifactRef, scratch: Path):
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        try:
+            yield Path(self.client.download_artifacts(job.source_id, ref.path, str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def walk(root: Node, children: dict[str, list[Node]], order_key) -> Iterator[Node]:
+    """Depth-first, parents before children, siblings in start order."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        node.depth, node.root_id = depth, root.run_id
+        yield node
+        for child in sorted(children.get(node.run_id, []), key=order_key, reverse=True):
+            stack.append((child, depth + 1))
+
+
+def to_record(run, node: Node, experiment: str) -> JobRecord:
+    info, data = run.info, run.data
+    return JobRecord(
+        source_id=info.run_id,
+        experiment=experiment,
+        name=info.run_name or "",
+        status=info.status,
+        start_time=info.start_time,
+        end_time=info.end_time,
+        parent_id=node.parent_id if node.depth else None,
+        root_id=node.root_id,
+        depth=node.depth,
+        lifecycle_stage=info.lifecycle_stage,
+        user_id=info.user_id or "",
+        params=dict(data.params),
+        tags=dict(data.tags),
+        latest_metrics=dict(data.metrics),
+    )
+

@@ -1,0 +1,119 @@
+"""MLflow tracking URIs: normalize them, open clients, say clearly when one cannot be reached.
+
+Accepted forms: http(s)://host[:port][/path], sqlite:///path/to/db, or a local folder, which is an
+*embedded store*: `<folder>/mlflow.db` (sqlite) with artifacts in `<folder>/artifacts`. A folder
+that already holds an MLflow file store (`mlruns` layout) is opened as one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from runner.errors import EndpointError, UsageError
+
+EMBEDDED_DB = "mlflow.db"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "azureml://", "databricks"))
+
+
+def tracking_uri(uri: str) -> str:
+    """The URI MlflowClient should get for what the user typed."""
+    if is_remote(uri) or uri.startswith("sqlite:"):
+        return uri
+    folder = Path(uri.removeprefix("file://")).expanduser().resolve()
+    if (folder / "0" / "meta.yaml").is_file() or (folder / ".trash").is_dir():
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # an existing legacy file store
+        return str(folder)
+    return f"sqlite:///{folder / EMBEDDED_DB}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a local sqlite store keeps artifacts: beside the database, never in the cwd."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    if db.name == EMBEDDED_DB:
+        return str(db.parent / "artifacts")
+    return str(db.with_name(db.stem + "-artifacts"))
+
+
+def exists(uri: str) -> bool:
+    """Whether a local store is there already (remote ones are checked by `check_reachable`)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return db.is_file()
+    if is_remote(uri):
+        return True
+    return Path(uri).is_dir()
+
+
+def open_client(uri: str, create: bool):
+    """An MlflowClient for `uri`. A missing local store is created only when `create` is set."""
+    from mlflow import MlflowClient
+
+    resolved = tracking_uri(uri)
+    if is_remote(resolved):
+        check_reachable(resolved)
+    elif not exists(resolved):
+        if not create:
+            raise UsageError(f"no MLflow store at {uri}: check the path, or run `replayer demo --out {uri}` to seed one")
+        init_local_store(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def init_local_store(resolved: str) -> None:
+    """Create the sqlite schema with its artifact root beside it (so Default's runs land there too)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = sqlite_path(resolved)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(artifact_root(resolved))
+    root.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(resolved, root.as_uri())
+
+
+def check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        answer = requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as error:
+        raise EndpointError(f"cannot reach MLflow server {redact(uri)}: {type(error).__name__}; is it running and is the address right?") from None
+    if answer.status_code in (401, 403):
+        raise EndpointError(f"MLflow server {redact(uri)} refused our credentials (HTTP {answer.status_code}); check MLFLOW_TRACKING_TOKEN or username/password")
+    if answer.status_code >= 500:
+        raise EndpointError(f"MLflow server {redact(uri)} answered HTTP {answer.status_code} on /health; try again later")
+
+
+SECRET_QUERY = re.compile(r"(sig|se|sv|sp|st|spr|srt|ss|skoid|sktid|skt|ske|sks|skv|token|key|code|access_token)=[^&\s]+", re.I)
+
+
+def redact(uri: str) -> str:
+    """A URI safe to log or store: no user:password, no query string values."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = SECRET_QUERY.sub(lambda m: f"{m.group(1)}=REDACTED", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def workspace_name(uri: str) -> str:
+    """A stable name for a store, recorded as `original_workspace` on every replayed run."""
+    resolved = tracking_uri(uri)
+    db = sqlite_path(resolved)
+    if db is not None:
+        return f"sqlite:{db.resolve()}"
+    return redact(resolved)

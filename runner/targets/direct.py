@@ -1,0 +1,226 @@
+"""Write runs straight into an MLflow-compatible tracking store (no compute needed).
+
+A plain MLflow server, sqlite, an embedded folder, or an AzureML workspace's MLflow endpoint.
+Every run keeps its original start/end time, status, name, params, tags and full metric
+history; parents are created first and children point at the new parent run id.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+from uuid import uuid4
+
+from loguru import logger
+
+from runner import stores
+from runner.errors import ReplayerError, UsageError
+from runner.ledger import (
+    COMPLETE,
+    ORIGINAL_WORKSPACE,
+    PARENT_TAG,
+    Ledger,
+    TargetRun,
+    is_own_tag,
+    lineage_tags,
+)
+from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
+
+MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
+MAX_ENTITIES_PER_BATCH = 1000
+PAGE = 1000
+
+
+class DirectTarget:
+    def __init__(self, uri: str, dry_run: bool = False):
+        self.uri = uri
+        self.dry_run = dry_run
+        resolved = stores.tracking_uri(uri)
+        # A dry run never creates a store; an absent local store simply holds nothing yet.
+        self.client = None if dry_run and not stores.exists(resolved) else stores.open_client(uri, create=not dry_run)
+        if self.client is None and stores.is_remote(resolved):
+            stores.check_reachable(resolved)
+        self._artifact_root = stores.artifact_root(resolved)
+        self._experiments: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict:
+        return {"kind": "direct", "uri": stores.redact(self.uri)}
+
+    # -- what is there already ----------------------------------------------------------
+
+    def ledger(self, workspace: str) -> Ledger:
+        from mlflow.entities import ViewType
+
+        ledger = Ledger(runs={})
+        if self.client is None:
+            return ledger
+        if "'" in workspace:
+            raise UsageError(f"workspace name {workspace!r} contains a quote; set a plain `workspace:` name in the config")
+        ids = [e.experiment_id for e in self._all_experiments()]
+        query = f"tags.{ORIGINAL_WORKSPACE} = '{workspace}'"
+        for start in range(0, len(ids), 100):
+            token = None
+            while True:
+                page = self.client.search_runs(ids[start : start + 100], query, ViewType.ALL, max_results=PAGE, page_token=token)
+                for run in page:
+                    tags = run.data.tags
+                    if run.info.lifecycle_stage == "deleted" and COMPLETE not in tags:
+                        continue  # an abandoned attempt someone deleted: not ours to resume
+                    ledger.add(
+                        tags["original_job_id"],
+                        TargetRun(run.info.run_id, run.info.experiment_id, tags.get(COMPLETE, ""), run.info.lifecycle_stage),
+                    )
+                token = page.token
+                if not token:
+                    break
+        return ledger
+
+    def _all_experiments(self):
+        from mlflow.entities import ViewType
+
+        found, token = [], None
+        while True:
+            page = self.client.search_experiments(view_type=ViewType.ALL, max_results=PAGE, page_token=token)
+            found += page
+            token = page.token
+            if not token:
+                return found
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_experiment(self, experiment: Experiment) -> str:
+        """The target experiment of that name, created with the source's tags when missing."""
+        with self._lock:
+            if experiment.name in self._experiments:
+                return self._experiments[experiment.name]
+            found = self.client.get_experiment_by_name(experiment.name)
+            if found is None:
+                location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
+                experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
+                logger.debug("created experiment {} ({})", experiment.name, experiment_id)
+            else:
+                experiment_id = found.experiment_id
+                if found.lifecycle_stage == "deleted":
+                    logger.warning("target experiment {} was deleted; restoring it to write runs into it", experiment.name)
+                    self.client.restore_experiment(experiment_id)
+                for key, value in experiment.tags.items():
+                    if found.tags.get(key) != value:
+                        self.client.set_experiment_tag(experiment_id, key, value)
+            self._experiments[experiment.name] = experiment_id
+            return experiment_id
+
+    def run_tags(self, job: JobRecord, workspace: str, parent_run_id: str | None) -> dict[str, str]:
+        tags = {k: v for k, v in job.tags.items() if k != PARENT_TAG and not is_own_tag(k)}
+        tags.update(lineage_tags(job, workspace))
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        return tags
+
+    def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=tags, run_name=job.name or None)
+        return run.info.run_id
+
+    def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
+        """Params, metrics and artifacts into a run we just created. Returns metric points written."""
+        written = self._log(run_id, job.params, source.metrics(job))
+        for ref in source.artifacts(job):
+            self._upload(run_id, job, ref, source, scratch)
+        return written
+
+    def repair(self, run_id: str, job: JobRecord, tags: dict[str, str], source, scratch: Path) -> int:
+        """Bring an interrupted or outdated run level with the source by adding what it lacks."""
+        run = self.client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            self.client.restore_run(run_id)
+        if COMPLETE in run.data.tags:
+            self.client.delete_tag(run_id, COMPLETE)  # incomplete until this repair finishes
+        changed_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+        for key, value in job.params.items():
+            have = run.data.params.get(key)
+            if have is not None and have != value:
+                raise ReplayerError(
+                    f"run {run_id}: param {key!r} is {have!r} in the target but {value!r} in the source; "
+                    "MLflow params cannot change: delete that target run and rerun"
+                )
+        missing_params = {k: v for k, v in job.params.items() if k not in run.data.params}
+        self._log(run_id, missing_params, [], changed_tags)
+        written = 0
+        for key, points in itertools.groupby(source.metrics(job), key=lambda p: p.key):
+            have = Counter(self._history_identities(run_id, key))
+            missing = []
+            for point in points:
+                if have[point.identity()] > 0:
+                    have[point.identity()] -= 1
+                else:
+                    missing.append(point)
+            written += self._log(run_id, {}, missing)
+        present = {info.path: info.file_size for info in self.list_artifacts(run_id)}
+        for ref in source.artifacts(job):
+            if present.get(ref.path) != ref.size:
+                self._upload(run_id, job, ref, source, scratch)
+        return written
+
+    def finish(self, run_id: str, job: JobRecord) -> None:
+        """Status and end time, then the completion tag: always the last write."""
+        if job.status in TERMINAL_STATUSES:
+            self.client.set_terminated(run_id, job.status, end_time=job.end_time)
+        self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+        if job.lifecycle_stage == "deleted":
+            self.client.delete_run(run_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _history_identities(self, run_id: str, key: str):
+        for m in self.client.get_metric_history(run_id, key):
+            yield MetricPoint(m.key, m.value, m.timestamp, m.step).identity()
+
+    def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None) -> int:
+        written = 0
+        for metrics, param_batch, tag_batch in batches(params, tags or {}, points):
+            self.client.log_batch(run_id, metrics=metrics, params=param_batch, tags=tag_batch)
+            written += len(metrics)
+        return written
+
+    def _upload(self, run_id: str, job: JobRecord, ref, source, scratch: Path) -> None:
+        folder = str(PurePosixPath(ref.path).parent)
+        with source.fetch_artifact(job, ref, scratch) as local:
+            if local.name != PurePosixPath(ref.path).name:
+                raise ReplayerError(f"artifact {ref.path}: fetched file is named {local.name}")
+            self.client.log_artifact(run_id, str(local), None if folder == "." else folder)
+
+    def list_artifacts(self, run_id: str) -> Iterator:
+        pending = [""]
+        while pending:
+            folder = pending.pop()
+            for info in self.client.list_artifacts(run_id, folder or None):
+                if info.is_dir:
+                    pending.append(info.path)
+                else:
+                    yield info
+
+
+def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint]):
+    """log_batch payloads within MLflow's limits, streaming the metric points.
+
+    Params and tags go first (at most 100 per request); metric points fill each request up to
+    1000 entities, so a long history is never held whole in memory.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    keyed = [Param(k, v) for k, v in params.items()] + [RunTag(k, v) for k, v in tags.items()]
+    head = [keyed[i : i + MAX_PARAMS_TAGS_PER_BATCH] for i in range(0, len(keyed), MAX_PARAMS_TAGS_PER_BATCH)]
+    stream = iter(points)
+    while True:
+        small = head.pop(0) if head else []
+        room = MAX_ENTITIES_PER_BATCH - len(small)
+        metrics = [Metric(p.key, p.value, p.timestamp, p.step) for p in itertools.islice(stream, room)] if not head else []
+        if not small and not metrics:
+            return
+        yield (
+            metrics,
+            [e for e in small if isinstance(e, Param)],
+            [e for e in small if isinstance(e, RunTag)],
+        )

@@ -1,0 +1,227 @@
+"""Verify: compare source and target record by record; any difference is a failure.
+
+Compared for every selected source job: presence and completion in the target, experiment,
+name, status, start/end time, lifecycle, params, user tags (tool tags excluded), parent link,
+full metric histories (every key, step, timestamp and value, NaN equal to NaN) and artifacts
+(path, size, md5 of the bytes on both sides).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from runner.artifacts import md5_file
+from runner.ledger import PARENT_TAG, is_own_tag
+from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
+from runner.progress import Progress
+from runner.replay import describe
+
+
+@dataclass
+class Difference:
+    job: str
+    name: str
+    field: str
+    source: str
+    target: str
+
+
+@dataclass
+class VerifyReport:
+    source: dict
+    target: dict
+    compared: int = 0
+    equal: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_json(self) -> dict:
+        kinds = Counter(d.field for d in self.differences)
+        return {
+            "source": self.source,
+            "target": self.target,
+            "summary": {"compared": self.compared, "equal": self.equal, "differing": self.compared - self.equal, "by_field": dict(kinds)},
+            "differences": [asdict(d) for d in self.differences],
+        }
+
+
+def verify(source, target, parallel: int = 8) -> VerifyReport:
+    report = VerifyReport(source=source.describe(), target=target.describe())
+    if target.client is None:
+        report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
+        return report
+    ledger = target.ledger(source.workspace)
+    if ledger.duplicates:
+        report.differences.append(Difference("", "", "duplicates", "0", str(ledger.duplicates)))
+    compare_experiments(source, target, report)
+    checker = JobChecker(source, target, ledger)
+    progress = Progress("verify", source.count())
+    lock = threading.Lock()
+    seen: set[str] = set()
+
+    def one(job: JobRecord) -> None:
+        found = checker.compare(job)
+        with lock:
+            report.compared += 1
+            report.equal += not found
+            report.differences += found
+        progress.tick()
+
+    with ThreadPoolExecutor(parallel) as pool:
+        for job in source.jobs():
+            seen.add(job.source_id)
+            pool.submit(one, job)
+    if not has_filters(source):
+        for original_id, run in ledger.runs.items():
+            if original_id not in seen and run.lifecycle_stage == "active":
+                report.differences.append(Difference(original_id, "", "target_only", "", run.run_id))
+    checker.close()
+    return report
+
+
+def has_filters(source) -> bool:
+    f = getattr(source, "filters", None)
+    return bool(f and (f.experiments or f.include or f.since or f.until or f.status or f.limit))
+
+
+def compare_experiments(source, target, report: VerifyReport) -> None:
+    for experiment in source.experiments():
+        found = target.client.get_experiment_by_name(experiment.name)
+        if found is None:
+            report.differences.append(Difference("", experiment.name, "experiment", "present", "missing"))
+            continue
+        mine = {k: v for k, v in found.tags.items() if not is_own_tag(k)}
+        theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
+        if mine != theirs:
+            report.differences.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
+
+
+class JobChecker:
+    def __init__(self, source, target, ledger):
+        self.source, self.target, self.ledger = source, target, ledger
+        self.client = target.client
+        self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
+        self._experiment_names: dict[str, str] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def compare(self, job: JobRecord) -> list[Difference]:
+        try:
+            return self._compare(job)
+        except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash
+            logger.opt(exception=error).debug("verify failed on {}", job.source_id)
+            return [Difference(job.source_id, job.name, "error", "", f"{type(error).__name__}: {error}")]
+
+    def _compare(self, job: JobRecord) -> list[Difference]:
+        found = self.ledger.find(job.source_id)
+        diff = lambda what, a, b: Difference(job.source_id, job.name, what, show(a), show(b))  # noqa: E731
+        if found is None:
+            return [diff("run", "present", "missing")]
+        if not found.complete:
+            return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
+        run = self.client.get_run(found.run_id)
+        info, data = run.info, run.data
+        out = []
+        pairs = [
+            ("experiment", job.experiment, self.experiment_name(info.experiment_id)),
+            ("name", job.name, info.run_name or ""),
+            ("status", job.status, info.status),
+            ("start_time", job.start_time, info.start_time),
+            ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
+            ("params", job.params, dict(data.params)),
+            ("tags", user_tags(job.tags), user_tags(data.tags)),
+            ("parent", self.expected_parent(job), data.tags.get(PARENT_TAG)),
+        ]
+        if job.status in TERMINAL_STATUSES:
+            pairs.append(("end_time", job.end_time, info.end_time))
+        out += [diff(what, a, b) for what, a, b in pairs if a != b]
+        out += self.compare_metrics(job, found.run_id, set(data.metrics))
+        out += self.compare_artifacts(job, found.run_id)
+        return out
+
+    def experiment_name(self, experiment_id: str) -> str:
+        if experiment_id not in self._experiment_names:
+            self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
+        return self._experiment_names[experiment_id]
+
+    def expected_parent(self, job: JobRecord) -> str | None:
+        if not job.parent_id:
+            return None
+        parent = self.ledger.find(job.parent_id)
+        return parent.run_id if parent else f"(replayed {job.parent_id})"
+
+    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str]) -> list[Difference]:
+        wanted: dict[str, Counter] = {}
+        for point in self.source.metrics(job):
+            wanted.setdefault(point.key, Counter())[point.identity()] += 1
+        out = []
+        for key in sorted(set(wanted) | target_keys):
+            have = Counter(
+                MetricPoint(m.key, m.value, m.timestamp, m.step).identity() for m in self.client.get_metric_history(run_id, key)
+            )
+            want = wanted.get(key, Counter())
+            if have != want:
+                missing, extra = sum((want - have).values()), sum((have - want).values())
+                out.append(
+                    Difference(job.source_id, job.name, f"metric:{key}", f"{sum(want.values())} points", f"{sum(have.values())} points ({missing} missing, {extra} extra or changed)")
+                )
+        return out
+
+    def compare_artifacts(self, job: JobRecord, run_id: str) -> list[Difference]:
+        want = {}
+        for ref in self.source.artifacts(job):
+            md5 = ref.md5
+            if not md5:
+                with self.source.fetch_artifact(job, ref, self.scratch) as local:
+                    size, md5 = md5_file(local)
+                ref = type(ref)(ref.path, size, md5)
+            want[ref.path] = (ref.size, md5)
+        have = {}
+        for info in self.target.list_artifacts(run_id):
+            folder = Path(tempfile.mkdtemp(dir=self.scratch))
+            try:
+                have[info.path] = md5_file(Path(self.client.download_artifacts(run_id, info.path, str(folder))))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        out = []
+        for path in sorted(set(want) | set(have)):
+            if want.get(path) != have.get(path):
+                out.append(Difference(job.source_id, job.name, f"artifact:{path}", show(want.get(path)), show(have.get(path))))
+        return out
+
+
+def user_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if not is_own_tag(k) and k != PARENT_TAG}
+
+
+def show(value) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def write_report(report: VerifyReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def print_table(report: VerifyReport, limit: int = 50) -> None:
+    print(f"verify: {report.compared} runs compared, {report.equal} equal, {len(report.differences)} differences")
+    if not report.differences:
+        return
+    print(f"{'job':<34} {'field':<24} {'source':<30} target")
+    for d in report.differences[:limit]:
+        print(f"{d.job[:34]:<34} {d.field[:24]:<24} {d.source[:30]:<30} {d.target[:60]}")
+    if len(report.differences) > limit:
+        print(f"... {len(report.differences) - limit} more in the JSON report")
