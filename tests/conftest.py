@@ -1,0 +1,46 @@
+"""Shared fixtures: one pair of real mlflow servers per test session, helpers to run the CLI.
+
+Tests isolate themselves on the shared servers with unique experiment names and a unique
+`--workspace` (the ledger key), so no test sees another's runs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers import MlflowServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """(source, target) mlflow servers on loopback, sqlite-backed, serving artifacts."""
+    base = tmp_path_factory.mktemp("servers")
+    source, target = MlflowServer(base / "source"), MlflowServer(base / "target")
+    source.start()
+    target.start()
+    yield source, target
+    source.stop()
+    target.stop()
+
+
+@pytest.fixture
+def unique():
+    """A short unique token for experiment and workspace names."""
+    return uuid.uuid4().hex[:8]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m runner ...` as a real process; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "REPLAYER_LOG_DIR": str((cwd or ROOT) / "logs"), **(env or {})},
+    )
