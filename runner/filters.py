@@ -53,9 +53,11 @@ class Filters:
     def wants_experiment(self, name: str) -> bool:
         return not self.experiments or any(fnmatch.fnmatchcase(name, pattern) for pattern in self.experiments)
 
-    def wants_root(self, run_id: str, name: str, start_time: int | None, status: str) -> bool:
-        if self.include and run_id not in self.include and name not in self.include:
-            return False
+    def named(self, run_id: str, name: str) -> bool:
+        """Whether --include names this run (always true without --include)."""
+        return not self.include or run_id in self.include or name in self.include
+
+    def wants_root(self, start_time: int | None, status: str) -> bool:
         if self.status and status.upper() not in self.status:
             return False
         if self.since is not None and (start_time is None or start_time < self.since):

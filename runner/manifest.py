@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from runner.errors import ManifestError
+from runner.errors import ManifestError, UsageError
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint, decode_float, encode_float
 
@@ -183,6 +183,11 @@ class ManifestSource:
                 found.append(Experiment(**data))
             except TypeError as error:
                 raise ManifestError(f"{path}:{number}: bad experiment record: {error}") from None
+        names = sorted(e.name for e in found)
+        for pattern in self.filters.experiments:
+            if not any(ch in pattern for ch in "*?[") and pattern not in names:
+                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                raise UsageError(f"unknown experiment {pattern!r} in manifest {self.folder}; it has: {shown}")
         return [e for e in found if self.filters.wants_experiment(e.name)]
 
     def count(self) -> int:
@@ -200,7 +205,7 @@ class ManifestSource:
                 if f.limit and roots >= f.limit:
                     continue
                 # --include of a child id is honoured by live sources; here it names roots.
-                if not f.wants_root(job.source_id, job.name, job.start_time, job.status):
+                if not (f.named(job.source_id, job.name) and f.wants_root(job.start_time, job.status)):
                     continue
                 if job.lifecycle_stage == "deleted" and not f.include_deleted:
                     continue

@@ -108,12 +108,10 @@ class MlflowSource:
 
     def _wants_tree(self, root: Node, tree: list[Node]) -> bool:
         f = self.filters
-        if not f.wants_root("", "", root.start_time, root.status):
+        if not f.wants_root(root.start_time, root.status):
             return False
-        if not f.include:
-            return True
         # --include names a root or any run inside its tree; the whole tree comes along.
-        return any(n.run_id in f.include or n.name in f.include for n in tree)
+        return any(f.named(n.run_id, n.name) for n in tree)
 
     def _skeleton(self) -> Iterator[Node]:
         for run in self._search(""):

@@ -1,0 +1,148 @@
+"""Filters, dry runs, tree, demo and logs, on embedded (folder) stores: fast, no server needed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+
+from conftest import run_cli
+from runner import stores
+from runner.filters import Filters
+from runner.sources.mlflow import MlflowSource
+
+DAY = 86_400_000
+T0 = 1_704_067_200_000  # 2024-01-01
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    """alpha: 3 roots a day apart (the 2nd with two children); beta: one failed root; one deleted."""
+    folder = tmp_path_factory.mktemp("filters") / "store"
+    client = stores.open_client(str(folder), create=True)
+    ids = {}
+
+    def run(exp, name, day, parent=None, status="FINISHED"):
+        tags = {"mlflow.parentRunId": ids[parent]} if parent else {}
+        run_id = client.create_run(exp, start_time=T0 + day * DAY, tags=tags, run_name=name).info.run_id
+        client.set_terminated(run_id, status, end_time=T0 + day * DAY + 1000)
+        ids[name] = run_id
+
+    alpha = client.create_experiment("alpha-train")
+    beta = client.create_experiment("beta-eval")
+    run(alpha, "a1", 0)
+    run(alpha, "a2", 1)
+    run(alpha, "a2-child", 1, parent="a2")
+    run(alpha, "a2-grandchild", 1, parent="a2-child", status="FAILED")
+    run(alpha, "a3", 2)
+    run(beta, "b1", 3, status="FAILED")
+    run(beta, "gone", 4)
+    client.delete_run(ids["gone"])
+    return {"uri": str(folder), "ids": ids}
+
+
+def names(store, **filters) -> list[str]:
+    source = MlflowSource(store["uri"], Filters.build(**filters))
+    by_id = {v: k for k, v in store["ids"].items()}
+    return [by_id[job.source_id] for job in source.jobs()]
+
+
+def test_everything_parents_first_in_start_order(store):
+    assert names(store) == ["a1", "a2", "a2-child", "a2-grandchild", "a3", "b1"]
+
+
+def test_experiment_globs_and_names(store):
+    assert names(store, experiments="beta-*") == ["b1"]
+    assert names(store, experiments=["alpha-train"]) == ["a1", "a2", "a2-child", "a2-grandchild", "a3"]
+
+
+def test_include_by_id_or_name_brings_whole_tree(store):
+    assert names(store, include=store["ids"]["a3"]) == ["a3"]
+    assert names(store, include="a2-grandchild") == ["a2", "a2-child", "a2-grandchild"]
+
+
+def test_include_file(store, tmp_path):
+    listing = tmp_path / "ids.txt"
+    listing.write_text(f"# wanted\n{store['ids']['a1']}\n\nb1\n")
+    assert names(store, include_file=str(listing)) == ["a1", "b1"]
+
+
+def test_since_until_on_root_start(store):
+    assert names(store, since="2024-01-02", until="2024-01-04") == ["a2", "a2-child", "a2-grandchild", "a3"]
+    assert names(store, since=T0 + 3 * DAY) == ["b1"]
+
+
+def test_status_applies_to_roots(store):
+    assert names(store, status="failed") == ["b1"]
+    assert names(store, status=["FINISHED"], experiments="alpha*", limit=2) == ["a1", "a2", "a2-child", "a2-grandchild"]
+
+
+def test_limit_counts_roots_children_follow(store):
+    assert names(store, limit=2) == ["a1", "a2", "a2-child", "a2-grandchild"]
+
+
+def test_include_deleted(store):
+    assert "gone" in names(store, include_deleted=True)
+
+
+def test_dry_run_writes_nothing(store, tmp_path):
+    target = tmp_path / "target"
+    result = run_cli("migrate", "--source", store["uri"], "--target", str(target), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not target.exists()
+    assert "+ alpha-train / a1" in result.stdout and "+     a2-grandchild" in result.stdout
+    assert "would create 6, repair 0, skip 0" in result.stderr
+
+
+def test_dry_run_on_partly_copied_target_shows_skips(store, tmp_path):
+    target = tmp_path / "target"
+    first = run_cli("migrate", "--source", store["uri"], "--target", str(target), "--experiments", "beta-*", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    client = stores.open_client(str(target), create=False)
+    before = len(client.search_runs([e.experiment_id for e in client.search_experiments()], "", ViewType.ALL))
+    plan = run_cli("migrate", "--source", store["uri"], "--target", str(target), "--dry-run", cwd=tmp_path)
+    assert "= beta-eval / b1" in plan.stdout and "would create 5, repair 0, skip 1" in plan.stderr
+    after = len(client.search_runs([e.experiment_id for e in client.search_experiments()], "", ViewType.ALL))
+    assert before == after == 1
+
+
+def test_tree_prints_hierarchy(store, tmp_path):
+    result = run_cli("tree", store["uri"], "--experiments", "alpha*", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("alpha-train / a2 [FINISHED]")
+    assert lines[2].startswith("  └─ a2-child") and lines[3].startswith("    └─ a2-grandchild [FAILED]")
+    assert "5 runs: 1 FAILED, 4 FINISHED" in result.stdout
+
+
+def test_demo_local_run_flow_and_logs(tmp_path):
+    """The embedded default: demo -> migrate -> verify, with log files and a report."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert run_cli("demo", "--out", str(src), cwd=tmp_path).returncode == 0
+    again = run_cli("demo", "--out", str(src), cwd=tmp_path)
+    assert again.returncode == 2 and "already has experiment" in again.stderr
+    migrate = run_cli("migrate", "--source", str(src), "--target", str(dst), "--parallel", "3", cwd=tmp_path)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "created 15, repaired 0, skipped 0, failed 0" in migrate.stderr
+    assert "replay: 15/15 (100%)" in migrate.stderr
+    check = run_cli("verify", "--source", str(src), "--target", str(dst), "--report", "r.json", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["equal"] == 15
+    logs = sorted(p.name.split("_")[0] for p in (tmp_path / "logs").glob("*.log"))
+    assert logs == ["demo", "demo", "migrate", "verify"]
+    migrate_log = next((tmp_path / "logs").glob("migrate_*.log")).read_text()
+    assert "summary: created 15" in migrate_log
+
+
+def test_config_file_drives_migration_and_flags_override(store, tmp_path):
+    target = tmp_path / "target"
+    config = tmp_path / "migration.yml"
+    config.write_text(f"source: {store['uri']}\ntarget: {target}\nfilters:\n  experiments: [beta-*]\noptions:\n  parallel: 2\n")
+    result = run_cli("migrate", "--config", str(config), "--experiments", "alpha-train", "--limit", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "created 1, repaired 0, skipped 0" in result.stderr
+    # the config path works in place of a URI too
+    check = run_cli("verify", "--source", str(config), "--target", str(config), "--experiments", "alpha-train", "--limit", "1", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "1 runs compared, 1 equal" in check.stdout
