@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make local-run` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test local-run bench lint clean
+
+venv: $(STAMP)
+
+# Reinstall when the pins change. constraints.txt is the full set tested together.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+local-run: venv
+	@bash scripts/local-run.sh
+
+bench: venv
+	@bash bench/setup.sh
+	$(BIN)/python bench/bench_migrate.py
+
+clean:
+	rm -rf .local logs verify-report.json bench-results
