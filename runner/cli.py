@@ -13,11 +13,11 @@ import fire
 from loguru import logger
 
 from runner import config as config_file
-from runner import logs
+from runner import logs, retry
 from runner.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
-from runner.filters import Filters
+from runner.filters import Filters, as_bool
 
-COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace")
+COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
 
 
 class Settings:
@@ -44,8 +44,15 @@ class Settings:
         self.parallel = int(options.get("parallel") or 8)
         if self.parallel < 1:
             raise UsageError(f"--parallel {self.parallel}: expected 1 or more threads")
-        self.dry_run = bool(options.get("dry_run", False))
+        self.dry_run = as_bool(options.get("dry_run", False), "--dry-run")
+        self.retries = int(options.get("retries", 2))
+        if self.retries < 0:
+            raise UsageError(f"--retries {self.retries}: expected 0 or more extra passes")
         self.report = options.get("report")
+        if options.get("credential") or options.get("client_id"):
+            from runner import credentials
+
+            credentials.configure(options.get("credential"), options.get("client_id"))
 
     def need(self, name: str, flag: str) -> str:
         value = self.endpoints.get(name)
@@ -61,6 +68,7 @@ SELECT = COMMON_FLAGS + FILTER_FLAGS
 def run(command: str, flags: dict, body) -> None:
     """Logging, one-line errors, exit code: the same for every command."""
     log_path = logs.setup(command, verbose=bool(flags.pop("verbose", False)))
+    retry.configure()
     try:
         code = body()
     except ReplayerError as error:
@@ -83,10 +91,16 @@ def open_target(uri: str, dry_run: bool = False):
     return DirectTarget(uri, dry_run=dry_run)
 
 
-def finish_replay(summary, dry_run: bool) -> int:
+def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
     logger.info("summary: {}", summary.line(dry_run))
     for job_id, reason in summary.failures[:20]:
         logger.info("  failed {}: {}", job_id, reason)
+    if report:  # the summary as JSON, e.g. a pipeline step's output
+        import dataclasses
+        import json
+
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(json.dumps({"dry_run": dry_run, **dataclasses.asdict(summary)}, indent=2), encoding="utf-8")
     return EXIT_DIFFERENCES if summary.failed else EXIT_OK
 
 
@@ -119,20 +133,21 @@ class Replayer:
         """Replay a manifest folder into a target tracking store.
 
         --manifest DIR  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
+        [--report summary.json]
         """
 
         def body():
             from runner.manifest import ManifestSource
             from runner.replay import ReplayOptions, replay
 
-            s = Settings(flags, {"target": target}, SELECT)
+            s = Settings(flags, {"target": target}, SELECT + ("report",))
             if not manifest:
                 raise UsageError("missing --manifest: give a folder written by `replayer extract`")
             if not Path(str(manifest)).is_dir():
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             src = ManifestSource(str(manifest), s.filters)
             dst = open_target(s.need("target", "target"), s.dry_run)
-            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel)), s.dry_run)
+            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries)), s.dry_run, s.report)
 
         run("replay", flags, body)
 
@@ -146,10 +161,11 @@ class Replayer:
             from runner.replay import ReplayOptions, replay
             from runner.sources import open_source
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT)
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report",))
             src = open_source(s.need("source", "source"), s.filters, s.workspace)
+            src.experiments()  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run)
-            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel)), s.dry_run)
+            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries)), s.dry_run, s.report)
 
         run("migrate", flags, body)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from runner.errors import UsageError
 
 TOP_KEYS = ("source", "target", "workspace", "filters", "options")
-FILTER_KEYS = ("experiments", "include", "include_file", "since", "until", "status", "limit", "include_deleted")
-OPTION_KEYS = ("parallel", "dry_run", "report", "verbose")
+FILTER_KEYS = ("experiments", "include", "include_file", "since", "until", "status", "limit", "include_deleted", "shard")
+OPTION_KEYS = ("parallel", "dry_run", "report", "verbose", "retries", "credential", "client_id")
 
 
 @dataclass

@@ -8,7 +8,7 @@ The target itself is the ledger: no local state file can be lost or disagree wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runner.model import JobRecord
 
@@ -58,7 +58,10 @@ class Ledger:
     """original_job_id -> the target run that holds it, for one source workspace."""
 
     runs: dict[str, TargetRun]
-    duplicates: int = 0  # extra target runs claiming an already-seen original id
+    duplicates: int = 0  # complete target runs claiming an already-seen original id
+    # Incomplete extra copies: what a retried create_run leaves when its first response was
+    # lost. Nothing else ever writes to them, so they are safe to delete.
+    orphans: list[TargetRun] = field(default_factory=list)
 
     def find(self, source_id: str) -> TargetRun | None:
         return self.runs.get(source_id)
@@ -68,9 +71,12 @@ class Ledger:
         if known is None:
             self.runs[source_id] = run
             return
-        self.duplicates += 1
         if run.complete and not known.complete:  # keep the one that finished
-            self.runs[source_id] = run
+            self.runs[source_id], run = run, known
+        if run.complete:
+            self.duplicates += 1
+        else:
+            self.orphans.append(run)
 
 
 def action_for(job: JobRecord, existing: TargetRun | None) -> str:

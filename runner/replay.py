@@ -26,6 +26,7 @@ SIGILS = {"create": "+", "repair": "*", "skip": "="}
 class ReplayOptions:
     dry_run: bool = False
     parallel: int = 8
+    retries: int = 2  # extra passes over runs that failed (the copy is idempotent)
 
 
 @dataclass
@@ -41,6 +42,14 @@ class Summary:
     def count(self, action: str) -> None:
         name = {"create": "created", "repair": "repaired", "skip": "skipped"}[action]
         setattr(self, name, getattr(self, name) + 1)
+
+    def add(self, other: "Summary") -> None:
+        """Fold in a retry pass: its failures replace ours, its work adds to ours."""
+        self.created += other.created
+        self.repaired += other.repaired
+        self.skipped += other.skipped
+        self.metric_points += other.metric_points
+        self.failed, self.failures = other.failed, other.failures
 
     def line(self, dry_run: bool = False) -> str:
         if dry_run:
@@ -63,10 +72,29 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         logger.warning("target holds {} duplicate replayed runs for this source; verify will list them", ledger.duplicates)
     if options.dry_run:
         summary = plan(source, ledger)
-    else:
-        summary = Copier(source, target, ledger, options).run()
+        summary.seconds = time.monotonic() - started
+        return summary
+    ledger = remove_orphans(target, source.workspace, ledger)
+    summary = Copier(source, target, ledger, options).run()
+    for attempt in range(options.retries):
+        ledger = remove_orphans(target, source.workspace, target.ledger(source.workspace))
+        if not summary.failed:
+            break
+        logger.warning("retry pass {}/{} for {} failed runs", attempt + 1, options.retries, summary.failed)
+        again = Copier(source, target, ledger, options)
+        again.progress.total = summary.failed
+        summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def remove_orphans(target, workspace: str, ledger: Ledger) -> Ledger:
+    """Delete the empty extra runs a retried create_run can leave (see runner/retry.py)."""
+    for run in ledger.orphans:
+        logger.info("removing orphaned incomplete duplicate {} left by a retried create", run.run_id)
+        target.delete_run(run.run_id)
+    ledger.orphans = []
+    return ledger
 
 
 def plan(source, ledger: Ledger) -> Summary:
@@ -93,13 +121,16 @@ class Copier:
         self.progress = Progress("replay", source.count())
         self._lock = threading.Lock()
 
-    def run(self) -> Summary:
+    def run(self, only: set[str] | None = None) -> Summary:
+        """One pass over the source; with `only`, just those jobs (a retry pass)."""
         futures: dict[str, Future] = {}
         window = threading.BoundedSemaphore(self.options.parallel * 4)  # bounded read-ahead
         with tempfile.TemporaryDirectory(prefix="replayer-") as scratch, ThreadPoolExecutor(
             self.options.parallel, thread_name_prefix="replay"
         ) as pool:
             for job in self.source.jobs():
+                if only is not None and job.source_id not in only:
+                    continue
                 existing = self.ledger.find(job.source_id)
                 action = action_for(job, existing)
                 window.acquire()

@@ -87,8 +87,10 @@ def check_reachable(uri: str) -> None:
         return
     import requests
 
+    from runner.retry import get_with_retries
+
     try:
-        answer = requests.get(uri.rstrip("/") + "/health", timeout=10)
+        answer = get_with_retries(uri.rstrip("/") + "/health", timeout=10)
     except requests.RequestException as error:
         raise EndpointError(f"cannot reach MLflow server {redact(uri)}: {type(error).__name__}; is it running and is the address right?") from None
     if answer.status_code in (401, 403):

@@ -64,6 +64,8 @@ def verify(source, target, parallel: int = 8) -> VerifyReport:
     ledger = target.ledger(source.workspace)
     if ledger.duplicates:
         report.differences.append(Difference("", "", "duplicates", "0", str(ledger.duplicates)))
+    if ledger.orphans:
+        report.differences.append(Difference("", "", "orphans", "0", str(len(ledger.orphans))))
     compare_experiments(source, target, report)
     checker = JobChecker(source, target, ledger)
     progress = Progress("verify", source.count())
@@ -91,8 +93,15 @@ def verify(source, target, parallel: int = 8) -> VerifyReport:
 
 
 def has_filters(source) -> bool:
+    """Whether the source is a selection (then target runs outside it are not "target only").
+
+    A manifest extracted with filters or `--shard` is a selection too, whatever the flags now.
+    """
     f = getattr(source, "filters", None)
-    return bool(f and (f.experiments or f.include or f.since or f.until or f.status or f.limit))
+    if f and (f.experiments or f.include or f.since or f.until or f.status or f.limit or f.shard):
+        return True
+    recorded = (getattr(source, "header", None) or {}).get("filters") or {}
+    return any(recorded.get(key) for key in ("experiments", "include", "since", "until", "status", "limit", "shard"))
 
 
 def compare_experiments(source, target, report: VerifyReport) -> None:

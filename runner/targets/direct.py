@@ -98,9 +98,7 @@ class DirectTarget:
                 return self._experiments[experiment.name]
             found = self.client.get_experiment_by_name(experiment.name)
             if found is None:
-                location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
-                experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
-                logger.debug("created experiment {} ({})", experiment.name, experiment_id)
+                experiment_id = self._create_experiment(experiment)
             else:
                 experiment_id = found.experiment_id
                 if found.lifecycle_stage == "deleted":
@@ -111,6 +109,21 @@ class DirectTarget:
                         self.client.set_experiment_tag(experiment_id, key, value)
             self._experiments[experiment.name] = experiment_id
             return experiment_id
+
+    def _create_experiment(self, experiment: Experiment) -> str:
+        from mlflow.exceptions import MlflowException
+
+        location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
+        try:
+            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
+        except MlflowException:
+            # A retried create whose first answer was lost finds the name taken: by itself.
+            found = self.client.get_experiment_by_name(experiment.name)
+            if found is None:
+                raise
+            return found.experiment_id
+        logger.debug("created experiment {} ({})", experiment.name, experiment_id)
+        return experiment_id
 
     def run_tags(self, job: JobRecord, workspace: str, parent_run_id: str | None) -> dict[str, str]:
         tags = {k: v for k, v in job.tags.items() if k != PARENT_TAG and not is_own_tag(k)}
@@ -162,6 +175,9 @@ class DirectTarget:
             if present.get(ref.path) != ref.size:
                 self._upload(run_id, job, ref, source, scratch)
         return written
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     def finish(self, run_id: str, job: JobRecord) -> None:
         """Status and end time, then the completion tag: always the last write."""

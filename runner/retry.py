@@ -1,0 +1,77 @@
+"""One retry policy for every remote call the tool makes.
+
+Per call: MLflow's REST client (urllib3 underneath) and azure-core both retry 408/429/5xx and
+connection errors with jittered exponential backoff and honour Retry-After; `configure` sets
+MLflow's knobs from this one place (an environment value set by the user wins), and
+`azure_retry_kwargs` gives azure-ai-ml / azure-storage clients the same numbers.
+
+Non-idempotent calls: MLflow retries POSTs too, so a `create_run` whose response was lost can
+leave a second, empty run behind. Those orphans never get the completion tag (only the run id
+we hold is written to) and carry `original_job_id`, so the ledger finds and removes them after
+each pass (see `replay.remove_orphans`): safe through the ledger rather than by not retrying.
+
+Whole command: `--retries N` runs the idempotent copy again for runs that failed (rclone's
+`--retries`): complete runs are skipped, interrupted ones repaired.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+MAX_ATTEMPTS = 7  # per call
+BACKOFF_FACTOR = 1  # seconds: 1, 2, 4, ... plus jitter (MLflow takes a whole number here)
+BACKOFF_JITTER = 1.0
+MAX_BACKOFF = 60
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+def configure() -> None:
+    """Give MLflow's client our policy unless the user set its variables explicitly."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MAX_ATTEMPTS))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(BACKOFF_FACTOR))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", str(BACKOFF_JITTER))
+    # set_terminated otherwise prints "View run ... at" and spends one more GET per run on it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def azure_retry_kwargs() -> dict:
+    """The same policy for azure-core based clients (MLClient, BlobServiceClient)."""
+    return {
+        "retry_total": int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", MAX_ATTEMPTS)),
+        "retry_backoff_factor": float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", BACKOFF_FACTOR)),
+        "retry_backoff_max": MAX_BACKOFF,
+    }
+
+
+def backoff(attempt: int, retry_after: str | None = None) -> float:
+    """Seconds to wait before attempt `attempt + 1`: Retry-After when given, else jittered exponential."""
+    if retry_after:
+        try:
+            return min(float(retry_after), MAX_BACKOFF)
+        except ValueError:
+            pass
+    factor = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", BACKOFF_FACTOR))
+    jitter = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", BACKOFF_JITTER))
+    return min(factor * 2**attempt + random.uniform(0, jitter), MAX_BACKOFF)
+
+
+def get_with_retries(url: str, timeout: float = 10):
+    """A plain idempotent GET (health checks) under the same policy; returns the last response."""
+    import requests
+
+    attempts = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", MAX_ATTEMPTS))
+    for attempt in range(attempts + 1):
+        try:
+            answer = requests.get(url, timeout=timeout)
+        except requests.ConnectionError:
+            # A refused or reset connection is tried twice more, quickly: an address that is
+            # wrong should fail in about a second, not after the full backoff.
+            if attempt >= min(attempts, 2):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+            continue
+        if answer.status_code not in TRANSIENT_STATUS or attempt == attempts:
+            return answer
+        time.sleep(backoff(attempt, answer.headers.get("Retry-After")))
+    raise AssertionError("unreachable")
