@@ -42,7 +42,9 @@ class MlflowServer:
                 "--serve-artifacts", "--workers", str(self.workers),
             ],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
-            env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
+            # No background job runner (huey consumers): it costs CPU and start-up time, and no
+            # test needs server-side jobs.
+            env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
