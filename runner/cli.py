@@ -122,7 +122,7 @@ class Replayer:
             s = Settings(flags, {"source": source}, SELECT)
             if not out:
                 raise UsageError("missing --out: give an empty folder for the manifest")
-            src = open_source(s.need("source", "source"), s.filters, s.workspace)
+            src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run)
             logger.info("summary: {}", header.get("counts"))
             return EXIT_OK
@@ -162,7 +162,7 @@ class Replayer:
             from runner.sources import open_source
 
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report",))
-            src = open_source(s.need("source", "source"), s.filters, s.workspace)
+            src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             src.experiments()  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run)
             return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries)), s.dry_run, s.report)
@@ -180,7 +180,7 @@ class Replayer:
             from runner.verify import print_table, verify, write_report
 
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report",))
-            src = open_source(s.need("source", "source"), s.filters, s.workspace)
+            src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True)
             report = verify(src, dst, parallel=s.parallel)
             path = Path(s.report or "verify-report.json")

@@ -26,10 +26,11 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False) -> dict:
             count += 1
         print(f"would extract {count} runs into {out}")
         return {"counts": {"jobs": count}}
+    experiments, total = source.experiments(), source.count()  # bad input fails before --out is touched
     writer = ManifestWriter(out)
-    for experiment in source.experiments():
+    for experiment in experiments:
         writer.add_experiment(experiment)
-    progress = Progress("extract", source.count())
+    progress = Progress("extract", total)
     lock = threading.Lock()
     errors: list[str] = []
 

@@ -46,6 +46,20 @@ class JobRecord:
     tags: dict[str, str] = field(default_factory=dict)
     # Latest value per metric key: a cheap summary that changes whenever history grows.
     latest_metrics: dict[str, float] = field(default_factory=dict)
+    # What a workspace control plane knows beyond MLflow (empty for plain MLflow sources).
+    # Optional with defaults, so manifests written before these fields existed still load.
+    source_status: str = ""  # the source's own status word, e.g. AzureML "Canceled" (status: KILLED)
+    description: str = ""
+    created_by: str = ""
+    created_time: int | None = None
+    compute: str = ""
+    environment: str = ""
+    command: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    # Input/output bindings by port name: {"binding": "${{parent.jobs.prep.outputs.clean}}"},
+    # {"type": "literal", "value": "0.1"} or {"type": "uri_folder", "path": "azureml:data:1", "mode": "ro_mount"}.
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

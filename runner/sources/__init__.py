@@ -34,12 +34,15 @@ class Source(Protocol):
         """A local file holding the artifact's bytes, valid inside the `with` block."""
 
 
-def open_source(uri: str, filters: Filters | None = None, workspace: str | None = None) -> Source:
-    """A manifest folder or an MLflow tracking URI."""
+def open_source(uri: str, filters: Filters | None = None, workspace: str | None = None, parallel: int = 8) -> Source:
+    """A manifest folder, an AzureML workspace (azureml://subscriptions/... or config.json) or an MLflow tracking URI."""
     from runner.manifest import ManifestSource, is_manifest
+    from runner.sources.azureml import AzuremlSource, is_azureml
     from runner.sources.mlflow import MlflowSource
 
     filters = filters or Filters()
     if is_manifest(uri):
         return ManifestSource(uri, filters)
+    if is_azureml(uri):
+        return AzuremlSource(uri, filters, workspace=workspace, parallel=parallel)
     return MlflowSource(uri, filters, workspace=workspace)

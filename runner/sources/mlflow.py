@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
 PAGE = 1000  # runs per search page
 FETCH = 100  # run ids per `run_id IN (...)` query
 PARENT_TAG = "mlflow.parentRunId"
+ARTIFACT_URIS = 4096  # artifact roots remembered from the search pages (runs in flight are far fewer)
 
 
 @dataclass
@@ -43,6 +46,8 @@ class MlflowSource:
         self.workspace = workspace or stores.workspace_name(uri)
         self._experiments: list[Experiment] | None = None
         self._plan: list[Node] | None = None
+        self._artifact_uris: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
 
     def describe(self) -> dict:
         return {"kind": "mlflow", "uri": stores.redact(self.uri), "workspace": self.workspace}
@@ -108,7 +113,7 @@ class MlflowSource:
 
     def _wants_tree(self, root: Node, tree: list[Node]) -> bool:
         f = self.filters
-        if not f.wants_root(root.start_time, root.status):
+        if not f.in_shard(root.run_id) or not f.wants_root(root.start_time, root.status):
             return False
         # --include names a root or any run inside its tree; the whole tree comes along.
         return any(f.named(n.run_id, n.name) for n in tree)
@@ -153,6 +158,7 @@ class MlflowSource:
             for node in chunk:
                 run = runs.get(node.run_id)
                 if run is not None:  # deleted between the two passes: nothing to copy
+                    self._remember(run)
                     yield to_record(run, node, names[node.experiment_id])
 
     # -- one run's contents -----------------------------------------------------------------
@@ -163,10 +169,11 @@ class MlflowSource:
                 yield MetricPoint(m.key, m.value, m.timestamp, m.step)
 
     def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
+        repo = self._artifact_repo(job.source_id)
         pending = [""]
         while pending:
             folder = pending.pop()
-            for info in self.client.list_artifacts(job.source_id, folder or None):
+            for info in repo.list_artifacts(folder or None):
                 if info.is_dir:
                     pending.append(info.path)
                 else:
@@ -176,9 +183,38 @@ class MlflowSource:
     def fetch_artifact(self, job: JobRecord, ref: ArtifactRef, scratch: Path):
         folder = Path(tempfile.mkdtemp(dir=scratch))
         try:
-            yield Path(self.client.download_artifacts(job.source_id, ref.path, str(folder)))
+            yield Path(self._artifact_repo(job.source_id).download_artifacts(ref.path, str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    # -- artifact access without a run lookup per call ----------------------------------------
+
+    def _remember(self, run) -> None:
+        with self._lock:
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+            while len(self._artifact_uris) > ARTIFACT_URIS:
+                self._artifact_uris.popitem(last=False)
+
+    def _artifact_repo(self, run_id: str):
+        """The run's artifact store, opened from the artifact URI its search result carried.
+
+        MlflowClient.list_artifacts and download_artifacts look the run up again on every call
+        (download_artifacts through `runs:/`, which also searches the run's logged models): three
+        to four extra requests per run that the search page already answered.
+        """
+        with self._lock:
+            uri = self._artifact_uris.get(run_id)
+        if uri is None:  # a job that did not come through jobs(), or one evicted: look it up
+            uri = self.client.get_run(run_id).info.artifact_uri
+        return artifact_repository(uri, self.client.tracking_uri)
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str):
+    """The artifact repository MlflowClient would open for a run with this artifact URI."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri), tracking_uri=tracking_uri)
 
 
 def walk(root: Node, children: dict[str, list[Node]], order_key) -> Iterator[Node]:

@@ -1,0 +1,468 @@
+"""An HTTPS fake of the AzureML control plane, good enough for azure-ai-ml and azureml-mlflow.
+
+What it serves (the routes azure-ai-ml 1.35.2 and azureml-mlflow 1.62 call for reading jobs):
+
+- ARM / MFE   GET  /subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/workspaces/W
+              GET  .../workspaces/W/jobs                 (paged with `$skip` / nextLink, listViewType)
+              GET  .../workspaces/W/jobs/NAME            (pipeline/sweep/AutoML children answer without
+                                                          `properties`, like the service: the SDK then asks
+                                                          run history)
+              GET  .../workspaces/W/components/NAME/versions/V
+- discovery   GET  /discovery/workspaces/WSID            (the workspace's `discoveryUrl`)
+- run history GET  /history/v1.0/subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/
+                   workspaces/W/runs/NAME[/children]     (children paged with `continuationToken`, no
+                                                          nextLink, as the service does)
+- MLflow      ANY  /mlflow/v1.0|v2.0/subscriptions/.../workspaces/W/api/2.0/mlflow/...  forwarded to a real
+                   `mlflow server` (run ids there are the job names, as in AzureML)
+
+Every answer is built from azure-ai-ml's own REST models (`azure.ai.ml._restclient.arm_ml_service.models`
+serialized with their `SdkJSONEncoder`, run history `Run` models with theirs), never hand-written JSON.
+
+Auth: every request needs `Authorization: Bearer <JWT-shaped token>` whose `tid` claim is the
+workspace tenant; anything else answers 401 like ARM does. Faults: `fault_share` of distinct requests
+answer 429 (with Retry-After) or 503 on their first attempt; their retry succeeds.
+
+Point MLClient at it with `AZUREML_DEV_URL_MFE=https://127.0.0.1:PORT` (the SDK's own override for its
+service clients) and trust the trustme CA through REQUESTS_CA_BUNDLE (azure-core and mlflow both use
+`requests`, which reads it).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+TENANT = "72f988bf-0000-4000-8000-00000000a11e"
+ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
+WORKSPACE_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)?$"
+)
+HISTORY_RE = re.compile(r"^/history/v1\.0(?P<scope>/subscriptions/.+)$")
+MLFLOW_RE = re.compile(
+    r"^/mlflow/v[12]\.0/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
+)
+
+
+# -- tokens and credentials ------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_token(tenant: str = TENANT, aud: str = "https://ml.azure.com", oid: str = "fake-user", expires_in: int = 3600) -> str:
+    """A JWT-shaped token (unsigned): header.payload.signature, like AAD's, with aud/tid/oid/exp."""
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
+    payload = b64url(json.dumps({"aud": aud, "tid": tenant, "oid": oid, "iat": now, "nbf": now, "exp": now + expires_in, "upn": "ada@contoso.test"}).encode())
+    return f"{header}.{payload}.{b64url(b'not-a-signature')}"
+
+
+def token_claims(token: str) -> dict | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+
+
+class FakeCredential:
+    """An azure-core TokenCredential handing out JWT-shaped tokens for one tenant."""
+
+    def __init__(self, tenant: str = TENANT):
+        self.tenant = tenant
+        self.calls = 0
+
+    def get_token(self, *scopes: str, claims=None, tenant_id=None, enable_cae=False, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        self.calls += 1
+        return AccessToken(make_token(tenant_id or self.tenant), int(time.time()) + 3600)
+
+    def close(self) -> None:
+        pass
+
+
+FAKE_AZ = """#!{python}
+# A stand-in for the Azure CLI's `az account get-access-token` (what AzureCliCredential runs).
+import json, sys, time
+sys.path.insert(0, {fakes!r})
+from azureml_control_plane import make_token
+args = sys.argv[1:]
+if {fail!r}:
+    sys.stderr.write("ERROR: Please run 'az login' to set up an account.\\n")
+    sys.exit(1)
+tenant = args[args.index("--tenant") + 1] if "--tenant" in args else {tenant!r}
+print(json.dumps({{"accessToken": make_token(tenant), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
+"""
+
+
+def write_fake_az(folder: Path, python: str, tenant: str = TENANT, fail: bool = False) -> Path:
+    """A folder holding an `az` executable for AzureCliCredential; put it first on PATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "az"
+    script.write_text(FAKE_AZ.format(python=python, fakes=str(Path(__file__).parent), tenant=tenant, fail=fail))
+    script.chmod(0o755)
+    return folder
+
+
+# -- the workspace the fake holds -------------------------------------------------------------
+
+
+@dataclass
+class FakeWorkspace:
+    subscription: str
+    resource_group: str
+    name: str
+    tenant: str = TENANT
+    location: str = "westeurope"
+    workspace_id: str = "0f3c2a5e-5a1e-4d2b-9c1d-77e5a0d0c0de"
+    roots: dict[str, Any] = field(default_factory=dict)  # name -> arm JobBase (top-level jobs, listing order)
+    archived: set[str] = field(default_factory=set)
+    runs: dict[str, Any] = field(default_factory=dict)  # name -> run history Run (every job)
+    children: dict[str, list[str]] = field(default_factory=dict)  # parent name -> child names, in order
+    components: dict[tuple[str, str], Any] = field(default_factory=dict)  # (name, version) -> ComponentVersion
+
+    @property
+    def scope(self) -> str:
+        return ARM_PREFIX.format(sub=self.subscription, rg=self.resource_group, ws=self.name)
+
+    def arm_id(self, kind: str, name: str) -> str:
+        return f"{self.scope}/{kind}/{name}"
+
+
+def dump(model) -> bytes:
+    """JSON of an azure-ai-ml REST model with the model's own serializer (read-only fields included)."""
+    if hasattr(model, "serialize") and not hasattr(model, "_attr_to_rest_field"):
+        return json.dumps(model.serialize(keep_readonly=True)).encode()
+    from azure.ai.ml._restclient.arm_ml_service._utils.model_base import SdkJSONEncoder
+
+    return json.dumps(model, cls=SdkJSONEncoder).encode()
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+class FakeControlPlane:
+    """Start with `with FakeControlPlane(tmp, mlflow_uri) as fake:`; `fake.url` is the base URL."""
+
+    def __init__(self, folder: Path, mlflow_uri: str, list_page: int = 7, children_page: int = 5):
+        import trustme
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mlflow_uri = mlflow_uri.rstrip("/")
+        self.workspaces: dict[tuple[str, str, str], FakeWorkspace] = {}
+        self.list_page = list_page
+        self.children_page = children_page
+        self.fault_share = 0.0
+        self.fault_seed = "faults"
+        self.requests: Counter = Counter()  # route kind -> count
+        self.faults: Counter = Counter()  # injected faults by status (429, 503) and by area (arm, history, mlflow)
+        self._attempts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._session = threading.local()
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = self.folder / "fake-ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def add(self, workspace: FakeWorkspace) -> FakeWorkspace:
+        self.workspaces[(workspace.subscription.lower(), workspace.resource_group.lower(), workspace.name.lower())] = workspace
+        return workspace
+
+    def find(self, sub: str, rg: str, ws: str) -> FakeWorkspace | None:
+        return self.workspaces.get((sub.lower(), rg.lower(), ws.lower()))
+
+    def start(self) -> "FakeControlPlane":
+        self._thread = threading.Thread(target=self.server.serve_forever, name="fake-azureml", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables that point azure-ai-ml and azureml-mlflow at this fake."""
+        return {
+            "AZUREML_DEV_URL_MFE": self.url,
+            "REQUESTS_CA_BUNDLE": str(self.ca_file),
+            "SSL_CERT_FILE": str(self.ca_file),
+        }
+
+    def mlflow_session(self) -> requests.Session:
+        session = getattr(self._session, "value", None)
+        if session is None:
+            session = self._session.value = requests.Session()
+        return session
+
+    def should_fail(self, key: str) -> int | None:
+        """429 or 503 for a deterministic share of distinct requests, on their first attempt only."""
+        if not self.fault_share:
+            return None
+        with self._lock:
+            self._attempts[key] += 1
+            if self._attempts[key] > 1:
+                return None
+        digest = int(hashlib.sha1(f"{self.fault_seed}|{key}".encode()).hexdigest()[:8], 16)
+        if digest % 10_000 >= self.fault_share * 10_000:
+            return None
+        return 429 if digest % 2 else 503
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeControlPlane
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-ms-request-id", hashlib.md5(self.path.encode()).hexdigest())
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        from azure.ai.ml._restclient.arm_ml_service.models import ErrorDetail, ErrorResponse
+
+        self._send(status, dump(ErrorResponse(error=ErrorDetail(code=code, message=message))), headers=headers)
+
+    def do_GET(self):
+        self._dispatch(b"")
+
+    def do_POST(self):
+        self._dispatch(self._body())
+
+    def do_PUT(self):
+        self._dispatch(self._body())
+
+    def do_PATCH(self):
+        self._dispatch(self._body())
+
+    def do_DELETE(self):
+        self._dispatch(self._body())
+
+    def _dispatch(self, body: bytes) -> None:
+        fake = self.fake
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query)
+        try:
+            if path.startswith("/discovery/"):
+                fake.requests["discovery"] += 1
+                return self._discovery(path)
+            if not self._authorized():
+                return
+            fault = fake.should_fail(f"{self.command} {self.path} {hashlib.md5(body).hexdigest()}")
+            if fault:
+                fake.faults[fault] += 1
+                area = "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm"
+                fake.faults[area] += 1
+                headers = {"Retry-After": "1"} if fault == 429 else {}
+                return self._error(fault, "TooManyRequests" if fault == 429 else "ServiceUnavailable", "injected fault", headers)
+            match = MLFLOW_RE.match(path)
+            if match:
+                fake.requests["mlflow"] += 1
+                return self._forward_mlflow(match, parts.query, body)
+            match = HISTORY_RE.match(path)
+            if match:
+                return self._history(match.group("scope"), query)
+            match = WORKSPACE_RE.match(path)
+            if match:
+                return self._arm(match, query)
+            self._error(404, "NotFound", f"no route for {self.command} {path}")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            self._error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+            return False
+        claims = token_claims(header[len("Bearer "):])
+        if claims is None:
+            self._error(401, "InvalidAuthenticationToken", "The access token is invalid.")
+            return False
+        if claims.get("exp", 0) < time.time():
+            self._error(401, "ExpiredAuthenticationToken", "The access token expiry UTC time is earlier than current UTC time.")
+            return False
+        tenants = {ws.tenant for ws in self.fake.workspaces.values()}
+        if claims.get("tid") not in tenants:
+            self._error(
+                401,
+                "InvalidAuthenticationTokenTenant",
+                f"The access token is from the wrong issuer 'https://sts.windows.net/{claims.get('tid')}/'. It must match the tenant associated with this subscription.",
+            )
+            return False
+        return True
+
+    # -- ARM / MFE --------------------------------------------------------------------------
+
+    def _arm(self, match: re.Match, query: dict) -> None:
+        fake = self.fake
+        ws = fake.find(match.group("sub"), match.group("rg"), match.group("ws"))
+        rest = (match.group("rest") or "").rstrip("/")
+        if ws is None:
+            fake.requests["workspace_missing"] += 1
+            return self._error(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.MachineLearningServices/workspaces/{match.group('ws')}' under resource group '{match.group('rg')}' was not found.",
+            )
+        if self.command != "GET":
+            return self._error(405, "MethodNotAllowed", "this fake only reads")
+        if rest == "":
+            fake.requests["workspace_get"] += 1
+            return self._send(200, dump(self._workspace(ws)))
+        if rest == "/jobs":
+            fake.requests["jobs_list"] += 1
+            return self._jobs_list(ws, query)
+        job = re.match(r"^/jobs/([^/]+)$", rest)
+        if job:
+            fake.requests["jobs_get"] += 1
+            return self._job_get(ws, job.group(1))
+        component = re.match(r"^/components/([^/]+)/versions/([^/]+)$", rest)
+        if component:
+            fake.requests["component_get"] += 1
+            found = ws.components.get((component.group(1), component.group(2)))
+            if found is None:
+                return self._error(404, "UserError", f"Component {component.group(1)}:{component.group(2)} not found.")
+            return self._send(200, dump(found))
+        self._error(404, "NotFound", f"no route for {rest}")
+
+    def _workspace(self, ws: FakeWorkspace):
+        from azure.ai.ml._restclient.arm_ml_service.models import SystemData, Workspace, WorkspaceProperties
+
+        host = f"127.0.0.1:{self.fake.port}"
+        return Workspace(
+            {
+                "id": ws.scope,
+                "name": ws.name,
+                "type": "Microsoft.MachineLearningServices/workspaces",
+                "location": ws.location,
+                "kind": "Default",
+                "systemData": SystemData(created_by="ada@contoso.test", created_at="2024-01-01T00:00:00Z").as_dict(),
+                "properties": WorkspaceProperties(
+                    friendly_name=ws.name,
+                    description="fake workspace",
+                    discovery_url=f"https://{host}/discovery/workspaces/{ws.workspace_id}",
+                    ml_flow_tracking_uri=f"azureml://{host}/mlflow/v1.0{ws.scope}",
+                    workspace_id=ws.workspace_id,
+                    tenant_id=ws.tenant,
+                    storage_account=f"/subscriptions/{ws.subscription}/resourceGroups/{ws.resource_group}/providers/Microsoft.Storage/storageAccounts/fakestore",
+                    provisioning_state="Succeeded",
+                ).as_dict(),
+            }
+        )
+
+    def _jobs_list(self, ws: FakeWorkspace, query: dict) -> None:
+        from azure.ai.ml._restclient.arm_ml_service.models import JobBase
+
+        view = (query.get("listViewType") or ["ActiveOnly"])[0]
+        names = [n for n in ws.roots if view == "All" or (view == "ArchivedOnly") == (n in ws.archived)]
+        start = int((query.get("$skip") or ["0"])[0])
+        page = names[start : start + self.fake.list_page]
+        body: dict[str, Any] = {"value": [json.loads(dump(ws.roots[n])) for n in page]}
+        if start + self.fake.list_page < len(names):
+            nxt = start + self.fake.list_page
+            body["nextLink"] = f"{self.fake.url}{ws.scope}/jobs?api-version=2025-12-01&listViewType={view}&$skip={nxt}"
+        assert all(isinstance(ws.roots[n], JobBase) for n in page)
+        self._send(200, json.dumps(body).encode())
+
+    def _job_get(self, ws: FakeWorkspace, name: str) -> None:
+        from azure.ai.ml._restclient.arm_ml_service.models import JobBase
+
+        if name in ws.roots:
+            return self._send(200, dump(ws.roots[name]))
+        if name in ws.runs:
+            # A child (pipeline step, trial): MFE knows the id but has no job properties for it.
+            return self._send(200, dump(JobBase({"id": ws.arm_id("jobs", name), "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs"})))
+        self._error(404, "UserError", f"Job {name} not found in workspace {ws.name}.")
+
+    # -- discovery and run history ------------------------------------------------------------
+
+    def _discovery(self, path: str) -> None:
+        workspace_id = path.rstrip("/").rsplit("/", 1)[-1]
+        if not any(ws.workspace_id == workspace_id for ws in self.fake.workspaces.values()):
+            return self._error(404, "NotFound", "unknown workspace id")
+        url = self.fake.url
+        urls = {key: url for key in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
+        self._send(200, json.dumps(urls).encode())
+
+    def _history(self, scope: str, query: dict) -> None:
+        fake = self.fake
+        match = WORKSPACE_RE.match(scope)
+        ws = fake.find(match.group("sub"), match.group("rg"), match.group("ws")) if match else None
+        if ws is None:
+            return self._error(404, "ResourceNotFound", "workspace not found")
+        rest = (match.group("rest") or "").rstrip("/")
+        run = re.match(r"^/runs/([^/]+)(/children)?$", rest)
+        if not run or self.command != "GET":
+            return self._error(404, "NotFound", f"no run history route for {rest}")
+        name = run.group(1)
+        if name not in ws.runs:
+            return self._error(404, "UserError", f"Run {name} was not found")
+        if not run.group(2):
+            fake.requests["history_get"] += 1
+            return self._send(200, dump(ws.runs[name]))
+        fake.requests["history_children"] += 1
+        kids = ws.children.get(name, [])
+        start = int((query.get("$continuationtoken") or ["0"])[0])
+        size = min(int((query.get("$top") or [self.fake.children_page])[0]), self.fake.children_page)
+        page = kids[start : start + size]
+        body = {"value": [json.loads(dump(ws.runs[k])) for k in page], "nextLink": None}
+        # The service pages run children with a continuation token, not a nextLink.
+        body["continuationToken"] = str(start + size) if start + size < len(kids) else None
+        self._send(200, json.dumps(body).encode())
+
+    # -- MLflow ------------------------------------------------------------------------------
+
+    def _forward_mlflow(self, match: re.Match, query: str, body: bytes) -> None:
+        fake = self.fake
+        if fake.find(match.group("sub"), match.group("rg"), match.group("ws")) is None:
+            return self._error(404, "ResourceNotFound", "workspace not found")
+        url = fake.mlflow_uri + match.group("rest") + (f"?{query}" if query else "")
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+        answer = fake.mlflow_session().request(self.command, url, data=body or None, headers=headers, timeout=120)
+        self._send(answer.status_code, answer.content, answer.headers.get("Content-Type", "application/json"))

@@ -1,0 +1,306 @@
+"""The AzureML source against a fake control plane that azure-ai-ml and azureml-mlflow really talk to.
+
+The fake (tests/fakes/azureml_control_plane.py) answers HTTPS with azure-ai-ml's own REST models
+and forwards the workspace's MLflow routes to a real `mlflow server`; the fixture workspace
+(tests/fakes/azureml_seed.py) holds standalone jobs, a pipeline with two levels of nested
+sub-pipelines, a failed pipeline, a sweep with 8 trials and an AutoML job with 12 trials.
+Every check compares against that declarative fixture, field by field and point by point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import run_cli
+from fakes import azureml_seed as seed
+from fakes.azureml_control_plane import TENANT, FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
+from runner.errors import UsageError
+from runner.filters import Filters
+from runner.model import JobRecord
+from runner.sources import open_source
+from runner.sources.azureml import AzuremlSource, is_azureml, map_status, parse_workspace
+from servers import MlflowServer
+
+SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"
+URI = f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}"
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory):
+    base = tmp_path_factory.mktemp("azureml")
+    specs, builders = seed.build_specs()
+    seed.seed_mlflow(base / "mlflow", specs)
+    server = MlflowServer(base / "mlflow").start()
+    fake = FakeControlPlane(base / "fake", server.uri).start()
+    ws = fake.add(FakeWorkspace(SUB, RG, WS))
+    seed.install(ws, specs, builders)
+    env = fake.environ()
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        fake.stop()
+        server.stop()
+
+
+def source(uri: str = URI, credential=None, parallel: int = 4, **filters) -> AzuremlSource:
+    return AzuremlSource(uri, Filters.build(**filters), credential=credential or FakeCredential(), parallel=parallel)
+
+
+def names(**filters) -> list[str]:
+    return [job.source_id for job in source(**filters).jobs()]
+
+
+def expected_tags(spec: seed.Spec) -> dict[str, str]:
+    tags = {**spec.tags, "mlflow.user": spec.created_by, "mlflow.runName": spec.display_name}
+    if spec.parent:
+        tags["mlflow.parentRunId"] = spec.parent
+    return tags
+
+
+def check_record(job: JobRecord, spec: seed.Spec) -> list[str]:
+    """Every field of the record against the fixture; returns the differences."""
+    want = {
+        "experiment": spec.experiment,
+        "name": spec.display_name,
+        "kind": spec.kind,
+        "status": map_status(spec.status),
+        "source_status": spec.status,
+        "start_time": spec.start,
+        "end_time": spec.end,
+        "parent_id": spec.parent,
+        "root_id": spec.root,
+        "depth": spec.depth,
+        "step_name": spec.step,
+        "lifecycle_stage": "active",
+        "params": spec.params,
+        "tags": expected_tags(spec),
+        "latest_metrics": {key: max(rows, key=lambda r: (r[0], r[1]))[2] for key, rows in spec.metrics.items()},
+        "description": spec.description,
+        "created_by": spec.created_by,
+        "created_time": spec.created,
+        "compute": spec.compute,
+        "environment": spec.environment,
+        "command": spec.command,
+        "properties": spec.properties,
+        "inputs": spec.inputs,
+        "outputs": spec.outputs,
+    }
+    return [f"{spec.name}.{key}: got {getattr(job, key)!r}, want {value!r}" for key, value in want.items() if getattr(job, key) != value]
+
+
+def histories(src, jobs) -> dict[str, list[tuple]]:
+    return {job.source_id: sorted((p.key, p.step, p.timestamp, p.value) for p in src.metrics(job)) for job in jobs}
+
+
+def fixture_histories(specs) -> dict[str, list[tuple]]:
+    return {s.name: sorted((key, step, ts, value) for key, rows in s.metrics.items() for step, ts, value in rows) for s in specs}
+
+
+# -- extraction ------------------------------------------------------------------------------------
+
+
+def test_extracts_every_job_exactly(azure):
+    credential = FakeCredential()
+    src = source(credential=credential)
+    jobs = list(src.jobs())
+    # Parents before children, roots in creation order, siblings in start order: the fixture's order.
+    assert [j.source_id for j in jobs] == [s.name for s in azure.specs]
+    assert src.count() == len(azure.specs) == 38
+    problems = [p for job in jobs for p in check_record(job, azure.by_name[job.source_id])]
+    assert not problems, "\n".join(problems)
+    assert histories(src, jobs) == fixture_histories(azure.specs)
+    assert sum(len(v) for v in fixture_histories(azure.specs).values()) > 3000  # incl. a 2,500-point history
+    depths = {j.source_id: j.depth for j in jobs}
+    assert max(depths.values()) == 3  # pipeline -> sub-pipeline -> sub-sub-pipeline -> step
+    assert sorted(e.name for e in src.experiments()) == ["Default", "fraud-automl", "fraud-baseline", "fraud-hyperopt", "fraud-pipelines", "misc"]
+    assert src.describe() == {"kind": "azureml", "uri": URI, "workspace": URI, "tenant_id": ""}
+    # azureml-mlflow asks for a token on every request; the source caches them (with the CLI
+    # credential each uncached ask would run `az account get-access-token`).
+    assert credential.calls <= 3, credential.calls
+
+
+def test_pipeline_edges_and_trials(azure):
+    jobs = {j.step_name or j.source_id: j for j in source(experiments="fraud-pipelines,fraud-hyperopt,fraud-automl").jobs() if j.root_id != "fuzzy_fox_05"}
+    fit = jobs["fit"]
+    assert fit.depth == 3 and jobs["fit_block"].source_id == fit.parent_id and jobs["fit_block"].depth == 2
+    assert fit.inputs == {"features": {"binding": "${{parent.inputs.features}}"}, "lr": {"type": "literal", "value": "0.05"}}
+    assert jobs["evaluate"].inputs == {"model": {"binding": "${{parent.jobs.train_block.outputs.model}}"}}
+    assert jobs["train_block"].kind == "pipeline" and jobs["train_block"].compute == ""
+    trials = [j for j in jobs.values() if j.parent_id == "gentle_gale_06"]
+    assert len(trials) == 8 and {t.status for t in trials} == {"FINISHED", "FAILED", "KILLED"}
+    automl = [j for j in jobs.values() if j.parent_id == "humble_hawk_07"]
+    assert len(automl) == 12 and all(j.kind == "run" and j.properties["runTemplate"] == "automl_child" for j in automl)
+
+
+def test_sdk_children_listing_stops_at_first_page(azure):
+    """The trap this source works around: jobs.list(parent_job_name=...) drops every page but the first."""
+    from azure.ai.ml import MLClient
+
+    ml = MLClient(FakeCredential(), SUB, RG, WS, enable_telemetry=False, show_progress=False)
+    listed = list(ml.jobs.list(parent_job_name="humble_hawk_07"))
+    assert len(listed) == azure.fake.children_page < 12  # azure-ai-ml 1.35.2; the source reads all 12
+    assert len([j for j in source(include="humble_hawk_07").jobs() if j.depth == 1]) == 12
+
+
+def test_a_child_also_listed_at_the_top_level_stays_a_child(azure):
+    """Should the service list a trial among top-level jobs, it is still copied once, under its sweep."""
+    from azure.ai.ml._restclient.arm_ml_service.models import JobBase
+
+    trial = azure.by_name["gentle_gale_06_3"]
+    listed = JobBase(json.loads(json.dumps(azure.ws.roots["bright_kiwi_01"].as_dict())))
+    listed["name"], listed["id"] = trial.name, azure.ws.arm_id("jobs", trial.name)
+    listed.properties["experimentName"] = trial.experiment
+    azure.ws.roots[trial.name] = listed
+    try:
+        jobs = list(source().jobs())
+    finally:
+        del azure.ws.roots[trial.name]
+    assert [j.source_id for j in jobs] == [s.name for s in azure.specs]
+    assert next(j for j in jobs if j.source_id == trial.name).parent_id == "gentle_gale_06"
+
+
+# -- filters ---------------------------------------------------------------------------------------
+
+
+def tree(azure, root: str) -> list[str]:
+    return [s.name for s in azure.specs if s.root == root]
+
+
+def test_filters_select_whole_trees(azure):
+    assert names(experiments="fraud-pipe*") == tree(azure, "eager_owl_04") + tree(azure, "fuzzy_fox_05")
+    fit = next(s.name for s in azure.specs if s.step == "fit")
+    assert names(include=fit) == tree(azure, "eager_owl_04")  # a step id brings its whole pipeline
+    assert names(include="lr-sweep") == tree(azure, "gentle_gale_06")  # a display name works too
+    assert names(since="2024-03-01T06:30:00Z", until="2024-03-01T07:30:00Z") == tree(azure, "gentle_gale_06")
+    assert names(status="FAILED") == ["calm_river_02"] + tree(azure, "fuzzy_fox_05")
+    assert names(status="killed,running") == ["dusty_moon_03", "icy_peak_08"]
+    assert names(limit=2) == ["bright_kiwi_01", "calm_river_02"]
+    with pytest.raises(UsageError, match="unknown experiment 'nope'"):
+        source(experiments="nope").experiments()
+
+
+@pytest.mark.skipif(not hasattr(Filters, "in_shard"), reason="--shard not in this tree")
+def test_shards_split_roots_exactly(azure):
+    parts = [names(shard=f"{i}/3") for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(s.name for s in azure.specs)
+    for part in parts:
+        assert {azure.by_name[n].root for n in part} <= set(part)  # whole trees only
+
+
+# -- throttling and errors ---------------------------------------------------------------------------
+
+
+def test_throttling_and_unavailability_do_not_lose_anything(azure):
+    baseline = {j.source_id: j.to_json() for j in source().jobs()}
+    azure.fake.fault_share, azure.fake.fault_seed = 0.25, "throttle"
+    azure.fake.faults.clear()
+    try:
+        src = source(parallel=8)
+        jobs = list(src.jobs())
+        got = histories(src, jobs)
+    finally:
+        azure.fake.fault_share = 0.0
+    faults = azure.fake.faults
+    assert faults[429] > 3 and faults[503] > 3 and faults["arm"] and faults["history"] and faults["mlflow"], faults
+    assert {j.source_id: j.to_json() for j in jobs} == baseline
+    assert got == fixture_histories(azure.specs)
+
+
+def test_wrong_tenant_unknown_workspace_and_failing_credential(azure):
+    with pytest.raises(UsageError, match=r"refused the token of credential 'FakeCredential'.*HTTP 401"):
+        source(credential=FakeCredential(tenant="11111111-2222-3333-4444-555555555555"))
+    with pytest.raises(UsageError, match=rf"workspace nope \(resource group {RG}, subscription {SUB}\) not found"):
+        source(uri=URI.replace(WS, "nope"))
+
+    class Broken(FakeCredential):
+        def get_token(self, *scopes, **kwargs):
+            from azure.identity import CredentialUnavailableError
+
+            raise CredentialUnavailableError("no identity endpoint answered")
+
+    with pytest.raises(UsageError, match=r"could not get a token for tenant .* with credential 'Broken'.*no identity endpoint"):
+        source(credential=Broken())
+
+
+def test_workspace_uris_and_config_files(tmp_path):
+    assert parse_workspace(URI).workspace_name == WS
+    assert parse_workspace(URI.replace("resourcegroups", "resourceGroups") + "/").resource_group == RG
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WS, "tenant_id": TENANT}))
+    ref = parse_workspace(str(config))
+    assert (ref.subscription_id, ref.resource_group, ref.workspace_name, ref.tenant_id) == (SUB, RG, WS, TENANT)
+    assert ref.uri == URI and is_azureml(str(config)) and is_azureml(URI) and not is_azureml("http://x")
+    config.write_text(json.dumps({"subscription_id": SUB, "workspace_name": WS}))
+    with pytest.raises(UsageError, match="missing `resource_group`"):
+        parse_workspace(str(config))
+    with pytest.raises(UsageError, match="not a workspace URI"):
+        parse_workspace("azureml://subscriptions/x/workspaces/y")
+
+
+def test_old_manifest_records_still_load():
+    old = {"source_id": "r1", "experiment": "e", "name": "n", "kind": "run", "status": "FINISHED", "params": {"a": "1"}}
+    job = JobRecord.from_json(old)
+    assert job.inputs == {} and job.source_status == "" and job.compute == ""
+    assert JobRecord.from_json(job.to_json()) == job
+
+
+# -- the CLI, end to end ---------------------------------------------------------------------------
+
+
+def cli_env(azure, tmp_path: Path, fail: bool = False) -> dict:
+    az = write_fake_az(tmp_path / ("az-fail" if fail else "az"), sys.executable, fail=fail)
+    return {**azure.env, "PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "REPLAYER_CREDENTIAL": "cli"}
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if "ERROR" in line]
+
+
+def test_migrate_then_verify_from_config_json(azure, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WS, "tenant_id": TENANT}))
+    env = cli_env(azure, tmp_path)
+    target = tmp_path / "target"
+    migrate = run_cli("migrate", "--source", str(config), "--target", str(target), "--credential", "cli", "--parallel", "4", cwd=tmp_path, env=env)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    assert "created 38, repaired 0, skipped 0, failed 0" in migrate.stderr
+    check = run_cli("verify", "--source", str(config), "--target", str(target), "--credential", "cli", "--report", "r.json", cwd=tmp_path, env=env)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["compared"] == 38 and report["summary"]["equal"] == 38
+
+
+def test_extract_writes_the_control_plane_fields(azure, tmp_path):
+    out = tmp_path / "manifest"
+    result = run_cli("extract", "--source", URI, "--out", str(out), "--experiments", "fraud-pipelines", cwd=tmp_path, env=cli_env(azure, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [JobRecord.from_json(json.loads(line)) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    assert [r.source_id for r in records] == tree(azure, "eager_owl_04") + tree(azure, "fuzzy_fox_05")
+    problems = [p for r in records for p in check_record(r, azure.by_name[r.source_id])]
+    assert not problems, "\n".join(problems)
+    again = open_source(str(out))  # the manifest reads back through the same protocol
+    assert [j.to_json() for j in again.jobs()] == [r.to_json() for r in records]
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(azure, tmp_path):
+    broken = run_cli("extract", "--source", URI, "--out", str(tmp_path / "a"), cwd=tmp_path, env=cli_env(azure, tmp_path, fail=True))
+    assert broken.returncode == 2, broken.stderr[-2000:]
+    lines = error_lines(broken)
+    assert len(lines) == 1 and "could not get a token for tenant" in lines[0] and "credential 'cli'" in lines[0] and "az login" in lines[0], broken.stderr
+    missing = run_cli("extract", "--source", URI.replace(WS, "nope"), "--out", str(tmp_path / "b"), cwd=tmp_path, env=cli_env(azure, tmp_path))
+    assert missing.returncode == 2
+    lines = error_lines(missing)
+    assert len(lines) == 1 and "workspace nope" in lines[0] and "not found" in lines[0], missing.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
