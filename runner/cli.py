@@ -15,7 +15,7 @@ from loguru import logger
 from runner import config as config_file
 from runner import logs, retry
 from runner.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
-from runner.filters import Filters, as_bool
+from runner.filters import Filters, as_bool, as_list
 
 COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
 
@@ -49,6 +49,16 @@ class Settings:
         if self.retries < 0:
             raise UsageError(f"--retries {self.retries}: expected 0 or more extra passes")
         self.report = options.get("report")
+        from runner.artifacts import ArtifactOptions
+
+        self.artifacts = ArtifactOptions.build(**{k: options.get(k) for k in config_file.ARTIFACT_KEYS})
+        from runner.mapping import Mapping
+
+        self.mapping = Mapping.build(options.get("rename_file"), options.get("import_source_tags"), options.get("use_source_user"))
+        self.models = as_list(options.get("models"))  # registered model names or globs, or `all`
+        self.models_only = as_bool(options.get("models_only", False), "--models-only")
+        if self.models_only and not self.models:
+            raise UsageError("--models-only needs --models NAME,GLOB|all")
         if options.get("credential") or options.get("client_id"):
             from runner import credentials
 
@@ -63,6 +73,8 @@ class Settings:
 
 FILTER_FLAGS = tuple(config_file.FILTER_KEYS)
 SELECT = COMMON_FLAGS + FILTER_FLAGS
+MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
+ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS)
 
 
 def run(command: str, flags: dict, body) -> None:
@@ -85,10 +97,13 @@ def run(command: str, flags: dict, body) -> None:
     sys.exit(code)
 
 
-def open_target(uri: str, dry_run: bool = False):
+def open_target(uri: str, dry_run: bool = False, artifacts=None):
     from runner.targets.direct import DirectTarget
 
-    return DirectTarget(uri, dry_run=dry_run)
+    target = DirectTarget(uri, dry_run=dry_run)
+    if artifacts is not None:  # --artifacts & co. (runner.artifacts.ArtifactOptions), used per run by the target
+        target.artifact_options = artifacts
+    return target
 
 
 def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
@@ -134,20 +149,23 @@ class Replayer:
 
         --manifest DIR  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
         [--report summary.json]
+        [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         """
 
         def body():
             from runner.manifest import ManifestSource
             from runner.replay import ReplayOptions, replay
 
-            s = Settings(flags, {"target": target}, SELECT + ("report",))
+            s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS)
             if not manifest:
                 raise UsageError("missing --manifest: give a folder written by `replayer extract`")
             if not Path(str(manifest)).is_dir():
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             src = ManifestSource(str(manifest), s.filters)
-            dst = open_target(s.need("target", "target"), s.dry_run)
-            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries)), s.dry_run, s.report)
+            s.mapping.check_against(src.experiments())
+            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts)
+            options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
+            return finish_replay(replay(src, dst, options), s.dry_run, s.report)
 
         run("replay", flags, body)
 
@@ -155,17 +173,28 @@ class Replayer:
         """Extract and replay in one go, straight from source to target (no manifest on disk).
 
         --source URI|config.yml  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
+        [--models NAME,GLOB|all] [--models-only] [--rename-file F] [--import-source-tags] [--use-source-user]
+        [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         """
 
         def body():
             from runner.replay import ReplayOptions, replay
             from runner.sources import open_source
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report",))
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            src.experiments()  # an unknown --experiments name fails here, before the target is created
-            dst = open_target(s.need("target", "target"), s.dry_run)
-            return finish_replay(replay(src, dst, ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries)), s.dry_run, s.report)
+            s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
+            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts)
+            code = EXIT_OK
+            if not s.models_only:
+                options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
+                code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
+            if s.models:  # after the runs: versions link to the replayed runs
+                from runner.registry import RegistryOptions, finish_models, migrate_models
+
+                options = RegistryOptions(s.models, dry_run=s.dry_run, parallel=s.parallel, mapping=s.mapping)
+                code = max(code, finish_models(migrate_models(src, dst, options), s.dry_run, s.report))
+            return code
 
         run("migrate", flags, body)
 
@@ -173,16 +202,17 @@ class Replayer:
         """Compare source (URI or manifest folder) and target run by run; exit 1 on any difference.
 
         --source URI|DIR|config.yml  --target URI|config.yml  [--report verify-report.json] [filters]
+        [--models NAME,GLOB|all] [--rename-file F]
         """
 
         def body():
             from runner.sources import open_source
             from runner.verify import print_table, verify, write_report
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report",))
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file"))
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True)
-            report = verify(src, dst, parallel=s.parallel)
+            report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
             path = Path(s.report or "verify-report.json")
             write_report(report, path)
             print_table(report)
@@ -218,6 +248,106 @@ class Replayer:
             return EXIT_OK
 
         run("demo", flags, body)
+
+    def step(self, manifest=None, job_id=None, target=None, run_id=None, logs=None, artifacts=None, mirror_status=True, tags=None, mark_outputs=None, **flags):
+        """Replay one job of a manifest into one run: the body of the replay_step component.
+
+        --manifest DIR  --job-id ID  [--logs DIR] [--artifacts DIR] [--mirror-status true|false] [--tags JSON]
+        [--target URI [--run-id RUN]] (inside an Azure ML job the run is the job's own; exit 3 mirrors a failed original)
+        """
+
+        def body():
+            from runner import step as replay_step
+
+            Settings(flags, {}, COMMON_FLAGS)
+            if not manifest or not job_id:
+                raise UsageError("missing --manifest DIR or --job-id ID: the manifest folder and the original job to replay")
+            result = replay_step.run_step(
+                str(manifest), str(job_id), target=str(target) if target else None, run_id=str(run_id) if run_id else None,
+                logs=logs, artifacts=artifacts, mark_outputs=as_list(mark_outputs), extra_tags=replay_step.parse_tags(tags),
+                mirror_status=as_bool(mirror_status, "--mirror-status"),
+            )
+            replay_step.summary(result, str(job_id))
+            return replay_step.EXIT_MIRRORED if result.mirrored_failure else EXIT_OK
+
+        run("step", flags, body)
+
+    def submit(self, manifest=None, target=None, compute="serverless", environment=None, component=None, manifest_uri=None,
+               expand_trials=False, trial_sampling="best", max_trials=None, trial_metric=None, seed=0, mirror_status=True,
+               emit=None, debug_hierarchy=False, wait=False, timeout=86_400, **flags):
+        """Replay a manifest as real Azure ML jobs (pipeline replay): one command or pipeline job per root.
+
+        --manifest DIR  --target azureml://subscriptions/S/resourcegroups/R/workspaces/W  [--compute serverless|CLUSTER]
+        [--environment azureml:replayer:0.1.0] [--manifest-uri azureml://datastores/D/paths/P] [--expand-trials]
+        [--trial-sampling best|first|random] [--max-trials N] [--trial-metric NAME] [--seed N] [--mirror-status true|false]
+        [--dry-run] [--debug-hierarchy] [--emit DIR] [--parallel N] [--report FILE] [--wait [--timeout S]] [filters]
+        """
+
+        def body():
+            from runner.manifest import ManifestSource
+            from runner.targets import pipeline
+
+            s = Settings(flags, {"target": target}, SELECT + ("report",))
+            if not manifest or not Path(str(manifest)).is_dir():
+                raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
+            options = pipeline.PipelineOptions(
+                compute=str(compute), environment=environment, component=component, expand_trials=as_bool(expand_trials, "--expand-trials"),
+                trial_sampling=str(trial_sampling), max_trials=max_trials, trial_metric=trial_metric, seed=int(seed),
+                mirror_status=as_bool(mirror_status, "--mirror-status"), parallel=s.parallel,
+            ).check()
+            src = ManifestSource(str(manifest), s.filters)
+            uri = s.endpoints.get("target")
+            if not uri and not s.dry_run:
+                raise UsageError("missing --target azureml://subscriptions/S/resourcegroups/R/workspaces/W (or use --dry-run)")
+            dst = pipeline.PipelineTarget(str(uri)) if uri else None
+            summary = pipeline.submit(
+                src, dst, options, manifest_uri=str(manifest_uri or Path(str(manifest)).resolve()), dry_run=s.dry_run,
+                debug_hierarchy=as_bool(debug_hierarchy, "--debug-hierarchy"), emit_dir=emit,
+            )
+            logger.info("summary: {}", summary.line(s.dry_run))
+            for job_id, reason in summary.failed[:20]:
+                logger.info("  failed {}: {}", job_id, reason)
+            if s.report:
+                import dataclasses
+                import json
+
+                Path(s.report).parent.mkdir(parents=True, exist_ok=True)
+                Path(s.report).write_text(json.dumps({"dry_run": s.dry_run, **dataclasses.asdict(summary)}, indent=2), encoding="utf-8")
+            if not as_bool(wait, "--wait") or s.dry_run or not summary.submitted:
+                return summary.exit_code
+            from runner.wait import azureml_status, print_table, wait_for
+
+            labels = {row["name"]: row["original_job_id"] for row in summary.submitted}
+            result = wait_for(list(labels), azureml_status(dst.ml), timeout=float(timeout), labels=labels, parallel=s.parallel)
+            print_table(result)
+            return summary.exit_code or result.exit_code
+
+        run("submit", flags, body)
+
+    def wait(self, *jobs, target=None, timeout=86_400, poll=10, max_poll=60, **flags):
+        """Wait for Azure ML jobs; exit 0 only when all completed (1 failed, 3 canceled, 4 timed out).
+
+        JOB... | --from FILE (a `submit --report`, or one name per line)  --target azureml://subscriptions/S/resourcegroups/R/workspaces/W
+        [--timeout SECONDS] [--poll SECONDS] [--max-poll SECONDS] [--parallel N]
+        """
+        from_file = flags.pop("from", None)
+
+        def body():
+            from runner.targets.pipeline import PipelineTarget
+            from runner.wait import azureml_status, print_table, read_names, wait_for
+
+            s = Settings(flags, {"target": target}, ("verbose", "config", "parallel", "credential", "client_id"))
+            names, labels = read_names(str(from_file)) if from_file else ([], {})
+            names += [str(job) for job in jobs if str(job) not in names]
+            uri = s.endpoints.get("target")
+            if not uri:
+                raise UsageError("missing --target azureml://subscriptions/S/resourcegroups/R/workspaces/W: the workspace of the jobs")
+            ml = PipelineTarget(str(uri)).ml
+            result = wait_for(names, azureml_status(ml), timeout=float(timeout), poll=float(poll), max_poll=float(max_poll), labels=labels, parallel=s.parallel)
+            print_table(result)
+            return result.exit_code
+
+        run("wait", flags, body)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from loguru import logger
 
 from runner.ledger import Ledger, TargetRun, action_for
+from runner.mapping import Mapping, sync_deleted_experiments
 from runner.model import Experiment, JobRecord
 from runner.progress import Progress
 
@@ -27,6 +28,7 @@ class ReplayOptions:
     dry_run: bool = False
     parallel: int = 8
     retries: int = 2  # extra passes over runs that failed (the copy is idempotent)
+    mapping: Mapping = field(default_factory=Mapping)  # experiment renames, source tags, source user
 
 
 @dataclass
@@ -84,6 +86,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again = Copier(source, target, ledger, options)
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
+    sync_deleted_experiments(source, target, options.mapping)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -170,9 +173,9 @@ class Copier:
         if action == "skip":
             return existing.run_id
         target = self.target
-        experiment = self.experiments.get(job.experiment) or Experiment(name=job.experiment)
-        experiment_id = target.ensure_experiment(experiment)
-        tags = target.run_tags(job, self.source.workspace, parent_run_id)
+        source_experiment = self.experiments.get(job.experiment) or Experiment(name=job.experiment)
+        experiment_id = target.ensure_experiment(self.options.mapping.target_experiment(source_experiment))
+        tags = self.options.mapping.run_tags(job, source_experiment, target.run_tags(job, self.source.workspace, parent_run_id))
         if action == "create":
             run_id = target.create_run(job, experiment_id, tags)
             points = target.write_new(run_id, job, self.source, scratch)

@@ -3,7 +3,8 @@
 Compared for every selected source job: presence and completion in the target, experiment,
 name, status, start/end time, lifecycle, params, user tags (tool tags excluded), parent link,
 full metric histories (every key, step, timestamp and value, NaN equal to NaN) and artifacts
-(path, size, md5 of the bytes on both sides).
+(path, size, md5 of the bytes on both sides). With `--models`, registered models too (see
+`runner.registry.compare_models`). With a rename file, experiments are expected under their new names.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from loguru import logger
 
 from runner.artifacts import md5_file
 from runner.ledger import PARENT_TAG, is_own_tag
+from runner.mapping import USER_TAG, Mapping, source_user
 from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
 from runner.progress import Progress
 from runner.replay import describe
@@ -40,6 +42,7 @@ class VerifyReport:
     target: dict
     compared: int = 0
     equal: int = 0
+    models: int = 0  # registered models compared (with --models)
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -51,12 +54,16 @@ class VerifyReport:
         return {
             "source": self.source,
             "target": self.target,
-            "summary": {"compared": self.compared, "equal": self.equal, "differing": self.compared - self.equal, "by_field": dict(kinds)},
+            "summary": {
+                "compared": self.compared, "equal": self.equal, "differing": self.compared - self.equal,
+                "models": self.models, "by_field": dict(kinds),
+            },
             "differences": [asdict(d) for d in self.differences],
         }
 
 
-def verify(source, target, parallel: int = 8) -> VerifyReport:
+def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None) -> VerifyReport:
+    mapping = mapping or Mapping()
     report = VerifyReport(source=source.describe(), target=target.describe())
     if target.client is None:
         report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
@@ -66,8 +73,8 @@ def verify(source, target, parallel: int = 8) -> VerifyReport:
         report.differences.append(Difference("", "", "duplicates", "0", str(ledger.duplicates)))
     if ledger.orphans:
         report.differences.append(Difference("", "", "orphans", "0", str(len(ledger.orphans))))
-    compare_experiments(source, target, report)
-    checker = JobChecker(source, target, ledger)
+    compare_experiments(source, target, report, mapping)
+    checker = JobChecker(source, target, ledger, mapping)
     progress = Progress("verify", source.count())
     lock = threading.Lock()
     seen: set[str] = set()
@@ -88,6 +95,11 @@ def verify(source, target, parallel: int = 8) -> VerifyReport:
         for original_id, run in ledger.runs.items():
             if original_id not in seen and run.lifecycle_stage == "active":
                 report.differences.append(Difference(original_id, "", "target_only", "", run.run_id))
+    if models:
+        from runner.registry import compare_models
+
+        report.models, found = compare_models(source, target, ledger, models, checker.scratch)
+        report.differences += found
     checker.close()
     return report
 
@@ -104,12 +116,14 @@ def has_filters(source) -> bool:
     return any(recorded.get(key) for key in ("experiments", "include", "since", "until", "status", "limit", "shard"))
 
 
-def compare_experiments(source, target, report: VerifyReport) -> None:
+def compare_experiments(source, target, report: VerifyReport, mapping: Mapping) -> None:
     for experiment in source.experiments():
-        found = target.client.get_experiment_by_name(experiment.name)
+        found = target.client.get_experiment_by_name(mapping.experiment_name(experiment.name))
         if found is None:
             report.differences.append(Difference("", experiment.name, "experiment", "present", "missing"))
             continue
+        if found.lifecycle_stage != experiment.lifecycle_stage:
+            report.differences.append(Difference("", experiment.name, "experiment_lifecycle", experiment.lifecycle_stage, found.lifecycle_stage))
         mine = {k: v for k, v in found.tags.items() if not is_own_tag(k)}
         theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
         if mine != theirs:
@@ -117,8 +131,9 @@ def compare_experiments(source, target, report: VerifyReport) -> None:
 
 
 class JobChecker:
-    def __init__(self, source, target, ledger):
+    def __init__(self, source, target, ledger, mapping: Mapping | None = None):
         self.source, self.target, self.ledger = source, target, ledger
+        self.mapping = mapping or Mapping()
         self.client = target.client
         self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
         self._experiment_names: dict[str, str] = {}
@@ -144,13 +159,13 @@ class JobChecker:
         info, data = run.info, run.data
         out = []
         pairs = [
-            ("experiment", job.experiment, self.experiment_name(info.experiment_id)),
+            ("experiment", self.mapping.experiment_name(job.experiment), self.experiment_name(info.experiment_id)),
             ("name", job.name, info.run_name or ""),
             ("status", job.status, info.status),
             ("start_time", job.start_time, info.start_time),
             ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
             ("params", job.params, dict(data.params)),
-            ("tags", user_tags(job.tags), user_tags(data.tags)),
+            ("tags", user_tags(job.tags), expected_user_tags(job, data.tags)),
             ("parent", self.expected_parent(job), data.tags.get(PARENT_TAG)),
         ]
         if job.status in TERMINAL_STATUSES:
@@ -215,6 +230,14 @@ def user_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if not is_own_tag(k) and k != PARENT_TAG}
 
 
+def expected_user_tags(job: JobRecord, target_tags: dict[str, str]) -> dict[str, str]:
+    """The target's user tags, less an `mlflow.user` that --use-source-user added (the source's user)."""
+    tags = user_tags(target_tags)
+    if USER_TAG not in job.tags and source_user(job) and tags.get(USER_TAG) == source_user(job):
+        del tags[USER_TAG]
+    return tags
+
+
 def show(value) -> str:
     text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 300 else text[:297] + "..."
@@ -226,7 +249,8 @@ def write_report(report: VerifyReport, path: Path) -> None:
 
 
 def print_table(report: VerifyReport, limit: int = 50) -> None:
-    print(f"verify: {report.compared} runs compared, {report.equal} equal, {len(report.differences)} differences")
+    models = f", {report.models} models" if report.models else ""
+    print(f"verify: {report.compared} runs compared, {report.equal} equal{models}, {len(report.differences)} differences")
     if not report.differences:
         return
     print(f"{'job':<34} {'field':<24} {'source':<30} target")

@@ -33,7 +33,7 @@ INPUT = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
 OUTPUT = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]")
 ORDERING_ONLY = "Ordering only"  # an input that only binds a step after another; never read
-PENDING_COMMANDS = {"step": "issue #8: `replayer step` (runner/step.py) is not written yet"}
+PENDING_COMMANDS: dict[str, str] = {}  # command -> the issue it waits for
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +227,7 @@ EXPECT = {
     "credential": ("managed", lambda s: credentials.selected() == credentials.Choice("managed", SAMPLE_CLIENT_ID)),
     "client_id": (SAMPLE_CLIENT_ID, lambda s: credentials.selected().client_id == SAMPLE_CLIENT_ID),
 }
-POSITIONAL = {"manifest", "job_id"}  # parameters of the command method itself, not Settings
+POSITIONAL = {"manifest", "job_id", "mirror_status", "tags"}  # parameters of the command method itself, not Settings
 
 
 class Parsed(Exception):

@@ -195,6 +195,12 @@ class MlflowSource:
             while len(self._artifact_uris) > ARTIFACT_URIS:
                 self._artifact_uris.popitem(last=False)
 
+    def artifact_uri(self, job: JobRecord) -> str:
+        """The run's artifact root (runner.artifacts copies a blob root server-side)."""
+        with self._lock:
+            uri = self._artifact_uris.get(job.source_id)
+        return uri or self.client.get_run(job.source_id).info.artifact_uri
+
     def _artifact_repo(self, run_id: str):
         """The run's artifact store, opened from the artifact URI its search result carried.
 

@@ -27,6 +27,7 @@ from runner.ledger import (
     lineage_tags,
 )
 from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
+from runner.sources.mlflow import artifact_repository
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_ENTITIES_PER_BATCH = 1000
@@ -45,6 +46,7 @@ class DirectTarget:
         self._artifact_root = stores.artifact_root(resolved)
         self._experiments: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._artifact_uris: dict[str, str] = {}  # runs created by this process, until finished
 
     def describe(self) -> dict:
         return {"kind": "direct", "uri": stores.redact(self.uri)}
@@ -134,6 +136,8 @@ class DirectTarget:
 
     def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(experiment_id, start_time=job.start_time, tags=tags, run_name=job.name or None)
+        with self._lock:
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
         return run.info.run_id
 
     def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
@@ -186,6 +190,8 @@ class DirectTarget:
         self.client.set_tag(run_id, COMPLETE, job.fingerprint())
         if job.lifecycle_stage == "deleted":
             self.client.delete_run(run_id)
+        with self._lock:
+            self._artifact_uris.pop(run_id, None)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -205,7 +211,13 @@ class DirectTarget:
         with source.fetch_artifact(job, ref, scratch) as local:
             if local.name != PurePosixPath(ref.path).name:
                 raise ReplayerError(f"artifact {ref.path}: fetched file is named {local.name}")
-            self.client.log_artifact(run_id, str(local), None if folder == "." else folder)
+            artifact_path = None if folder == "." else folder
+            with self._lock:
+                uri = self._artifact_uris.get(run_id)
+            if uri is None:  # a run made before this process (a repair): the client looks it up
+                self.client.log_artifact(run_id, str(local), artifact_path)
+            else:  # what log_artifact does, without its get_run: create_run told us the URI
+                artifact_repository(uri, self.client.tracking_uri).log_artifact(str(local), artifact_path)
 
     def list_artifacts(self, run_id: str) -> Iterator:
         pending = [""]

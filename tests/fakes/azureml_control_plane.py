@@ -8,6 +8,11 @@ What it serves (the routes azure-ai-ml 1.35.2 and azureml-mlflow 1.62 call for r
                                                           `properties`, like the service: the SDK then asks
                                                           run history)
               GET  .../workspaces/W/components/NAME/versions/V
+              PUT  .../workspaces/W/components/NAME/versions/V  (stored; anonymous components of a submission)
+              PUT  .../workspaces/W/jobs/NAME            (job create: the body is kept as sent in `submitted`,
+                                                          the job is listed from then on with status NotStarted;
+                                                          `status_plan[NAME]` feeds it later statuses, one per GET)
+              GET  .../workspaces/W/jobs?tag=KEY         (only jobs carrying tag KEY, as the service filters)
 - discovery   GET  /discovery/workspaces/WSID            (the workspace's `discoveryUrl`)
 - run history GET  /history/v1.0/subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/
                    workspaces/W/runs/NAME[/children]     (children paged with `continuationToken`, no
@@ -37,6 +42,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -136,6 +142,8 @@ class FakeWorkspace:
     runs: dict[str, Any] = field(default_factory=dict)  # name -> run history Run (every job)
     children: dict[str, list[str]] = field(default_factory=dict)  # parent name -> child names, in order
     components: dict[tuple[str, str], Any] = field(default_factory=dict)  # (name, version) -> ComponentVersion
+    submitted: dict[str, dict] = field(default_factory=dict)  # job name -> the JSON body of its PUT, as sent
+    status_plan: dict[str, list[str]] = field(default_factory=dict)  # job name -> next statuses, one per GET
 
     @property
     def scope(self) -> str:
@@ -310,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._history(match.group("scope"), query)
             match = WORKSPACE_RE.match(path)
             if match:
-                return self._arm(match, query)
+                return self._arm(match, query, body)
             self._error(404, "NotFound", f"no route for {self.command} {path}")
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -339,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- ARM / MFE --------------------------------------------------------------------------
 
-    def _arm(self, match: re.Match, query: dict) -> None:
+    def _arm(self, match: re.Match, query: dict, body: bytes = b"") -> None:
         fake = self.fake
         ws = fake.find(match.group("sub"), match.group("rg"), match.group("ws"))
         rest = (match.group("rest") or "").rstrip("/")
@@ -350,8 +358,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "ResourceNotFound",
                 f"The Resource 'Microsoft.MachineLearningServices/workspaces/{match.group('ws')}' under resource group '{match.group('rg')}' was not found.",
             )
+        if self.command == "PUT":
+            return self._create(ws, rest, body)
         if self.command != "GET":
-            return self._error(405, "MethodNotAllowed", "this fake only reads")
+            return self._error(405, "MethodNotAllowed", "this fake reads, and creates jobs and components")
         if rest == "":
             fake.requests["workspace_get"] += 1
             return self._send(200, dump(self._workspace(ws)))
@@ -370,6 +380,39 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "UserError", f"Component {component.group(1)}:{component.group(2)} not found.")
             return self._send(200, dump(found))
         self._error(404, "NotFound", f"no route for {rest}")
+
+    def _create(self, ws: FakeWorkspace, rest: str, body: bytes) -> None:
+        """PUT of a job or a component version: stored as sent, answered like the service."""
+        from azure.ai.ml._restclient.arm_ml_service.models import ComponentVersion, JobBase, SystemData
+
+        fake = self.fake
+        data = json.loads(body or b"{}")
+        component = re.match(r"^/components/([^/]+)/versions/([^/]+)$", rest)
+        if component:
+            fake.requests["component_put"] += 1
+            name, version = component.groups()
+            stored = ComponentVersion({**data, "id": ws.arm_id("components", f"{name}/versions/{version}"), "name": version})
+            ws.components[(name, version)] = stored
+            return self._send(201, dump(stored))
+        job = re.match(r"^/jobs/([^/]+)$", rest)
+        if not job:
+            return self._error(404, "NotFound", f"no route for PUT {rest}")
+        fake.requests["jobs_put"] += 1
+        name = job.group(1)
+        if name in ws.roots:  # the service only merges tags into an existing job
+            ws.roots[name].properties.tags.update((data.get("properties") or {}).get("tags") or {})
+            return self._send(200, dump(ws.roots[name]))
+        ws.submitted[name] = data
+        stored = JobBase(json.loads(json.dumps(data)))
+        stored["id"], stored["name"] = ws.arm_id("jobs", name), name
+        stored["type"] = "Microsoft.MachineLearningServices/workspaces/jobs"
+        stored["systemData"] = SystemData(created_by="ada@contoso.test", created_by_type="User", created_at=datetime.now(timezone.utc)).as_dict()
+        props = stored.properties
+        props["status"] = "NotStarted"
+        studio = f"https://ml.azure.com/runs/{name}?wsid={ws.scope}"
+        props["services"] = {"Studio": {"jobServiceType": "Studio", "endpoint": studio}}
+        ws.roots[name] = stored
+        return self._send(201, dump(stored))
 
     def _workspace(self, ws: FakeWorkspace):
         from azure.ai.ml._restclient.arm_ml_service.models import SystemData, Workspace, WorkspaceProperties
@@ -401,12 +444,15 @@ class _Handler(BaseHTTPRequestHandler):
 
         view = (query.get("listViewType") or ["ActiveOnly"])[0]
         names = [n for n in ws.roots if view == "All" or (view == "ArchivedOnly") == (n in ws.archived)]
+        tag = (query.get("tag") or [None])[0]
+        if tag:
+            names = [n for n in names if tag in (ws.roots[n].properties.tags or {})]
         start = int((query.get("$skip") or ["0"])[0])
         page = names[start : start + self.fake.list_page]
         body: dict[str, Any] = {"value": [json.loads(dump(ws.roots[n])) for n in page]}
         if start + self.fake.list_page < len(names):
             nxt = start + self.fake.list_page
-            body["nextLink"] = f"{self.fake.url}{ws.scope}/jobs?api-version=2025-12-01&listViewType={view}&$skip={nxt}"
+            body["nextLink"] = f"{self.fake.url}{ws.scope}/jobs?api-version=2025-12-01&listViewType={view}&$skip={nxt}" + (f"&tag={tag}" if tag else "")
         assert all(isinstance(ws.roots[n], JobBase) for n in page)
         self._send(200, json.dumps(body).encode())
 
@@ -414,6 +460,9 @@ class _Handler(BaseHTTPRequestHandler):
         from azure.ai.ml._restclient.arm_ml_service.models import JobBase
 
         if name in ws.roots:
+            plan = ws.status_plan.get(name)
+            if plan:
+                ws.roots[name].properties["status"] = plan.pop(0)
             return self._send(200, dump(ws.roots[name]))
         if name in ws.runs:
             # A child (pipeline step, trial): MFE knows the id but has no job properties for it.

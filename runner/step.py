@@ -1,0 +1,280 @@
+"""`replayer step`: the body of the `replay_step` component, one original job replayed into one run.
+
+Pipeline replay (runner/targets/pipeline.py) turns every original job into a step of a real Azure
+ML job, and every such step runs this: it finds its record in the manifest (by original job id),
+then writes the original's history into the step's own MLflow run:
+
+- params; tags (the original's user tags, then lineage: `original_job_id`, `original_parent_job_id`,
+  `original_parent_pipeline_id`, `original_pipeline_depth`, `original_experiment`,
+  `original_workspace`, `original_status`, `original_start_time`, `original_end_time`,
+  `original_step_name`, plus the `automl_*` tags the pipeline target passes for expanded trials);
+- full metric histories with their original steps and timestamps, at most 250 rows per
+  `log_batch` (AzureML's limit); a retried step adds only the points its run lacks;
+- with `--logs` / `--artifacts`: the original's files, logs (`azureml-logs/`, `logs/`,
+  `user_logs/`, `system_logs/`) under `<logs>/<family>/...`, everything else under `<artifacts>/`,
+  md5-checked;
+- `replay.complete` last, as in the direct target.
+
+Which run: inside an Azure ML job the job's own run (`MLFLOW_RUN_ID`, tracking URI from
+`MLFLOW_TRACKING_URI`, both set by Azure ML, which also owns its status and times); locally
+`--target URI` with `--run-id RUN`, or a new run in the original's experiment, whose original
+start/end time and status the step sets itself.
+
+Status (`--mirror-status`, on by default): a step whose original failed or was canceled exits
+with code 3 after everything is written, so Azure ML marks it Failed; unless an ancestor of the
+original finished successfully anyway (a sweep that completed with a failed trial), where failing
+would turn the replayed ancestor Failed too: that step completes, `original_status` tells.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from loguru import logger
+
+from runner import stores
+from runner.artifacts import md5_file
+from runner.errors import ReplayerError, UsageError
+from runner.filters import Filters
+from runner.ledger import COMPLETE, PARENT_TAG, is_own_tag, lineage_tags
+from runner.manifest import ManifestSource
+from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
+
+EXIT_MIRRORED = 3  # the replay worked; the original job had failed (or was canceled)
+METRICS_PER_BATCH = 250  # AzureML's MLflow endpoint: at most 250 metric rows per log_batch
+PARAMS_TAGS_PER_BATCH = 100  # MLflow's own limit
+LOG_FAMILIES = ("azureml-logs", "logs", "user_logs", "system_logs")
+MARKER = "replayed_from.json"
+
+ORIGINAL_PARENT_PIPELINE = "original_parent_pipeline_id"
+ORIGINAL_STATUS = "original_status"
+ORIGINAL_START = "original_start_time"
+ORIGINAL_END = "original_end_time"
+ORIGINAL_STEP = "original_step_name"
+FAILED_STATUSES = ("FAILED", "KILLED")
+
+
+@dataclass
+class StepResult:
+    run_id: str
+    params: int = 0
+    tags: int = 0
+    metric_points: int = 0
+    artifacts: int = 0
+    logs: int = 0
+    mirrored_failure: bool = False
+
+    def line(self) -> str:
+        return (
+            f"run {self.run_id}: {self.params} params, {self.tags} tags, {self.metric_points} metric points, "
+            f"{self.artifacts} artifacts, {self.logs} log files"
+        )
+
+
+def mirrors_failure(status: str, ancestor_statuses: list[str]) -> bool:
+    """Whether the replayed step should end failed (see the module docstring).
+
+    Azure ML propagates a failed step to every enclosing pipeline, so a failure is mirrored only
+    where no original ancestor finished successfully.
+    """
+    return status in FAILED_STATUSES and "FINISHED" not in ancestor_statuses
+
+
+def step_tags(job: JobRecord, workspace: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags of the replayed run: the original's user tags, lineage, then the caller's extras."""
+    tags = {k: v for k, v in job.tags.items() if k != PARENT_TAG and not is_own_tag(k)}
+    tags.update(lineage_tags(job, workspace))
+    tags[ORIGINAL_STATUS] = job.source_status or job.status
+    if job.depth:
+        tags[ORIGINAL_PARENT_PIPELINE] = job.root_id
+    if job.start_time is not None:
+        tags[ORIGINAL_START] = str(job.start_time)
+    if job.end_time is not None:
+        tags[ORIGINAL_END] = str(job.end_time)
+    if job.step_name:
+        tags[ORIGINAL_STEP] = job.step_name
+    tags.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def parse_tags(value) -> dict[str, str]:
+    """`--tags`: a JSON object (python-fire may already have turned it into a dict)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        data = json.loads(str(value))
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise UsageError(f"--tags {str(value)[:80]!r}: expected a JSON object of tag names to values")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def find(manifest: str | Path, job_id: str) -> tuple[ManifestSource, JobRecord, list[str]]:
+    """The manifest, the job's record and its ancestors' statuses (nearest first)."""
+    if not Path(manifest).is_dir():
+        raise UsageError(f"--manifest {manifest}: no such folder; give the manifest folder written by `replayer extract`")
+    source = ManifestSource(manifest, Filters(include_deleted=True))
+    seen: dict[str, tuple[str | None, str]] = {}  # id -> (parent id, status); parents come first
+    for job in source.jobs():
+        if job.source_id == job_id:
+            ancestors, parent = [], job.parent_id
+            while parent in seen:
+                parent, status = seen[parent]
+                ancestors.append(status)
+            return source, job, ancestors
+        seen[job.source_id] = (job.parent_id, job.status)
+    raise UsageError(f"--job-id {job_id}: no such job in manifest {manifest}")
+
+
+def run_step(
+    manifest: str | Path,
+    job_id: str,
+    *,
+    target: str | None = None,
+    run_id: str | None = None,
+    logs: str | Path | None = None,
+    artifacts: str | Path | None = None,
+    mark_outputs: Iterable[str] = (),
+    extra_tags: dict[str, str] | None = None,
+    mirror_status: bool = True,
+) -> StepResult:
+    """Replay one job's history into one run; see the module docstring."""
+    source, job, ancestors = find(manifest, job_id)
+    client, run_id, own = open_run(job, target, run_id)
+    result = StepResult(run_id, mirrored_failure=mirror_status and mirrors_failure(job.status, ancestors))
+    run = client.get_run(run_id)
+    params = missing_params(run.data.params, job.params, run_id)
+    tags = {k: v for k, v in step_tags(job, source.workspace, extra_tags).items() if run.data.tags.get(k) != v}
+    entries = [("param", k, v) for k, v in params.items()] + [("tag", k, v) for k, v in tags.items()]
+    for start in range(0, len(entries), PARAMS_TAGS_PER_BATCH):
+        log_keyed(client, run_id, entries[start : start + PARAMS_TAGS_PER_BATCH])
+    result.params, result.tags = len(params), len(tags)
+    result.metric_points = log_metrics(client, run_id, new_points(client, run_id, set(run.data.metrics), source.metrics(job)))
+    if logs or artifacts:
+        result.artifacts, result.logs = copy_files(source, job, Path(artifacts) if artifacts else None, Path(logs) if logs else None)
+    for folder in mark_outputs:
+        mark(Path(folder), job)
+    if own and job.status in TERMINAL_STATUSES:
+        client.set_terminated(run_id, job.status, end_time=job.end_time)
+    client.set_tag(run_id, COMPLETE, job.fingerprint())
+    return result
+
+
+def open_run(job: JobRecord, target: str | None, run_id: str | None):
+    """(client, run id, whether the step owns the run's status): see "Which run" above."""
+    from mlflow import MlflowClient
+
+    if target:
+        client = stores.open_client(target, create=True)
+        if run_id:
+            return client, str(run_id), True
+        found = client.get_experiment_by_name(job.experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(job.experiment)
+        run = client.create_run(experiment_id, start_time=job.start_time, run_name=job.name or None)
+        return client, run.info.run_id, True
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if not env_run:
+        raise UsageError("no run to write into: inside an Azure ML job MLFLOW_RUN_ID is set; elsewhere give --target URI [--run-id RUN]")
+    if run_id and run_id != env_run:
+        raise UsageError(f"--run-id {run_id} differs from this job's own run {env_run}; give --target too to write elsewhere")
+    return MlflowClient(), env_run, False
+
+
+def missing_params(have: dict[str, str], want: dict[str, str], run_id: str) -> dict[str, str]:
+    for key, value in want.items():
+        if key in have and have[key] != value:
+            raise ReplayerError(f"run {run_id}: param {key!r} is already {have[key]!r}, the original has {value!r}; params cannot change")
+    return {k: v for k, v in want.items() if k not in have}
+
+
+def log_keyed(client, run_id: str, entries: list[tuple[str, str, str]]) -> None:
+    from mlflow.entities import Param, RunTag
+
+    params = [Param(k, v) for kind, k, v in entries if kind == "param"]
+    tags = [RunTag(k, v) for kind, k, v in entries if kind == "tag"]
+    client.log_batch(run_id, metrics=[], params=params, tags=tags)
+
+
+def new_points(client, run_id: str, logged_keys: set[str], points: Iterable[MetricPoint]) -> Iterator[MetricPoint]:
+    """The points the run lacks: all of them for a fresh run; for a retried step, the rest."""
+    have: Counter = Counter()
+    for key in logged_keys:
+        have.update(MetricPoint(m.key, m.value, m.timestamp, m.step).identity() for m in client.get_metric_history(run_id, key))
+    for point in points:
+        identity = point.identity()
+        if have[identity] > 0:
+            have[identity] -= 1
+        else:
+            yield point
+
+
+def log_metrics(client, run_id: str, points: Iterable[MetricPoint]) -> int:
+    from mlflow.entities import Metric
+
+    written, batch = 0, []
+    for point in points:
+        batch.append(Metric(point.key, point.value, point.timestamp, point.step))
+        if len(batch) == METRICS_PER_BATCH:
+            client.log_batch(run_id, metrics=batch)
+            written, batch = written + len(batch), []
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+        written += len(batch)
+    return written
+
+
+def log_family(path: str) -> tuple[str, str] | None:
+    """(family, rest) for a log file of the original job, None for any other artifact."""
+    parts = PurePosixPath(path).parts
+    if len(parts) > 1 and parts[0] in LOG_FAMILIES:
+        return parts[0], str(PurePosixPath(*parts[1:]))
+    return None
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`root/relative`, refusing paths that would leave `root` (a damaged or hostile manifest)."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ReplayerError(f"artifact path {relative!r} leaves the output folder; the manifest is damaged")
+    return path
+
+
+def copy_files(source: ManifestSource, job: JobRecord, artifacts: Path | None, logs: Path | None) -> tuple[int, int]:
+    """Artifacts into `artifacts/`, logs into `logs/<family>/`; returns (artifacts, logs) copied."""
+    counts = [0, 0]
+    with tempfile.TemporaryDirectory(prefix="replayer-step-") as scratch:
+        for ref in source.artifacts(job):
+            family = log_family(ref.path)
+            root = logs if family else artifacts
+            if root is None:
+                continue
+            destination = inside(root, f"{family[0]}/{family[1]}" if family else ref.path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with source.fetch_artifact(job, ref, Path(scratch)) as local:
+                shutil.copyfile(local, destination)
+            size, md5 = md5_file(destination)
+            if size != ref.size or (ref.md5 and md5 != ref.md5):
+                raise ReplayerError(f"artifact {ref.path}: copied {size} bytes md5 {md5}, the manifest says {ref.size} bytes md5 {ref.md5}")
+            counts[bool(family)] += 1
+    return counts[0], counts[1]
+
+
+def mark(folder: Path, job: JobRecord) -> None:
+    """A small file in an edge output, so the step downstream mounts a folder that exists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"original_job_id": job.source_id, "step": job.step_name}) + "\n", encoding="utf-8")
+
+
+def summary(result: StepResult, job_id: str) -> None:
+    logger.info("replayed {} into {}", job_id, result.line())
+    if result.mirrored_failure:
+        logger.warning("the original job {} did not succeed: exiting {} so Azure ML marks this step failed too (--mirror-status)", job_id, EXIT_MIRRORED)
