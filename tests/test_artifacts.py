@@ -1,0 +1,516 @@
+"""Artifact and log copies on a real Azurite (two accounts) and real mlflow servers: server-side
+blob copy, streamed block uploads, resume after a kill, md5 checks, selection, pipeline layout,
+and no secret in any log."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from azurite import ACCOUNTS, Azurite
+
+from runner import artifacts
+from runner.artifacts import ArtifactOptions, BlobAuth, CopyStats
+from runner.errors import UsageError
+from runner.model import ArtifactRef
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1 << 20
+BIG = 200 * MB
+
+# name -> bytes: nested folders, spaces, unicode, an empty file, a multi-block file.
+TREE = {
+    "model/weights.bin": os.urandom(3 * MB + 17),
+    "model/config.json": b'{"layers": 3}',
+    "outputs/deep/er/still/x.txt": b"nested",
+    "with space/f\u00fcr sch\u00f6n \u65e5\u672c.txt": "unicode \u2713".encode(),
+    "empty.txt": b"",
+    "user_logs/std_log.txt": b"epoch 1\nepoch 2\n",
+    "system_logs/lifecycler/execution-wrapper.log": b"started\n",
+    "top.txt": b"top",
+}
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix():
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def options(azurite):
+    return ArtifactOptions(auth=azurite.auth(), block_size=MB)
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    folder = tmp_path / "tree"
+    for name, data in TREE.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def blob_bytes(azurite, account: str, container: str, name: str) -> bytes:
+    return azurite.service(account).get_blob_client(container, name).download_blob().readall()
+
+
+def run_script(code: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def keys_env() -> dict:
+    return {"REPLAYER_STORAGE_KEYS": ";".join(f"{k}:{v}" for k, v in ACCOUNTS.items())}
+
+
+# -- local -> blob (streamed) -> blob (server-side) -> folder ---------------------------------
+
+
+def test_tree_streams_in_then_copies_server_side_between_accounts(azurite, tree, options, prefix):
+    first = azurite.url("acct1", "runs", f"{prefix}/artifacts")
+    second = azurite.url("acct2", "mirror", f"deep/{prefix}/artifacts")
+
+    up = artifacts.copy_artifacts(tree, first, None, options)
+    assert up.ok, up.failed
+    assert (up.copied, up.streamed, up.server_side) == (len(TREE), len(TREE), 0)
+    across = artifacts.copy_artifacts(first, second, None, options)
+    assert across.ok, across.failed
+    assert (across.copied, across.server_side, across.streamed) == (len(TREE), len(TREE), 0)
+    assert across.bytes_streamed == 0 and across.bytes_copied == sum(map(len, TREE.values()))
+    # Azurite has no Put Blob From URL: the first try said so and Copy Blob took over, once per account pair.
+    assert (f"{azurite.endpoint}/acct1", f"{azurite.endpoint}/acct2") in artifacts._no_put_from_url
+
+    for name, data in TREE.items():  # exact names and bytes, and the MD5 the service holds
+        assert blob_bytes(azurite, "acct2", "mirror", f"deep/{prefix}/artifacts/{name}") == data
+    listed = {r.path: r for r in artifacts.open_store(second, auth=options.auth).list()}
+    assert set(listed) == set(TREE)
+    assert all(listed[n].md5 == hashlib.md5(d).hexdigest() and listed[n].size == len(d) for n, d in TREE.items())
+    assert {r.path: r.md5 for r in across.refs} == {n: hashlib.md5(d).hexdigest() for n, d in TREE.items()}
+    assert artifacts.compare(tree, second, options=options) == []
+
+    # A rerun finds everything in place and moves nothing.
+    again = artifacts.copy_artifacts(first, second, None, options)
+    assert (again.copied, again.skipped_existing, again.bytes_copied) == (0, len(TREE), 0)
+    assert artifacts.copy_artifacts(tree, first, None, options).skipped_existing == len(TREE)
+
+
+def test_pipeline_folder_keeps_paths_and_puts_logs_under_original_logs(azurite, tree, options, prefix, tmp_path):
+    root = azurite.url("acct1", "runs", f"{prefix}/artifacts")
+    assert artifacts.copy_artifacts(tree, root, None, options).ok
+    out = tmp_path / "step-output"
+    stats = artifacts.copy_to_folder(root, None, out, options)
+    assert stats.ok and stats.copied == len(TREE)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {artifacts.pipeline_path(n) for n in TREE}
+    assert (out / "original_logs/user_logs/std_log.txt").read_bytes() == TREE["user_logs/std_log.txt"]
+    assert (out / "original_logs/system_logs/lifecycler/execution-wrapper.log").is_file()
+    assert (out / "model/weights.bin").read_bytes() == TREE["model/weights.bin"]
+    assert (out / "empty.txt").read_bytes() == b""
+    assert not list(out.rglob(f"*{artifacts.PARTIAL}"))
+    assert artifacts.copy_to_folder(root, None, out, options).skipped_existing == len(TREE)
+
+    # The step's two outputs: logs/<family>/..., artifacts/<path>; a folder not given is left out.
+    arts, logs = tmp_path / "artifacts", tmp_path / "logs"
+    split = artifacts.copy_to_folders(root, None, arts, logs, options)
+    assert split.ok and split.copied == len(TREE)
+    assert (logs / "user_logs/std_log.txt").read_bytes() == TREE["user_logs/std_log.txt"]
+    assert {p.relative_to(arts).as_posix() for p in arts.rglob("*") if p.is_file()} == {n for n in TREE if not artifacts.log_family(n)}
+    only_logs = artifacts.copy_to_folders(root, None, None, tmp_path / "logs-only", options)
+    assert only_logs.copied == 2
+
+
+# -- large files, kill and resume, memory ----------------------------------------------------------
+
+STREAM = """
+import json, os, signal, sys
+from runner import artifacts as a
+src, dst, kill_at, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+done = [0]
+def on_bytes(n):
+    done[0] += n
+    if kill_at and done[0] >= kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a preempted node
+opts = a.ArtifactOptions(parallel=1, block_size=block, on_bytes=on_bytes)  # keys from REPLAYER_STORAGE_KEYS
+stats = a.copy_artifacts(src, dst, None, opts)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))  # this process only, unlike ru_maxrss
+print(json.dumps({**stats.to_json(), "rss_mb": peak / 1024}))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory) -> tuple[Path, str]:
+    """200 MiB of incompressible bytes, made fast: one random MiB, each copy stamped with its index."""
+    folder = tmp_path_factory.mktemp("big")
+    pattern, digest = bytearray(os.urandom(MB)), hashlib.md5()
+    with open(folder / "checkpoint.pt", "wb") as out:
+        for i in range(BIG // MB):
+            pattern[:8] = i.to_bytes(8, "big")
+            digest.update(pattern)
+            out.write(pattern)
+    return folder, digest.hexdigest()
+
+
+def test_200mb_streamed_in_blocks_killed_halfway_resumes_with_flat_memory(azurite, big_folder, options, prefix):
+    folder, md5 = big_folder
+    first = azurite.url("acct1", "big", prefix)
+    block = 8 * MB
+    killed = run_script(STREAM, str(folder), first, str(BIG // 2), str(block), env=keys_env())
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    blob = azurite.service("acct1").get_blob_client("big", f"{prefix}/checkpoint.pt")
+    committed, staged = blob.get_block_list("all")
+    assert not committed and len(staged) >= 10  # half the blocks made it before the kill, none committed
+
+    resumed = run_script(STREAM, str(folder), first, "0", str(block), env=keys_env())
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    stats = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert stats["copied"] == 1 and stats["failed"] == [] and stats["blocks_reused"] >= 10
+    assert stats["rss_mb"] < 200, f"client memory grew with the file: {stats['rss_mb']:.0f} MB peak"
+    props = blob.get_blob_properties()
+    assert props.size == BIG and props.content_settings.content_md5.hex() == md5
+    assert len(blob.get_block_list("committed")[0]) == BIG // block
+
+    # The same 200 MiB to the other account without passing through this process.
+    second = azurite.url("acct2", "big", prefix)
+    across = artifacts.copy_artifacts(first, second, None, options)
+    assert across.ok and across.server_side == 1 and across.bytes_streamed == 0
+    assert artifacts.compare(first, second, options=options, deep=True) == []
+
+
+SMALL = """
+import json, os, signal, sys
+from runner import artifacts as a
+src, dst, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = [0]
+def on_bytes(n):
+    files[0] += 1
+    if files[0] >= stop_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+stats = a.copy_artifacts(src, dst, None, a.ArtifactOptions(parallel=2, on_bytes=on_bytes))
+print(json.dumps(stats.to_json()))
+"""
+
+
+def test_server_side_copy_killed_after_n_files_resumes_skipping_them(azurite, options, prefix):
+    container = azurite.service("acct1").get_container_client("many")
+    try:
+        container.create_container()
+    except Exception:  # noqa: BLE001 - created by an earlier test run on this server
+        pass
+    for i in range(40):
+        container.upload_blob(f"{prefix}/part-{i:03d}.json", json.dumps({"i": i}).encode(), overwrite=True)
+    src, dst = azurite.url("acct1", "many", prefix), azurite.url("acct2", "many", prefix)
+    killed = run_script(SMALL, src, dst, "12", env=keys_env())
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    done_before = len(list(artifacts.open_store(dst, auth=options.auth).list()))
+    assert 12 <= done_before < 40
+
+    stats = artifacts.copy_artifacts(src, dst, None, options)
+    assert stats.ok and stats.skipped_existing >= 12 and stats.copied == 40 - stats.skipped_existing
+    assert artifacts.compare(src, dst, options=options) == []
+
+
+# -- checks --------------------------------------------------------------------------------------------
+
+
+def test_tampered_destination_is_reported_and_repaired(azurite, tree, options, prefix):
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    src = azurite.url("acct1", "runs", f"{prefix}/a")
+    dst = azurite.url("acct2", "runs", f"{prefix}/b")
+    assert artifacts.copy_artifacts(tree, src, None, options).ok
+    assert artifacts.copy_artifacts(src, dst, None, options).ok
+    container = azurite.service("acct2").get_container_client("runs")
+
+    # Same size, other bytes: the MD5 the service computed no longer matches.
+    name = "model/config.json"
+    container.upload_blob(f"{prefix}/b/{name}", b'{"layers": 4}', overwrite=True)
+    found = artifacts.compare(src, dst, options=options)
+    assert [m.path for m in found] == [name]
+    assert "md5" in found[0].source and found[0].source != found[0].target
+
+    # Other bytes committed with the original MD5 header: only reading the bytes catches it.
+    lie = "top.txt"
+    blob = container.get_blob_client(f"{prefix}/b/{lie}")
+    original_md5 = blob.get_blob_properties().content_settings.content_md5
+    blob.stage_block("b1", b"TOP")
+    blob.commit_block_list([BlobBlock("b1")], content_settings=ContentSettings(content_md5=original_md5))
+    assert [m.path for m in artifacts.compare(src, dst, options=options)] == [name]
+    assert [m.path for m in artifacts.compare(src, dst, options=options, deep=True)] == [name, lie]
+
+    # An extra file in the target is a difference too; the tool's own replay/ files are not.
+    container.upload_blob(f"{prefix}/b/stray.txt", b"x", overwrite=True)
+    container.upload_blob(f"{prefix}/b/{artifacts.REFS_FILE}", b"{}", overwrite=True)
+    assert [m.path for m in artifacts.compare(src, dst, options=options)] == [name, "stray.txt"]
+
+    # A rerun copies the file whose MD5 differs again and leaves the rest.
+    again = artifacts.copy_artifacts(src, dst, None, options)
+    assert again.copied == 1 and again.skipped_existing == len(TREE) - 1
+    assert blob_bytes(azurite, "acct2", "runs", f"{prefix}/b/{name}") == TREE[name]
+
+
+def test_selection_size_limit_and_modes(azurite, tree, options, prefix, tmp_path):
+    src = azurite.url("acct1", "runs", f"{prefix}/src")
+    assert artifacts.copy_artifacts(tree, src, None, options).ok
+
+    picky = ArtifactOptions.build(artifact_include="model/*,*.txt", artifact_exclude="user_logs/", max_artifact_size="1MB", auth=options.auth)
+    dst = azurite.url("acct2", "runs", f"{prefix}/picky")
+    stats = artifacts.copy_artifacts(src, dst, None, picky)
+    copied = {r.path for r in stats.refs}
+    assert copied == {"model/config.json", "outputs/deep/er/still/x.txt", "with space/f\u00fcr sch\u00f6n \u65e5\u672c.txt", "empty.txt", "top.txt"}
+    assert stats.skipped_too_large == [f"model/weights.bin ({len(TREE['model/weights.bin'])} bytes)"]
+    assert stats.skipped_filtered == 2  # user_logs excluded, system_logs not included
+    assert artifacts.compare(src, dst, options=picky) == []
+
+    listed = artifacts.copy_artifacts(src, azurite.url("acct2", "runs", f"{prefix}/list"), None, ArtifactOptions.build("list", auth=options.auth))
+    assert listed.listed == len(TREE) and listed.copied == 0
+    names = {r.path for r in artifacts.open_store(azurite.url("acct2", "runs", f"{prefix}/list"), auth=options.auth).list()}
+    assert names == {artifacts.REFS_FILE}
+    lines = blob_bytes(azurite, "acct2", "runs", f"{prefix}/list/{artifacts.REFS_FILE}").decode().splitlines()
+    assert json.loads(lines[0])["source"].endswith(f"/acct1/runs/{prefix}/src")
+    assert {json.loads(line)["path"]: json.loads(line)["md5"] for line in lines[1:]} == {n: hashlib.md5(d).hexdigest() for n, d in TREE.items()}
+
+    none = artifacts.copy_artifacts(src, tmp_path / "none", None, ArtifactOptions.build("none"))
+    assert none == CopyStats() and not (tmp_path / "none").exists()
+
+
+def test_a_refused_server_side_copy_falls_back_to_streaming(azurite, tree, options, prefix):
+    class WrongKey:  # a SAS source whose signature the service rejects (a firewall or a foreign cloud alike)
+        def read_sas(self, container, blob, minutes):
+            return artifacts.AccountKeySas("acct1", ACCOUNTS["acct2"]).read_sas(container, blob, minutes)
+
+    src_root = azurite.url("acct1", "runs", f"{prefix}/src")
+    assert artifacts.copy_artifacts(tree, src_root, None, options).ok
+    auth = BlobAuth(keys=dict(ACCOUNTS), sas=lambda store: WrongKey())
+    stats = artifacts.copy_artifacts(src_root, azurite.url("acct2", "runs", f"{prefix}/dst"), None, ArtifactOptions(auth=auth, block_size=MB))
+    assert stats.ok, stats.failed
+    assert stats.server_side == 0 and stats.streamed == len(TREE)
+    assert artifacts.compare(tree, azurite.url("acct2", "runs", f"{prefix}/dst"), options=options) == []
+
+
+def test_unsafe_paths_are_refused(tree, tmp_path):
+    refs = [ArtifactRef("../escape.txt", 1), ArtifactRef("top.txt", 3)]
+    stats = artifacts.copy_artifacts(tree, tmp_path / "out", refs, ArtifactOptions())
+    assert [p for p, _ in stats.failed] == ["../escape.txt"] and stats.copied == 1
+    assert not (tmp_path / "escape.txt").exists()
+
+
+# -- through MLflow (direct mode today) ---------------------------------------------------------------
+
+
+def test_blob_to_mlflow_run_and_back(servers, azurite, tree, options, prefix):
+    from mlflow import MlflowClient
+
+    _, target = servers
+    client = MlflowClient(target.uri)
+    experiment = client.create_experiment(f"artifacts-{prefix}")
+    run = client.create_run(experiment)
+    blob_root = azurite.url("acct1", "runs", f"{prefix}/src")
+    assert artifacts.copy_artifacts(tree, blob_root, None, options).ok
+
+    into = artifacts.copy_run_artifacts(blob_root, run.info.artifact_uri, None, options, tracking_uri=target.uri, fresh=True)
+    assert into.ok, into.failed
+    assert into.streamed == len(TREE)
+    assert artifacts.compare(blob_root, run.info.artifact_uri, options=options, tracking_uri=target.uri) == []
+    again = artifacts.copy_run_artifacts(blob_root, run.info.artifact_uri, None, options, tracking_uri=target.uri)
+    assert again.skipped_existing == len(TREE) and again.copied == 0
+
+    back = azurite.url("acct2", "runs", f"{prefix}/back")
+    out = artifacts.copy_run_artifacts(run.info.artifact_uri, back, None, options, tracking_uri=target.uri)
+    assert out.ok and out.streamed == len(TREE)
+    assert artifacts.compare(tree, back, options=options) == []
+
+
+# -- secrets -----------------------------------------------------------------------------------------------
+
+LOGGED = """
+import sys
+from runner import artifacts as a, logs
+logs.setup("artifacts", verbose=True, log_dir=sys.argv[3])
+class WrongKey:
+    def read_sas(self, container, blob, minutes):
+        return a.AccountKeySas("acct1", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=").read_sas(container, blob, minutes)
+auth = a.BlobAuth.from_env()
+auth.sas = lambda store: WrongKey()
+a.logger.info("options {} auth {}", a.ArtifactOptions(auth=auth), auth)
+stats = a.copy_artifacts(sys.argv[1], sys.argv[2], None, a.ArtifactOptions(auth=auth))
+a.logger.info("stats {}", stats.line())
+src = a.open_store(sys.argv[1], auth=auth)
+a.logger.debug("a url as someone might log it: {}", src.read_url("top.txt", 5))
+try:
+    a.copy_artifacts(sys.argv[1], sys.argv[2].replace("acct2", "acct1"), [a.ArtifactRef("missing.bin", 5)], a.ArtifactOptions(auth=a.BlobAuth.from_env()))
+except Exception as error:
+    a.logger.error("{}", error)
+"""
+
+
+def test_no_key_or_sas_signature_reaches_a_log(azurite, tree, options, prefix, tmp_path):
+    src = azurite.url("acct1", "runs", f"{prefix}/src")
+    assert artifacts.copy_artifacts(tree, src, None, options).ok
+    result = run_script(LOGGED, src, azurite.url("acct2", "runs", f"{prefix}/dst"), str(tmp_path / "logs"), env=keys_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = next((tmp_path / "logs").glob("artifacts_*.log")).read_text()
+    assert "streaming instead" in log and "sig=REDACTED" in log  # the fallback was logged, the URL redacted
+    for text in (log, result.stderr, result.stdout):
+        for key in ACCOUNTS.values():
+            assert key not in text
+        assert "d3Jvbmcta2V5" not in text
+        assert not re.search(r"sig=(?!REDACTED)[^&\s]+", text)
+
+
+# -- units -------------------------------------------------------------------------------------------------
+
+
+def test_parse_size_and_globs():
+    assert artifacts.parse_size("1.5GiB") == 3 * (1 << 29)
+    assert artifacts.parse_size("500MB") == 500 * 10**6
+    assert artifacts.parse_size(1024) == 1024 and artifacts.parse_size(None) is None
+    with pytest.raises(UsageError, match="--max-artifact-size"):
+        artifacts.parse_size("lots", "--max-artifact-size")
+    with pytest.raises(UsageError, match="copy, list, none"):
+        ArtifactOptions.build("all")
+    o = ArtifactOptions.build(artifact_include=["outputs/*", "*.json"], artifact_exclude="*.tmp,logs/")
+    assert o.selects("outputs/a/b.bin") and o.selects("deep/x.json")
+    assert not o.selects("outputs/x.tmp") and not o.selects("model.bin") and not o.selects("logs/a.json")
+
+
+def test_blob_uris_are_recognized():
+    auth = BlobAuth(keys={"acct1": "k"})
+    loc = artifacts.parse_blob_uri("wasbs://artifacts@myacct.blob.core.windows.net/mlflow/3/abc/artifacts")
+    assert (loc.account, loc.account_url, loc.container, loc.prefix) == ("myacct", "https://myacct.blob.core.windows.net", "artifacts", "mlflow/3/abc/artifacts")
+    loc = artifacts.parse_blob_uri("abfss://data@lake.dfs.core.windows.net/x")
+    assert loc.account_url == "https://lake.blob.core.windows.net" and loc.prefix == "x"
+    loc = artifacts.parse_blob_uri("https://acct.blob.core.chinacloudapi.cn/azureml/ExperimentRun/dcid.r1")
+    assert (loc.account, loc.container, loc.prefix) == ("acct", "azureml", "ExperimentRun/dcid.r1")
+    loc = artifacts.parse_blob_uri("http://127.0.0.1:10000/acct1/runs/a%20b", auth)
+    assert (loc.account_url, loc.container, loc.prefix) == ("http://127.0.0.1:10000/acct1", "runs", "a b")
+    assert artifacts.parse_blob_uri("http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1", auth) is None
+    assert artifacts.parse_blob_uri("mlflow-artifacts:/1/abc/artifacts") is None
+    assert isinstance(artifacts.open_store("/tmp/x"), artifacts.LocalStore)
+    assert "k" not in repr(auth) and "k" not in repr(artifacts.AccountKeySas("acct1", "k"))
+
+
+def test_pipeline_paths():
+    assert artifacts.pipeline_path("user_logs/std_log.txt") == "original_logs/user_logs/std_log.txt"
+    assert artifacts.pipeline_path("azureml-logs/70_driver_log.txt") == "original_logs/azureml-logs/70_driver_log.txt"
+    assert artifacts.pipeline_path("outputs/model.pkl") == "outputs/model.pkl"
+    assert artifacts.pipeline_path("logs") == "logs"  # a file named like a family is not a log folder
+
+
+def test_cli_flags_and_yaml_reach_the_artifact_options(tmp_path):
+    from runner import cli
+
+    s = cli.Settings({"artifacts": "list", "max_artifact_size": "2GiB", "artifact_include": ("outputs/*", "*.json")},
+                     {"target": "x"}, cli.SELECT + cli.ARTIFACT_FLAGS)
+    assert (s.artifacts.mode, s.artifacts.max_size, s.artifacts.include) == ("list", 2 << 30, ["outputs/*", "*.json"])
+    config = tmp_path / "m.yml"
+    config.write_text("target: x\noptions: {artifacts: none, artifact_exclude: [logs/, '*.tmp'], max_artifact_size: 500MB}\n")
+    s = cli.Settings({"config": str(config), "artifacts": "copy"}, {"target": None}, cli.SELECT + cli.ARTIFACT_FLAGS)
+    assert (s.artifacts.mode, s.artifacts.exclude, s.artifacts.max_size) == ("copy", ["logs/", "*.tmp"], 500 * 10**6)
+    with pytest.raises(UsageError, match="--max-artifact-size"):
+        cli.Settings({"max_artifact_size": "big"}, {"target": "x"}, cli.SELECT + cli.ARTIFACT_FLAGS)
+
+
+# -- direct mode: blob-backed experiments on both ends ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blob_migration(azurite, tmp_path_factory):
+    """Two sqlite stores whose experiment lives on blob storage (acct1, acct2): a parent and a child
+    run with TREE each in the source, then `replayer migrate` into the target."""
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+    from runner import stores
+    from runner.targets.direct import DirectTarget
+
+    if not hasattr(DirectTarget, "_copy_artifacts"):
+        pytest.skip("runner/targets/direct.py does not call runner.artifacts yet (issue #4 wiring)")
+    tmp_path, prefix = tmp_path_factory.mktemp("blob-migration"), uuid.uuid4().hex[:10]
+    folder = tmp_path / "tree"
+    for name, data in TREE.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    options = ArtifactOptions(auth=azurite.auth())
+    source_uri, target_uri = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'target.db'}"
+    name = f"blobby-{prefix}"
+    for uri, account in ((source_uri, "acct1"), (target_uri, "acct2")):  # the target's experiment exists, on blob
+        stores.open_client(uri, create=True).create_experiment(name, artifact_location=azurite.url(account, "mlruns", f"{prefix}/exp"))
+    source = MlflowClient(source_uri)
+    experiment = source.get_experiment_by_name(name).experiment_id
+    parent = source.create_run(experiment, start_time=1_700_000_000_000, run_name="parent")
+    child = source.create_run(experiment, start_time=1_700_000_001_000, run_name="child", tags={"mlflow.parentRunId": parent.info.run_id})
+    for run in (parent, child):
+        assert artifacts.copy_artifacts(folder, run.info.artifact_uri, None, options).ok
+        source.set_terminated(run.info.run_id, "FINISHED", end_time=1_700_000_100_000)
+    args = ("--source", source_uri, "--target", target_uri, "--workspace", f"blob-{prefix}", "--experiments", name)
+    first = run_cli("migrate", *args, cwd=tmp_path, env=keys_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    target = MlflowClient(target_uri)
+    runs = {r.info.run_name: r for r in target.search_runs([target.get_experiment_by_name(name).experiment_id])}
+    originals = {"parent": parent, "child": child}
+    return {"args": args, "cwd": tmp_path, "target": target, "runs": runs, "originals": originals, "options": options}
+
+
+def test_direct_migrate_between_blob_backed_experiments_copies_server_side(azurite, blob_migration):
+    from conftest import run_cli
+    from runner.ledger import COMPLETE
+
+    m, options = blob_migration, blob_migration["options"]
+    assert sorted(m["runs"]) == ["child", "parent"]
+    for name, run in m["runs"].items():
+        root = run.info.artifact_uri
+        assert root.startswith(azurite.url("acct2", "mlruns"))
+        assert artifacts.compare(m["originals"][name].info.artifact_uri, root, options=options) == []
+        listing = artifacts.open_store(root, auth=options.auth).listing()
+        assert len(listing) == len(TREE) and all(s.copy_status == "success" for s in listing.values())  # server-side copies
+
+    again = run_cli("migrate", *m["args"], cwd=m["cwd"], env=keys_env())
+    assert again.returncode == 0 and "skipped 2" in again.stderr, again.stderr[-2000:]
+
+    # An interrupted run (no completion tag, a file missing) is repaired: the missing file only.
+    broken = m["runs"]["child"]
+    m["target"].delete_tag(broken.info.run_id, COMPLETE)
+    artifacts.open_store(broken.info.artifact_uri, auth=options.auth).blob("model/weights.bin").delete_blob()
+    repaired = run_cli("migrate", *m["args"], cwd=m["cwd"], env=keys_env())
+    assert repaired.returncode == 0 and "repaired 1" in repaired.stderr, repaired.stderr[-2000:]
+    assert artifacts.compare(m["originals"]["child"].info.artifact_uri, broken.info.artifact_uri, options=options) == []
+    logs = [p.read_text() for p in (m["cwd"] / "logs").glob("*.log")] + [again.stderr, repaired.stderr]
+    assert logs and not any(key in text for text in logs for key in ACCOUNTS.values())
+    assert not any(re.search(r"sig=(?!REDACTED)[^&\s]+", text) for text in logs)
+
+
+def test_verify_reports_a_tampered_blob_in_the_target(azurite, blob_migration):
+    import inspect
+
+    import runner.verify
+    from conftest import run_cli
+
+    if "artifacts.compare" not in inspect.getsource(runner.verify):
+        pytest.skip("runner/verify.py does not compare blob roots through runner.artifacts yet (issue #4 wiring)")
+    m = blob_migration
+    report = m["cwd"] / "verify.json"
+    clean = run_cli("verify", *m["args"], "--report", str(report), cwd=m["cwd"], env=keys_env())
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
+    store = artifacts.open_store(m["runs"]["parent"].info.artifact_uri, auth=m["options"].auth)
+    store.blob("model/config.json").upload_blob(b'{"layers": 9}', overwrite=True)  # same size, other bytes
+    tampered = run_cli("verify", *m["args"], "--report", str(report), cwd=m["cwd"], env=keys_env())
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr[-2000:]
+    found = json.loads(report.read_text())["differences"]
+    assert [d["field"] for d in found] == ["artifact:model/config.json"]
+    assert found[0]["source"] != found[0]["target"] and "md5" in found[0]["target"]
