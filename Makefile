@@ -31,7 +31,9 @@ local-run: venv
 # Scale runs, minutes each; figures land in bench-results/*.json and the README.
 bench: venv $(AZURITE)
 	@bash bench/setup.sh
+	@bash bench/setup_registry.sh
 	$(BIN)/python bench/bench_migrate.py
+	$(BIN)/python bench/bench_registry.py
 	$(BIN)/python bench/bench_artifacts.py
 	$(BIN)/python bench/bench_azureml_extract.py --jobs 2000 --parallel 1,8
 	$(BIN)/python bench/image_size.py
