@@ -224,15 +224,7 @@ class BytesProgress(Progress):
     """runner.progress.Progress counted in bytes, shown in MB."""
 
     def __init__(self, label: str, total_bytes: int, every: float = 2.0):
-        super().__init__(label, total_bytes, unit="MB", every=every)
-
-    def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        share = f" ({100 * self.done // self.total}%)" if self.total else ""
-        eta = f"{left:.0f}s" if left != float("inf") else "?"
-        return f"{self.label}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB{share} {rate / 1e6:.1f} MB/s ETA {eta}"
+        super().__init__(label, total_bytes, unit="MB", every=every, scale=1e6)
 
 
 # -- sizes, globs, paths -----------------------------------------------------------------------

@@ -8,8 +8,9 @@ from loguru import logger
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "runs", every: float = 2.0):
-        self.label, self.total, self.unit, self.every = label, total, unit, every
+    def __init__(self, label: str, total: int, unit: str = "runs", every: float = 2.0, scale: float = 1):
+        # `scale` shows counts in bigger units: bytes counted, MB shown with scale=1e6.
+        self.label, self.total, self.unit, self.every, self.scale = label, total, unit, every, scale
         self.done = 0
         self.started = self._last = time.monotonic()
         self._lock = threading.Lock()
@@ -29,4 +30,8 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         share = f" ({100 * self.done // self.total}%)" if self.total else ""
         eta = f"{left:.0f}s" if left != float("inf") else "?"
-        return f"{self.label}: {self.done}/{self.total}{share} {rate:.1f} {self.unit}/s ETA {eta}"
+        if self.scale == 1:
+            amount = f"{self.done}/{self.total}"
+        else:
+            amount = f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}"
+        return f"{self.label}: {amount}{share} {rate / self.scale:.1f} {self.unit}/s ETA {eta}"

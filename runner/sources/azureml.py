@@ -46,6 +46,7 @@ from loguru import logger
 from runner.errors import EndpointError, ReplayerError, UsageError
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
+from runner.sources.mlflow import list_experiments
 
 URI_RE = re.compile(
     r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
@@ -53,7 +54,6 @@ URI_RE = re.compile(
     re.IGNORECASE,
 )
 CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
-PAGE = 1000  # MLflow experiments per search page
 
 STATUS = {
     "completed": "FINISHED",
@@ -293,23 +293,7 @@ class AzuremlSource:
         return self._experiments
 
     def _list_experiments(self) -> list[Experiment]:
-        from mlflow.entities import ViewType
-
-        view = ViewType.ALL if self.filters.include_deleted else ViewType.ACTIVE_ONLY
-        found, token = [], None
-        while True:
-            page = self.client.search_experiments(view_type=view, max_results=PAGE, page_token=token)
-            found += page
-            token = page.token
-            if not token:
-                break
-        names = sorted(e.name for e in found)
-        for pattern in self.filters.experiments:
-            if not any(ch in pattern for ch in "*?[") and pattern not in names:
-                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-                raise UsageError(f"unknown experiment {pattern!r} in {self.ref.uri}; it has: {shown}")
-        chosen = sorted((e for e in found if self.filters.wants_experiment(e.name)), key=lambda e: e.name)
-        return [Experiment(name=e.name, source_id=e.experiment_id, tags=dict(e.tags), lifecycle_stage=e.lifecycle_stage) for e in chosen]
+        return sorted(list_experiments(self.client, self.filters, self.ref.uri), key=lambda e: e.name)
 
     def count(self) -> int:
         return len(self.plan())

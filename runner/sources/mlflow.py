@@ -58,27 +58,8 @@ class MlflowSource:
         return self._experiments
 
     def _list_experiments(self) -> list[Experiment]:
-        from mlflow.entities import ViewType
-
-        view = ViewType.ALL if self.filters.include_deleted else ViewType.ACTIVE_ONLY
-        found, token = [], None
-        while True:
-            page = self.client.search_experiments(view_type=view, max_results=PAGE, page_token=token)
-            found += page
-            token = page.token
-            if not token:
-                break
-        names = sorted(e.name for e in found)
-        for pattern in self.filters.experiments:
-            if not any(ch in pattern for ch in "*?[") and pattern not in names:
-                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-                raise UsageError(f"unknown experiment {pattern!r} in {stores.redact(self.uri)}; it has: {shown}")
-        chosen = [e for e in found if self.filters.wants_experiment(e.name)]
-        chosen.sort(key=lambda e: int(e.experiment_id) if e.experiment_id.isdigit() else 0)
-        return [
-            Experiment(name=e.name, source_id=e.experiment_id, tags=dict(e.tags), lifecycle_stage=e.lifecycle_stage)
-            for e in chosen
-        ]
+        chosen = list_experiments(self.client, self.filters, stores.redact(self.uri))
+        return sorted(chosen, key=lambda e: int(e.source_id) if e.source_id.isdigit() else 0)
 
     # -- the run tree ---------------------------------------------------------------------
 
@@ -253,3 +234,26 @@ def to_record(run, node: Node, experiment: str) -> JobRecord:
         latest_metrics=dict(data.metrics),
     )
 
+
+def list_experiments(client, filters: Filters, where: str) -> list[Experiment]:
+    """The experiments `filters` selects in an MLflow store; an unknown plain name is an error."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.ALL if filters.include_deleted else ViewType.ACTIVE_ONLY
+    found, token = [], None
+    while True:
+        page = client.search_experiments(view_type=view, max_results=PAGE, page_token=token)
+        found += page
+        token = page.token
+        if not token:
+            break
+    names = sorted(e.name for e in found)
+    for pattern in filters.experiments:
+        if not any(ch in pattern for ch in "*?[") and pattern not in names:
+            shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+            raise UsageError(f"unknown experiment {pattern!r} in {where}; it has: {shown}")
+    return [
+        Experiment(name=e.name, source_id=e.experiment_id, tags=dict(e.tags), lifecycle_stage=e.lifecycle_stage)
+        for e in found
+        if filters.wants_experiment(e.name)
+    ]
