@@ -22,7 +22,8 @@ from loguru import logger
 from runner.artifacts import md5_file
 from runner.ledger import PARENT_TAG, is_own_tag
 from runner.mapping import USER_TAG, Mapping, source_user
-from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
+from runner.model import TERMINAL_STATUSES, JobRecord
+from runner.sources.mlflow import metric_history
 from runner.progress import Progress
 
 
@@ -191,9 +192,7 @@ class JobChecker:
             wanted.setdefault(point.key, Counter())[point.identity()] += 1
         out = []
         for key in sorted(set(wanted) | target_keys):
-            have = Counter(
-                MetricPoint(m.key, m.value, m.timestamp, m.step).identity() for m in self.client.get_metric_history(run_id, key)
-            )
+            have = Counter(point.identity() for point in metric_history(self.client, run_id, key))
             want = wanted.get(key, Counter())
             if have != want:
                 missing, extra = sum((want - have).values()), sum((have - want).values())

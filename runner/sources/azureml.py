@@ -46,7 +46,7 @@ from loguru import logger
 from runner.errors import EndpointError, ReplayerError, UsageError
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
-from runner.sources.mlflow import list_experiments
+from runner.sources.mlflow import list_experiments, metric_history
 
 URI_RE = re.compile(
     r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
@@ -318,8 +318,7 @@ class AzuremlSource:
 
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
         for key in sorted(job.latest_metrics):
-            for m in self.client.get_metric_history(job.source_id, key):
-                yield MetricPoint(m.key, m.value, m.timestamp, m.step)
+            yield from metric_history(self.client, job.source_id, key)
 
     def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
         # TODO(#7): AzureML keeps job files in the workspace's artifact store (outputs/, logs/,

@@ -146,8 +146,7 @@ class MlflowSource:
 
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
         for key in sorted(job.latest_metrics):
-            for m in self.client.get_metric_history(job.source_id, key):
-                yield MetricPoint(m.key, m.value, m.timestamp, m.step)
+            yield from metric_history(self.client, job.source_id, key)
 
     def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
         repo = self._artifact_repo(job.source_id)
@@ -257,3 +256,21 @@ def list_experiments(client, filters: Filters, where: str) -> list[Experiment]:
         for e in found
         if filters.wants_experiment(e.name)
     ]
+
+
+def metric_history(client, run_id: str, key: str) -> Iterator[MetricPoint]:
+    """Every point of one metric, page by page, so a million-point history never sits in memory.
+
+    MlflowClient.get_metric_history gathers all pages into one list; the store pages. AzureML's
+    MLflow endpoint wants pages below 1000 points.
+    """
+    store = client._tracking_client.store
+    page = 900 if str(client.tracking_uri).startswith("azureml") else 25_000
+    token = None
+    while True:
+        batch = store.get_metric_history(run_id, key, max_results=page, page_token=token)
+        for m in batch:
+            yield MetricPoint(m.key, m.value, m.timestamp, m.step)
+        token = getattr(batch, "token", None)
+        if not token:
+            return

@@ -27,6 +27,7 @@ from runner.ledger import (
     lineage_tags,
 )
 from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
+from runner.sources.mlflow import metric_history
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_ENTITIES_PER_BATCH = 1000
@@ -193,8 +194,8 @@ class DirectTarget:
     # -- helpers ---------------------------------------------------------------------------
 
     def _history_identities(self, run_id: str, key: str):
-        for m in self.client.get_metric_history(run_id, key):
-            yield MetricPoint(m.key, m.value, m.timestamp, m.step).identity()
+        for point in metric_history(self.client, run_id, key):
+            yield point.identity()
 
     def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None) -> int:
         written = 0
