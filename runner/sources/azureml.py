@@ -206,20 +206,14 @@ def first_line(error: BaseException) -> str:
 
 class AzuremlSource:
     def __init__(self, uri: str, filters: Filters | None = None, workspace: str | None = None, credential=None, parallel: int = 8):
-        from runner import credentials, retry
+        from runner import retry
 
         self.ref = parse_workspace(uri)
         self.filters = filters or Filters()
         self.parallel = max(1, int(parallel or 1))
         self.workspace = workspace or self.ref.uri.lower()  # ARM names are case-insensitive: one ledger key per workspace
-        if credential is None:
-            self.credential_name = credentials.selected().name
-            credential = credentials.get()
-        else:
-            self.credential_name = type(credential).__name__
-        # Tokens for the workspace's tenant (from config.json) where the credential can choose one.
-        tenant = self.ref.tenant_id if self.credential_name in ("cli", "default") else None
-        self.credential = credential = CachedCredential(credential, tenant)
+        self.credential_name, self.credential = workspace_credential(self.ref, credential)
+        credential = self.credential
         retry.configure()
         self._retry = retry.azure_retry_kwargs()
         from azure.ai.ml import MLClient
@@ -752,3 +746,19 @@ def _quiet_sdk_loggers() -> None:
 
     for name in ("azure", "azureml", "azure.ai.ml", "msal", "urllib3"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def workspace_credential(ref, credential=None):
+    """(name, cached credential) for a workspace: the process's chosen one unless one is given.
+
+    Tokens are asked for the workspace's tenant (from config.json) where the credential can choose.
+    """
+    from runner import credentials
+
+    if credential is None:
+        name = credentials.selected().name
+        credential = credentials.get()
+    else:
+        name = type(credential).__name__
+    tenant = ref.tenant_id if name in ("cli", "default") else None
+    return name, CachedCredential(credential, tenant)

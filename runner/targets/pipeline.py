@@ -609,17 +609,11 @@ class PipelineTarget:
     """An Azure ML workspace to submit jobs to, and its ledger of replayed roots."""
 
     def __init__(self, uri: str, credential=None):
-        from runner import credentials, retry
-        from runner.sources.azureml import CachedCredential, _quiet_sdk_loggers, parse_workspace
+        from runner import retry
+        from runner.sources.azureml import _quiet_sdk_loggers, parse_workspace, workspace_credential
 
         self.ref = parse_workspace(uri)
-        if credential is None:
-            self.credential_name = credentials.selected().name
-            credential = credentials.get()
-        else:
-            self.credential_name = type(credential).__name__
-        tenant = self.ref.tenant_id if self.credential_name in ("cli", "default") else None
-        self.credential = CachedCredential(credential, tenant)
+        self.credential_name, self.credential = workspace_credential(self.ref, credential)
         retry.configure()
         from azure.ai.ml import MLClient
 
