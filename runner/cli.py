@@ -52,6 +52,7 @@ class Settings:
         from runner.artifacts import ArtifactOptions
 
         self.artifacts = ArtifactOptions.build(**{k: options.get(k) for k in config_file.ARTIFACT_KEYS})
+        self.limits = {k: options.get(k) for k in ("max_tags", "max_metric_keys")}  # None: the target kind's own
         from runner.mapping import Mapping
 
         self.mapping = Mapping.build(options.get("rename_file"), options.get("import_source_tags"), options.get("use_source_user"))
@@ -74,7 +75,7 @@ class Settings:
 FILTER_FLAGS = tuple(config_file.FILTER_KEYS)
 SELECT = COMMON_FLAGS + FILTER_FLAGS
 MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
-ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS)
+ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS) + ("max_tags", "max_metric_keys")  # what a target run holds
 
 
 def run(command: str, flags: dict, body) -> None:
@@ -97,10 +98,12 @@ def run(command: str, flags: dict, body) -> None:
     sys.exit(code)
 
 
-def open_target(uri: str, dry_run: bool = False, artifacts=None):
-    from runner.targets.direct import DirectTarget
+def open_target(uri: str, dry_run: bool = False, artifacts=None, limits: dict | None = None):
+    from runner import stores
+    from runner.targets.direct import DirectTarget, limits_for
 
     target = DirectTarget(uri, dry_run=dry_run)
+    target.limits = limits_for(stores.tracking_uri(uri), **(limits or {}))
     if artifacts is not None:  # --artifacts & co. (runner.artifacts.ArtifactOptions), used per run by the target
         target.artifact_options = artifacts
     return target
@@ -163,7 +166,7 @@ class Replayer:
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             src = ManifestSource(str(manifest), s.filters)
             s.mapping.check_against(src.experiments())
-            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts)
+            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
             return finish_replay(replay(src, dst, options), s.dry_run, s.report)
 
@@ -184,7 +187,7 @@ class Replayer:
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
-            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts)
+            dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
             if not s.models_only:
                 options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
@@ -209,9 +212,9 @@ class Replayer:
             from runner.sources import open_source
             from runner.verify import print_table, verify, write_report
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file"))
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file", "max_tags", "max_metric_keys"))
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            dst = open_target(s.need("target", "target"), dry_run=True)
+            dst = open_target(s.need("target", "target"), dry_run=True, limits=s.limits)
             report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
             path = Path(s.report or "verify-report.json")
             write_report(report, path)

@@ -21,6 +21,7 @@ OPTION_KEYS = ("parallel", "dry_run", "report", "verbose", "retries", "credentia
                "models", "models_only", "rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_KEYS = ("artifacts", "max_artifact_size", "artifact_include", "artifact_exclude")  # runner.artifacts.ArtifactOptions
 OPTION_KEYS += ARTIFACT_KEYS
+OPTION_KEYS += ("max_tags", "max_metric_keys")  # override the target kind's caps (runner.targets.direct.Limits)
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     metric_points: int = 0
+    overflowed: int = 0  # runs with replay/overflow.json (target caps exceeded)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -59,6 +60,7 @@ class Summary:
         return (
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
+            + (f", {self.overflowed} runs over the target's limits (see replay/overflow.json on them)" if self.overflowed else "")
         )
 
 
@@ -87,6 +89,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     sync_deleted_experiments(source, target, options.mapping)
+    summary.overflowed = getattr(target, "overflowed", 0)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -22,8 +22,9 @@ from loguru import logger
 from runner.artifacts import md5_file
 from runner.ledger import PARENT_TAG, is_own_tag
 from runner.mapping import USER_TAG, Mapping, source_user
-from runner.model import TERMINAL_STATUSES, JobRecord
+from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.sources.mlflow import metric_history
+from runner.targets.direct import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.progress import Progress
 
 
@@ -157,6 +158,9 @@ class JobChecker:
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         run = self.client.get_run(found.run_id)
         info, data = run.info, run.data
+        # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
+        overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow({})
+        params, tags = {**data.params, **overflow["params"]}, {**data.tags, **overflow["tags"]}
         out = []
         pairs = [
             ("experiment", self.mapping.experiment_name(job.experiment), self.experiment_name(info.experiment_id)),
@@ -164,16 +168,23 @@ class JobChecker:
             ("status", job.status, info.status),
             ("start_time", job.start_time, info.start_time),
             ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
-            ("params", job.params, dict(data.params)),
-            ("tags", user_tags(job.tags), expected_user_tags(job, data.tags)),
+            ("params", job.params, params),
+            ("tags", user_tags(job.tags), expected_user_tags(job, tags)),
             ("parent", self.expected_parent(job), data.tags.get(PARENT_TAG)),
         ]
         if job.status in TERMINAL_STATUSES:
             pairs.append(("end_time", job.end_time, info.end_time))
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
-        out += self.compare_metrics(job, found.run_id, set(data.metrics))
+        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
         return out
+
+    def read_overflow(self, run_id: str) -> dict:
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        try:
+            return json.loads(Path(self.client.download_artifacts(run_id, OVERFLOW_PATH, str(folder))).read_text(encoding="utf-8"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def experiment_name(self, experiment_id: str) -> str:
         if experiment_id not in self._experiment_names:
@@ -186,13 +197,15 @@ class JobChecker:
         parent = self.ledger.find(job.parent_id)
         return parent.run_id if parent else f"(replayed {job.parent_id})"
 
-    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str]) -> list[Difference]:
+    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None) -> list[Difference]:
         wanted: dict[str, Counter] = {}
         for point in self.source.metrics(job):
             wanted.setdefault(point.key, Counter())[point.identity()] += 1
+        spilled = spilled or {}
         out = []
-        for key in sorted(set(wanted) | target_keys):
+        for key in sorted(set(wanted) | target_keys | set(spilled)):
             have = Counter(point.identity() for point in metric_history(self.client, run_id, key))
+            have.update(MetricPoint(key, decode_float(v), ts, step).identity() for step, ts, v in spilled.get(key, []))
             want = wanted.get(key, Counter())
             if have != want:
                 missing, extra = sum((want - have).values()), sum((have - want).values())
@@ -222,6 +235,8 @@ class JobChecker:
             want[ref.path] = (ref.size, md5)
         have = {}
         for info in self.target.list_artifacts(run_id):
+            if info.path == OVERFLOW_PATH:
+                continue  # the tool's own file, compared through the fields it holds
             folder = Path(tempfile.mkdtemp(dir=self.scratch))
             try:
                 have[info.path] = md5_file(Path(self.client.download_artifacts(run_id, info.path, str(folder))))

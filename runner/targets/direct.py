@@ -7,9 +7,12 @@ history; parents are created first and children point at the new parent run id.
 from __future__ import annotations
 
 import itertools
+import json
+import tempfile
 import threading
+from dataclasses import dataclass, replace
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 from uuid import uuid4
 
@@ -26,11 +29,38 @@ from runner.ledger import (
     is_own_tag,
     lineage_tags,
 )
-from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
+from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint, encode_float
 from runner.sources.mlflow import metric_history
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_ENTITIES_PER_BATCH = 1000
+OVERFLOW_PATH = "replay/overflow.json"  # what a run could not hold, as a run artifact
+OVERFLOW_TAG = "replay.overflow"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one target run can hold. Whatever exceeds it goes to replay/overflow.json."""
+
+    max_tags: int | None = None  # every tag on the run, the tool's own included
+    max_metric_keys: int | None = None
+    max_param_length: int = 6000
+    max_tag_length: int = 8000
+    batch_rows: int = MAX_ENTITIES_PER_BATCH
+
+
+MLFLOW_LIMITS = Limits()
+# AzureML's MLflow endpoint: 50 tags and 50 metric names per run, 250 metric rows per request.
+AZUREML_LIMITS = Limits(max_tags=50, max_metric_keys=50, batch_rows=250)
+
+
+def limits_for(uri: str, max_tags=None, max_metric_keys=None) -> Limits:
+    base = AZUREML_LIMITS if uri.startswith("azureml://") else MLFLOW_LIMITS
+    return replace(
+        base,
+        max_tags=int(max_tags) if max_tags else base.max_tags,
+        max_metric_keys=int(max_metric_keys) if max_metric_keys else base.max_metric_keys,
+    )
 PAGE = 1000
 
 
@@ -47,6 +77,9 @@ class DirectTarget:
         self._experiments: dict[str, str] = {}
         self._lock = threading.Lock()
         self._artifact_uris: dict[str, str] = {}  # runs created by this process, until finished
+        self.limits = limits_for(resolved)  # cli.open_target applies --max-tags / --max-metric-keys
+        self.overflowed = 0  # runs that needed replay/overflow.json
+        self._tag_overflow: dict[str, dict[str, str]] = {}  # run id -> tags create_run could not hold
         self.artifact_options = artifacts.ArtifactOptions()  # cli.open_target sets the --artifacts flags
         self.artifact_stats = artifacts.CopyStats()  # totals over all runs, for the summary
 
@@ -137,15 +170,21 @@ class DirectTarget:
         return tags
 
     def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=tags, run_name=job.name or None)
+        kept, overflow_tags = self.fit_tags(tags)
+        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=kept, run_name=job.name or None)
         with self._lock:
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+            self._tag_overflow[run.info.run_id] = overflow_tags
         return run.info.run_id
 
     def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
         """Params, metrics and artifacts into a run we just created. Returns metric points written."""
-        written = self._log(run_id, job.params, source.metrics(job))
+        with self._lock:
+            overflow = new_overflow(self._tag_overflow.pop(run_id, {}))
+        params = self.fit_params(job.params, overflow)
+        written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow))
         self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
+        self.write_overflow(run_id, overflow, scratch)
         return written
 
     def repair(self, run_id: str, job: JobRecord, tags: dict[str, str], source, scratch: Path) -> int:
@@ -155,18 +194,21 @@ class DirectTarget:
             self.client.restore_run(run_id)
         if COMPLETE in run.data.tags:
             self.client.delete_tag(run_id, COMPLETE)  # incomplete until this repair finishes
+        tags, overflow_tags = self.fit_tags(tags)
+        overflow = new_overflow(overflow_tags)
         changed_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
-        for key, value in job.params.items():
+        for key, value in self.fit_params(job.params, new_overflow({})).items():
             have = run.data.params.get(key)
             if have is not None and have != value:
                 raise ReplayerError(
                     f"run {run_id}: param {key!r} is {have!r} in the target but {value!r} in the source; "
                     "MLflow params cannot change: delete that target run and rerun"
                 )
-        missing_params = {k: v for k, v in job.params.items() if k not in run.data.params}
+        params = self.fit_params(job.params, overflow)
+        missing_params = {k: v for k, v in params.items() if k not in run.data.params}
         self._log(run_id, missing_params, [], changed_tags)
         written = 0
-        for key, points in itertools.groupby(source.metrics(job), key=lambda p: p.key):
+        for key, points in itertools.groupby(self.fit_metrics(job, source.metrics(job), overflow), key=lambda p: p.key):
             have = Counter(self._history_identities(run_id, key))
             missing = []
             for point in points:
@@ -176,7 +218,58 @@ class DirectTarget:
                     missing.append(point)
             written += self._log(run_id, {}, missing)
         self._copy_artifacts(run_id, run.info.artifact_uri, job, source, scratch, fresh=False)
+        self.write_overflow(run_id, overflow, scratch)
         return written
+
+    # -- target limits -----------------------------------------------------------------------
+
+    def fit_tags(self, tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(tags the run keeps, tags for overflow). The tool's own tags always stay; user tags
+        fill what is left, in name order, leaving room for replay.complete and replay.overflow."""
+        limit, length = self.limits.max_tags, self.limits.max_tag_length
+        kept, spill = {}, {}
+        own = {k: v for k, v in tags.items() if is_own_tag(k) or k in (PARENT_TAG, "mlflow.runName")}
+        room = None if limit is None else max(limit - len(own) - 2, 0)
+        for key in sorted(k for k in tags if k not in own):
+            value = tags[key]
+            if room is not None and len(kept) >= room:
+                spill[key] = value
+                continue
+            kept[key] = value[:length]
+            if len(value) > length:
+                spill[key] = value
+        return {**own, **kept}, spill
+
+    def fit_params(self, params: dict[str, str], overflow: dict) -> dict[str, str]:
+        length = self.limits.max_param_length
+        for key, value in params.items():
+            if len(value) > length:
+                overflow["params"][key] = value
+        return {k: v[:length] for k, v in params.items()}
+
+    def fit_metrics(self, job: JobRecord, points: Iterable[MetricPoint], overflow: dict) -> Iterator[MetricPoint]:
+        """Points of the first max_metric_keys keys (name order) go to the run; the rest to overflow."""
+        limit = self.limits.max_metric_keys
+        allowed = None if limit is None else set(sorted(job.latest_metrics)[:limit])
+        for point in points:
+            if allowed is None or point.key in allowed:
+                yield point
+            else:
+                overflow["metrics"].setdefault(point.key, []).append([point.step, point.timestamp, encode_float(point.value)])
+
+    def write_overflow(self, run_id: str, overflow: dict, scratch: Path) -> None:
+        """replay/overflow.json on the run, and a tag counting what it holds; nothing is dropped."""
+        counts = {kind: len(items) for kind, items in overflow.items() if items}
+        if not counts:
+            return
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        path = folder / PurePosixPath(OVERFLOW_PATH).name
+        path.write_text(json.dumps(overflow, ensure_ascii=False), encoding="utf-8")
+        self.client.log_artifact(run_id, str(path), str(PurePosixPath(OVERFLOW_PATH).parent))
+        self.client.set_tag(run_id, OVERFLOW_TAG, json.dumps(counts, sort_keys=True))
+        with self._lock:
+            self.overflowed += 1
+        logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
@@ -199,7 +292,7 @@ class DirectTarget:
 
     def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None) -> int:
         written = 0
-        for metrics, param_batch, tag_batch in batches(params, tags or {}, points):
+        for metrics, param_batch, tag_batch in batches(params, tags or {}, points, self.limits.batch_rows):
             self.client.log_batch(run_id, metrics=metrics, params=param_batch, tags=tag_batch)
             written += len(metrics)
         return written
@@ -235,7 +328,11 @@ class DirectTarget:
                     yield info
 
 
-def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint]):
+def new_overflow(tags: dict[str, str]) -> dict:
+    return {"tags": dict(tags), "params": {}, "metrics": {}}
+
+
+def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint], rows: int = MAX_ENTITIES_PER_BATCH):
     """log_batch payloads within MLflow's limits, streaming the metric points.
 
     Params and tags go first (at most 100 per request); metric points fill each request up to
@@ -248,7 +345,7 @@ def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[Metri
     stream = iter(points)
     while True:
         small = head.pop(0) if head else []
-        room = MAX_ENTITIES_PER_BATCH - len(small)
+        room = rows - len(small)
         metrics = [Metric(p.key, p.value, p.timestamp, p.step) for p in itertools.islice(stream, room)] if not head else []
         if not small and not metrics:
             return
