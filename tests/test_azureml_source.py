@@ -40,16 +40,12 @@ def azure(tmp_path_factory):
     ws = fake.add(FakeWorkspace(SUB, RG, WS))
     seed.install(ws, specs, builders)
     env = fake.environ()
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         fake.stop()
         server.stop()
 

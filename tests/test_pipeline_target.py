@@ -46,18 +46,13 @@ def azure(tmp_path_factory):
     server = MlflowServer(base / "mlflow").start()
     fake = FakeControlPlane(base / "fake", server.uri).start()
     seed.install(fake.add(FakeWorkspace(SUB, RG, WS)), specs, builders)
-    saved = {key: os.environ.get(key) for key in fake.environ()}
-    os.environ.update(fake.environ())
-    os.environ["AZUREML_LOG_LEVEL"] = "ERROR"
     try:
-        extract(AzuremlSource(SOURCE_URI, Filters(), credential=FakeCredential(), parallel=4), str(base / "manifest"), parallel=4)
-        yield SimpleNamespace(fake=fake, base=base, manifest=base / "manifest", by_name={s.name: s for s in specs}, tracking_uri=server.uri)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in {**fake.environ(), "AZUREML_LOG_LEVEL": "ERROR"}.items():
+                patch.setenv(key, value)
+            extract(AzuremlSource(SOURCE_URI, Filters(), credential=FakeCredential(), parallel=4), str(base / "manifest"), parallel=4)
+            yield SimpleNamespace(fake=fake, base=base, manifest=base / "manifest", by_name={s.name: s for s in specs}, tracking_uri=server.uri)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         fake.stop()
         server.stop()
 
