@@ -212,9 +212,9 @@ class Replayer:
             from runner.sources import open_source
             from runner.verify import print_table, verify, write_report
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file", "max_tags", "max_metric_keys"))
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file") + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            dst = open_target(s.need("target", "target"), dry_run=True, limits=s.limits)
+            dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
             report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
             path = Path(s.report or "verify-report.json")
             write_report(report, path)

@@ -179,6 +179,25 @@ class JobChecker:
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
         return out
 
+    def compare_recorded_refs(self, job: JobRecord, run_id: str, chosen) -> list[Difference]:
+        """`--artifacts list` copied no bytes but recorded each file: compare that record."""
+        from runner import artifacts
+
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        try:
+            lines = Path(self.client.download_artifacts(run_id, artifacts.REFS_FILE, str(folder))).read_text(encoding="utf-8").splitlines()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        recorded = {r["path"]: r for r in map(json.loads, lines[1:]) if r}  # line 1 says where they live
+        out = []
+        for ref in chosen:
+            have = recorded.pop(ref.path, None)
+            same = have is not None and have["size"] == ref.size and (not (ref.md5 and have["md5"]) or have["md5"] == ref.md5)
+            if not same:
+                out.append(Difference(job.source_id, job.name, f"artifact:{ref.path}", show([ref.size, ref.md5]), show(have)))
+        out += [Difference(job.source_id, job.name, f"artifact:{path}", "absent", show(r)) for path, r in recorded.items()]
+        return out
+
     def read_overflow(self, run_id: str) -> dict:
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
         try:
@@ -225,8 +244,12 @@ class JobChecker:
                 tracking_uri=self.client.tracking_uri,
             )
             return [Difference(job.source_id, job.name, f"artifact:{m.path}", m.source, m.target) for m in found]
+        chosen = artifacts.select(self.source.artifacts(job), options, artifacts.CopyStats())  # as replay chose
+        listing = [info for info in self.target.list_artifacts(run_id) if info.path != OVERFLOW_PATH]
+        if any(info.path == artifacts.REFS_FILE for info in listing):
+            return self.compare_recorded_refs(job, run_id, chosen)
         want = {}
-        for ref in self.source.artifacts(job):
+        for ref in chosen:
             md5 = ref.md5
             if not md5:
                 with self.source.fetch_artifact(job, ref, self.scratch) as local:
@@ -234,9 +257,7 @@ class JobChecker:
                 ref = type(ref)(ref.path, size, md5)
             want[ref.path] = (ref.size, md5)
         have = {}
-        for info in self.target.list_artifacts(run_id):
-            if info.path == OVERFLOW_PATH:
-                continue  # the tool's own file, compared through the fields it holds
+        for info in listing:  # replay/overflow.json left out above: compared through what it holds
             folder = Path(tempfile.mkdtemp(dir=self.scratch))
             try:
                 have[info.path] = md5_file(Path(self.client.download_artifacts(run_id, info.path, str(folder))))

@@ -46,3 +46,22 @@ def test_tags_metrics_and_long_params_beyond_caps_overflow_and_verify(tmp_path):
     assert check.returncode == 0, check.stdout
     again = run_cli("migrate", "--source", str(source), "--target", str(target), *caps, cwd=tmp_path)
     assert "created 0, repaired 0, skipped 1" in again.stderr
+
+
+def test_verify_follows_the_artifact_choices_replay_made(tmp_path):
+    """`--artifacts list` records files instead of copying them, `--max-artifact-size` skips big
+    ones: verify with the same flags is clean, and without them it says what is not there."""
+    src = tmp_path / "src"
+    assert run_cli("demo", "--out", str(src), cwd=tmp_path).returncode == 0
+    listed, capped = tmp_path / "listed", tmp_path / "capped"
+    assert run_cli("migrate", "--source", str(src), "--target", str(listed), "--artifacts", "list", cwd=tmp_path).returncode == 0
+    assert run_cli("migrate", "--source", str(src), "--target", str(capped), "--max-artifact-size", "1000", cwd=tmp_path).returncode == 0
+
+    clean = run_cli("verify", "--source", str(src), "--target", str(listed), cwd=tmp_path)
+    assert clean.returncode == 0, clean.stdout
+    capped_clean = run_cli("verify", "--source", str(src), "--target", str(capped), "--max-artifact-size", "1000", cwd=tmp_path)
+    assert capped_clean.returncode == 0, capped_clean.stdout
+    strict = run_cli("verify", "--source", str(src), "--target", str(capped), "--report", "r.json", cwd=tmp_path)
+    assert strict.returncode == 1
+    missing = {d["field"] for d in json.loads((tmp_path / "r.json").read_text())["differences"]}
+    assert missing == {f"artifact:model/fold {i}/weights.bin" for i in range(3)}  # the 2048-byte files
