@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from loguru import logger
 
 from runner import stores
-from runner.artifacts import md5_file
 from runner.errors import ReplayerError, UsageError
 from runner.filters import Filters
 from runner.ledger import COMPLETE, PARENT_TAG, is_own_tag, lineage_tags
@@ -49,7 +47,6 @@ from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint
 EXIT_MIRRORED = 3  # the replay worked; the original job had failed (or was canceled)
 METRICS_PER_BATCH = 250  # AzureML's MLflow endpoint: at most 250 metric rows per log_batch
 PARAMS_TAGS_PER_BATCH = 100  # MLflow's own limit
-LOG_FAMILIES = ("azureml-logs", "logs", "user_logs", "system_logs")
 MARKER = "replayed_from.json"
 
 ORIGINAL_PARENT_PIPELINE = "original_parent_pipeline_id"
@@ -232,40 +229,23 @@ def log_metrics(client, run_id: str, points: Iterable[MetricPoint]) -> int:
     return written
 
 
-def log_family(path: str) -> tuple[str, str] | None:
-    """(family, rest) for a log file of the original job, None for any other artifact."""
-    parts = PurePosixPath(path).parts
-    if len(parts) > 1 and parts[0] in LOG_FAMILIES:
-        return parts[0], str(PurePosixPath(*parts[1:]))
-    return None
-
-
-def inside(root: Path, relative: str) -> Path:
-    """`root/relative`, refusing paths that would leave `root` (a damaged or hostile manifest)."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ReplayerError(f"artifact path {relative!r} leaves the output folder; the manifest is damaged")
-    return path
-
-
 def copy_files(source: ManifestSource, job: JobRecord, artifacts: Path | None, logs: Path | None) -> tuple[int, int]:
-    """Artifacts into `artifacts/`, logs into `logs/<family>/`; returns (artifacts, logs) copied."""
-    counts = [0, 0]
+    """Artifacts into `artifacts/`, logs into `logs/<family>/`; returns (artifacts, logs) copied.
+
+    The shared copy engine: parallel, resumable (a retried step skips files already there) and
+    md5-checked against the manifest; paths that would leave a folder are refused.
+    """
+    from runner.artifacts import copy_to_folders, log_family, source_store
+
+    refs = list(source.artifacts(job))
     with tempfile.TemporaryDirectory(prefix="replayer-step-") as scratch:
-        for ref in source.artifacts(job):
-            family = log_family(ref.path)
-            root = logs if family else artifacts
-            if root is None:
-                continue
-            destination = inside(root, f"{family[0]}/{family[1]}" if family else ref.path)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with source.fetch_artifact(job, ref, Path(scratch)) as local:
-                shutil.copyfile(local, destination)
-            size, md5 = md5_file(destination)
-            if size != ref.size or (ref.md5 and md5 != ref.md5):
-                raise ReplayerError(f"artifact {ref.path}: copied {size} bytes md5 {md5}, the manifest says {ref.size} bytes md5 {ref.md5}")
-            counts[bool(family)] += 1
-    return counts[0], counts[1]
+        stats = copy_to_folders(source_store(source, job, scratch), refs, artifacts, logs)
+    if stats.failed:
+        path, reason = stats.failed[0]
+        raise ReplayerError(f"{len(stats.failed)} files of {job.source_id} not copied (first: {path}: {reason})")
+    log_count = sum(1 for r in refs if log_family(r.path)) if logs is not None else 0
+    other = sum(1 for r in refs if not log_family(r.path)) if artifacts is not None else 0
+    return other, log_count
 
 
 def mark(folder: Path, job: JobRecord) -> None:
