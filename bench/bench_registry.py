@@ -43,7 +43,6 @@ import platform
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,31 +74,8 @@ class LocalArtifactServer(MlflowServer):
     before the run's own (the `mlflow-artifacts:` scheme, a root folder of that name) breaks it.
     """
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
-        log = open(self.folder / "server.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                "--default-artifact-root", str(self.folder / "mlruns"), "--no-serve-artifacts", "--workers", str(self.workers),
-            ],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(self.uri + "/health", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        os.killpg(self.process.pid, signal.SIGKILL)
-        raise RuntimeError(f"mlflow server on {self.uri} did not start in {timeout}s")
+    def artifact_args(self) -> list[str]:
+        return ["--default-artifact-root", str(self.folder / "mlruns"), "--no-serve-artifacts"]
 
 
 # -- seeding ---------------------------------------------------------------------------------

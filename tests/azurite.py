@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from servers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -17,12 +18,6 @@ ACCOUNTS = {
     "acct1": base64.b64encode(b"replayer-test-key-one-0123456789").decode(),
     "acct2": base64.b64encode(b"replayer-test-key-two-0123456789").decode(),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Azurite:
@@ -60,17 +55,15 @@ class Azurite:
              "--skipApiVersionCheck", "--loose", "--silent"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"azurite exited: {(self.folder / 'azurite.log').read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"azurite on {self.endpoint} did not start in {timeout}s")
+        wait_ready(self, self.folder / "azurite.log", self.listening, f"azurite on {self.endpoint}", timeout)
+        return self
+
+    def listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

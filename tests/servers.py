@@ -20,6 +20,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_ready(service, log: Path, ready, what: str, timeout: float) -> None:
+    """Poll `ready()` until it answers; a process that exits or never answers is stopped and reported."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
+        if ready():
+            return
+        time.sleep(0.3)
+    service.stop()
+    raise RuntimeError(f"{what} did not start in {timeout}s")
+
+
 class MlflowServer:
     """`mlflow server` with a sqlite backend and served artifacts, in its own folder."""
 
@@ -31,6 +44,10 @@ class MlflowServer:
         self.workers = workers
         self.process: subprocess.Popen | None = None
 
+    def artifact_args(self) -> list[str]:
+        """Where the server keeps artifacts: served by itself, under the folder (a subclass may differ)."""
+        return ["--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts"]
+
     def start(self, timeout: float = 90) -> "MlflowServer":
         log = open(self.folder / "server.log", "wb")
         self.process = subprocess.Popen(
@@ -38,26 +55,21 @@ class MlflowServer:
                 MLFLOW, "server",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                "--artifacts-destination", str(self.folder / "artifacts"),
-                "--serve-artifacts", "--workers", str(self.workers),
+                *self.artifact_args(), "--workers", str(self.workers),
             ],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
             # No background job runner (huey consumers): it costs CPU and start-up time, and no
             # test needs server-side jobs.
             env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(self.uri + "/health", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server on {self.uri} did not start in {timeout}s")
+        wait_ready(self, self.folder / "server.log", self.healthy, f"mlflow server on {self.uri}", timeout)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(self.uri + "/health", timeout=2).ok
+        except requests.RequestException:
+            return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
