@@ -314,6 +314,19 @@ class Written:
     blocks_reused: int = 0
 
 
+def write_hashed(reader: BinaryIO, path: Path, block_size: int = BLOCK, on_bytes=None) -> Written:
+    """Stream `reader` into a local file in blocks, measuring size and md5 on the way."""
+    digest, total = hashlib.md5(), 0
+    with open(path, "wb") as out:
+        for chunk in iter(lambda: reader.read(block_size), b""):
+            digest.update(chunk)
+            out.write(chunk)
+            total += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return Written(total, digest.hexdigest())
+
+
 class Store(Protocol):
     uri: str  # for messages: without secrets
 
@@ -743,15 +756,9 @@ class LocalStore:
         target = self.file(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + PARTIAL)
-        digest, total = hashlib.md5(), 0
-        with open(partial, "wb") as out:
-            for chunk in iter(lambda: reader.read(options.block_size), b""):
-                digest.update(chunk)
-                out.write(chunk)
-                total += len(chunk)
-                on_bytes(len(chunk))
+        written = write_hashed(reader, partial, options.block_size, on_bytes)
         os.replace(partial, target)
-        return Written(total, digest.hexdigest())
+        return written
 
 
 class MlflowStore:
@@ -810,15 +817,10 @@ class MlflowStore:
         folder = Path(tempfile.mkdtemp(prefix="replayer-up-", dir=options.scratch))
         try:
             local = folder / PurePosixPath(path).name
-            digest, total = hashlib.md5(), 0
-            with open(local, "wb") as out:
-                for chunk in iter(lambda: reader.read(options.block_size), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    total += len(chunk)
+            written = write_hashed(reader, local, options.block_size)
             self.put_file(path, local)
-            on_bytes(total)
-            return Written(total, digest.hexdigest())
+            on_bytes(written.size)
+            return written
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

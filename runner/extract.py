@@ -1,7 +1,6 @@
 """Extract: read a source into a manifest folder, job records in order, contents in parallel."""
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import threading
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from runner.artifacts import write_hashed
 from runner.manifest import ManifestWriter
 from runner.model import ArtifactRef, JobRecord
 from runner.progress import Progress
@@ -73,12 +73,6 @@ def _no_filters():
 
 def copy_artifact(source, writer: ManifestWriter, job: JobRecord, ref: ArtifactRef, scratch: Path) -> ArtifactRef:
     """Stream one artifact into the manifest, measuring its real size and md5 on the way."""
-    destination = writer.artifact_path(job, ref)
-    digest = hashlib.md5()
-    size = 0
-    with source.fetch_artifact(job, ref, scratch) as local, open(local, "rb") as src, open(destination, "wb") as dst:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-            dst.write(block)
-    return ArtifactRef(path=ref.path, size=size, md5=digest.hexdigest())
+    with source.fetch_artifact(job, ref, scratch) as local, open(local, "rb") as src:
+        written = write_hashed(src, writer.artifact_path(job, ref))
+    return ArtifactRef(path=ref.path, size=written.size, md5=written.md5)
