@@ -152,17 +152,25 @@ class ManifestSource:
         return {"kind": "manifest", "path": str(self.folder), "source": self.header.get("source", {})}
 
     def _validate_jobs(self) -> int:
-        """One streaming pass before anything is written anywhere: bad input fails early."""
+        """One streaming pass before anything is written anywhere: bad input fails early.
+
+        Parses every record (a bad line fails here), checks the count against manifest.json and
+        returns how many the filters select.
+        """
         expected = self.header.get("counts", {}).get("jobs")
-        seen = selected = 0
-        for _ in self._records():
-            seen += 1
+        seen = 0
+
+        def counted() -> Iterator[JobRecord]:
+            nonlocal seen
+            for record in self._records():
+                seen += 1
+                yield record
+
+        selected = sum(1 for _ in self.jobs(counted()))  # jobs() reads every record, selected or not
         if expected is not None and seen != expected:
             raise ManifestError(
                 f"{self.folder / 'jobs.jsonl'}: {seen} records but manifest.json says {expected}; truncated, re-run `replayer extract`"
             )
-        for _ in self.jobs():
-            selected += 1
         return selected
 
     def _records(self) -> Iterator[JobRecord]:
@@ -193,12 +201,12 @@ class ManifestSource:
     def count(self) -> int:
         return self._count
 
-    def jobs(self) -> Iterator[JobRecord]:
+    def jobs(self, records: Iterator[JobRecord] | None = None) -> Iterator[JobRecord]:
         f = self.filters
         wanted = {e.name for e in self.experiments()}
         taken: set[str] = set()
         roots = 0
-        for job in self._records():
+        for job in records if records is not None else self._records():
             if job.experiment not in wanted:
                 continue
             if job.depth == 0 or job.parent_id is None:
