@@ -56,6 +56,12 @@ WORKSPACE_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)?$"
 )
 HISTORY_RE = re.compile(r"^/history/v1\.0(?P<scope>/subscriptions/.+)$")
+# Route modules (tests/fakes/azureml_<topic>.py) extend the fake without editing this file's dispatch:
+# ARM_ROUTES take (handler, workspace, rest, query, body) for paths under a known workspace;
+# PATH_ROUTES take (handler, path, query, body) for any other authorized path. A route answers and
+# returns True, or returns False to let the next one try. Register by appending at import time.
+ARM_ROUTES: list = []
+PATH_ROUTES: list = []
 MLFLOW_RE = re.compile(
     r"^/mlflow/v[12]\.0/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
 )
@@ -319,6 +325,9 @@ class _Handler(BaseHTTPRequestHandler):
             match = WORKSPACE_RE.match(path)
             if match:
                 return self._arm(match, query, body)
+            for route in PATH_ROUTES:
+                if route(self, path, query, body):
+                    return
             self._error(404, "NotFound", f"no route for {self.command} {path}")
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -358,6 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "ResourceNotFound",
                 f"The Resource 'Microsoft.MachineLearningServices/workspaces/{match.group('ws')}' under resource group '{match.group('rg')}' was not found.",
             )
+        for route in ARM_ROUTES:
+            if route(self, ws, rest, query, body):
+                return
         if self.command == "PUT":
             return self._create(ws, rest, body)
         if self.command != "GET":
