@@ -25,3 +25,36 @@ def test_history_across_pages_is_copied_exactly(tmp_path):
     assert f"metric points {POINTS}" in result.stderr
     check = run_cli("verify", "--source", str(source), "--target", str(target), cwd=tmp_path)
     assert check.returncode == 0, check.stdout
+
+
+def test_histories_come_in_bulk_from_a_server_and_exactly(servers, unique, tmp_path):
+    """The source server's bulk route answers at most 25,000 points: runs cut at the cap are asked
+    again, a run that fills the cap alone streams page by page, and every point still arrives."""
+    from mlflow import MlflowClient
+
+    from fakes.fault_proxy import FaultProxy
+
+    source, target = servers
+    client = MlflowClient(source.uri)
+    exp = client.create_experiment(f"bulk-{unique}")
+    sizes = {"a": 10_000, "b": 10_000, "c": 10_000, "big": 26_000, "small": 3}
+    for name, size in sizes.items():
+        run_id = client.create_run(exp, run_name=name).info.run_id
+        for start in range(0, size, 1000):
+            steps = range(start, min(start + 1000, size))
+            client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (i + 1), 1_700_000_000_000 + i, i) for i in steps]
+                             + [Metric("acc", i / size, 1_700_000_000_000 + i, i) for i in steps if i % 100 == 0])
+        client.set_terminated(run_id, "FINISHED")
+    with FaultProxy(source.uri, rate=0) as proxy:
+        args = ["--experiments", f"bulk-{unique}", "--workspace", f"bulk-{unique}"]
+        result = run_cli("migrate", "--source", proxy.uri, "--target", target.uri, *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        bulk = proxy.paths["/ajax-api/2.0/mlflow/metrics/get-history-bulk"]
+        per_run = proxy.paths["/api/2.0/mlflow/metrics/get-history"]
+    total = sum(sizes.values()) + sum(len(range(0, s, 100)) for s in sizes.values())
+    assert f"metric points {total}" in result.stderr
+    # loss: [a,b,big,c,small] -> cut inside "big" -> big alone fills the cap -> [c,small]: 3 calls;
+    # acc: one call. Only "big"'s loss streams: two pages of 25,000 and 1,000 points.
+    assert (bulk, per_run) == (4, 2), proxy.paths
+    check = run_cli("verify", "--source", source.uri, "--target", target.uri, *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout

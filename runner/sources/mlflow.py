@@ -19,6 +19,7 @@ from runner import stores
 from runner.errors import UsageError
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
+from runner.sources.mlflow_bulk import BulkHistories
 
 PAGE = 1000  # runs per search page
 FETCH = 100  # run ids per `run_id IN (...)` query
@@ -48,6 +49,7 @@ class MlflowSource:
         self._plan: list[Node] | None = None
         self._artifact_uris: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+        self._histories = BulkHistories(self.client)
 
     def describe(self) -> dict:
         return {"kind": "mlflow", "uri": stores.redact(self.uri), "workspace": self.workspace}
@@ -136,6 +138,7 @@ class MlflowSource:
             chunk = plan[start : start + FETCH]
             quoted = ", ".join(f"'{n.run_id}'" for n in chunk)
             runs = {r.info.run_id: r for r in self._search(f"attributes.run_id IN ({quoted})", FETCH)}
+            self._histories.prefetch({run_id: sorted(run.data.metrics) for run_id, run in runs.items()})
             for node in chunk:
                 run = runs.get(node.run_id)
                 if run is not None:  # deleted between the two passes: nothing to copy
@@ -146,7 +149,8 @@ class MlflowSource:
 
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
         for key in sorted(job.latest_metrics):
-            yield from metric_history(self.client, job.source_id, key)
+            fetched = self._histories.take(job.source_id, key)
+            yield from fetched if fetched is not None else metric_history(self.client, job.source_id, key)
 
     def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
         repo = self._artifact_repo(job.source_id)
@@ -163,7 +167,7 @@ class MlflowSource:
     def fetch_artifact(self, job: JobRecord, ref: ArtifactRef, scratch: Path):
         folder = Path(tempfile.mkdtemp(dir=scratch))
         try:
-            yield Path(self._artifact_repo(job.source_id).download_artifacts(ref.path, str(folder)))
+            yield download_file(self._artifact_repo(job.source_id), ref.path, folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -201,6 +205,20 @@ def artifact_repository(artifact_uri: str, tracking_uri: str):
     from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
     return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri), tracking_uri=tracking_uri)
+
+
+def download_file(repo, path: str, folder: Path) -> Path:
+    """One listed file into `folder`, kept under its relative path.
+
+    download_artifacts first asks the store whether the path is a folder (one more request per
+    file) and hands the copy to a thread pool; the path came from a listing, so it is a file.
+    """
+    local = (folder / path).resolve()
+    if not local.is_relative_to(folder.resolve()):  # a listing with ".." must not escape scratch
+        raise ValueError(f"artifact path {path!r} leaves its run's folder")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    repo._download_file(remote_file_path=path, local_path=str(local))
+    return local
 
 
 def walk(root: Node, children: dict[str, list[Node]], order_key) -> Iterator[Node]:

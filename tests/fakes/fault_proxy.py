@@ -29,6 +29,7 @@ class FaultProxy:
         self.random = random.Random(seed)
         self.injected: Counter = Counter()
         self.forwarded = 0
+        self.paths: Counter = Counter()  # forwarded requests by path (no query)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -61,6 +62,7 @@ class FaultProxy:
             connection.close()
             with self._lock:
                 self.forwarded += 1
+                self.paths[urlsplit(path).path] += 1
 
     def _handler(self):
         proxy = self
