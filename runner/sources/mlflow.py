@@ -204,7 +204,28 @@ def artifact_repository(artifact_uri: str, tracking_uri: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
-    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri), tracking_uri=tracking_uri)
+    repo = get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri), tracking_uri=tracking_uri)
+    share_server_capabilities(repo)
+    return repo
+
+
+_CAPABILITIES: dict[str, dict] = {}  # artifact server -> its multipart capabilities
+
+
+def share_server_capabilities(repo) -> None:
+    """Ask an mlflow-artifacts server for its capabilities once, not once per run.
+
+    mlflow's repository for `mlflow-artifacts:` roots asks `/server-info` before its first
+    download and remembers the answer on the repository object, that is per run here; the
+    answer belongs to the server.
+    """
+    if not hasattr(repo, "_fetch_server_capabilities"):
+        return
+    server = repo.artifact_uri.partition("/api/2.0/mlflow-artifacts/artifacts")[0]
+    known = _CAPABILITIES.get(server)
+    if known is None:
+        known = _CAPABILITIES.setdefault(server, repo._fetch_server_capabilities())
+    repo._server_capabilities = known
 
 
 def download_file(repo, path: str, folder: Path) -> Path:
