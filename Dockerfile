@@ -16,9 +16,11 @@ WORKDIR /app
 COPY constraints.txt environments/requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt
 
-# The package itself, without its dependency list (that names full mlflow for the dev venv).
+# The package itself, without its dependency list (that names full mlflow for the dev venv), with
+# the component YAMLs as package data: `replayer submit` in the image finds replay_step.yml.
 COPY pyproject.toml README.md ./
 COPY runner ./runner
+COPY components ./runner/components
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build runner.egg-info azureml_replayer.egg-info \
     && useradd --create-home --uid 10001 --user-group replayer

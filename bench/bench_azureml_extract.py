@@ -6,6 +6,11 @@ fake answers azure-ai-ml over HTTPS and forwards MLflow calls to a real `mlflow 
 default single uvicorn worker), as in tests/test_azureml_source.py. For each --parallel value,
 `python -m runner extract --parallel N` runs as its own process, timed from launch to exit; the
 extraction time is read from its own log line. The manifests of all runs must be identical.
+
+Peak RSS is the extract process's own high-water mark (VmHWM in /proc/PID/status, polled until it
+exits). Not ru_maxrss from wait4: a child forked from this process starts with ru_maxrss = this
+process's RSS at the fork, and this process holds the whole fake workspace, so that number grew with
+the job count whatever the extractor did (it was the "351 MB for 2,014 jobs" of the first runs).
 Results: a table on stdout and bench-results/azureml_extract.json.
 
     python bench/bench_azureml_extract.py [--jobs 2000] [--parallel 1,8]
@@ -43,20 +48,37 @@ def run_extract(out: Path, parallel: int, env: dict, cwd: Path) -> dict:
     )
     streams: dict[str, str] = {}
     readers = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read())) for n, f in (("out", process.stdout), ("err", process.stderr))]
+    peak = {"kb": 0}
+    readers.append(threading.Thread(target=watch_peak, args=(process.pid, peak), daemon=True))
     for reader in readers:
         reader.start()
-    _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS, not the servers'
+    _, status, _ = os.wait4(process.pid, 0)
     wall = time.monotonic() - started
-    for reader in readers:
+    for reader in readers[:2]:
         reader.join()
     process.returncode = os.waitstatus_to_exitcode(status)
     stderr = streams.get("err", "")
-    rss_mb = round(usage.ru_maxrss / 1024, 1)
+    rss_mb = round(peak["kb"] / 1024, 1)  # the child's own peak (see the docstring), not the servers' nor ours
     if process.returncode != 0:
         raise SystemExit(f"extract --parallel {parallel} failed ({process.returncode}):\n{stderr[-3000:]}")
     match = re.search(r"extracted (\{.*\}) in ([0-9.]+)s", stderr)
     counts = json.loads(match.group(1).replace("'", '"')) if match else {}
     return {"parallel": parallel, "wall_s": round(wall, 1), "extract_s": float(match.group(2)) if match else None, "counts": counts, "rss_mb": rss_mb}
+
+
+def watch_peak(pid: int, peak: dict, every: float = 0.05) -> None:
+    """Keep the process's VmHWM (its resident high-water mark, which only grows) until it exits."""
+    path = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+        if not match:  # a zombie: it has exited
+            return
+        peak["kb"] = max(peak["kb"], int(match.group(1)))
+        time.sleep(every)
 
 
 def main() -> None:

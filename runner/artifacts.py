@@ -785,7 +785,9 @@ class MlflowStore:
         with self._lock:
             sizes = self._sizes.get(folder)
         if sizes is None:
-            sizes = {info.path: info.file_size or 0 for info in self.repo.list_artifacts(folder or None) if not info.is_dir}
+            # Azure ML's artifact service lists sizes as -1 (unknown): kept as UNKNOWN_SIZE.
+            sizes = {info.path: UNKNOWN_SIZE if (info.file_size or 0) < 0 else info.file_size or 0
+                     for info in self.repo.list_artifacts(folder or None) if not info.is_dir}
             with self._lock:
                 self._sizes[folder] = sizes
         return Stat(size=sizes[path]) if path in sizes else None
@@ -1008,9 +1010,12 @@ class _Engine:
 
     def _streamed(self, ref: ArtifactRef, dst_path: str, have: Stat | None) -> tuple[str, ArtifactRef]:
         want_md5 = ref.md5
-        if have is not None and (have.size == ref.size or not ref.size):
+        if have is not None and (have.size == ref.size or not ref.size or have.size == UNKNOWN_SIZE):
             if isinstance(self.dst, MlflowStore):
-                same = have.size == ref.size  # MLflow repositories report sizes only (as the direct target always checked)
+                # MLflow repositories report sizes only (as the direct target always checked). Azure ML's
+                # reports none, and its files are write-once (a second upload is refused): a file it
+                # lists is there; verify compares the bytes.
+                same = have.size in (ref.size, UNKNOWN_SIZE)
             else:
                 if not want_md5:
                     source = self.src_stat(ref.path)  # a blob knows its MD5, a local file is hashed
@@ -1019,8 +1024,9 @@ class _Engine:
                 # `compare`/verify hashes both sides.
                 same = have.md5 == want_md5 if want_md5 else have.size == ref.size
             if same:
-                self.bytes_done(have.size)
-                return "skip", ArtifactRef(ref.path, have.size, have.md5 or want_md5)
+                size = ref.size if have.size == UNKNOWN_SIZE else have.size
+                self.bytes_done(size)
+                return "skip", ArtifactRef(ref.path, size, have.md5 or want_md5)
         if isinstance(self.dst, MlflowStore):
             with self.src.local_file(ref.path, self.options.scratch) as local:
                 if local.name == PurePosixPath(dst_path).name:
@@ -1041,6 +1047,9 @@ class _Engine:
         if ref.size and written.size != ref.size:
             raise ArtifactCopyError(f"{written.size} bytes read, the source listed {ref.size}")
         return "stream", ArtifactRef(ref.path, written.size, written.md5)
+
+
+UNKNOWN_SIZE = -1  # a store that lists a file without its size
 
 
 class ServerSideImpossible(Exception):

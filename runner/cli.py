@@ -13,7 +13,7 @@ import fire
 from loguru import logger
 
 from runner import config as config_file
-from runner import logs, retry
+from runner import logs, retry, watermark
 from runner.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
 from runner.filters import Filters, as_bool, as_list
 
@@ -60,6 +60,9 @@ class Settings:
         self.models_only = as_bool(options.get("models_only", False), "--models-only")
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
+        # runner.watermark: --incremental continues from the sync state in the target; --full reads all and resets it
+        self.full = as_bool(flags.get("full", False), "--full")
+        self.incremental = as_bool(flags.get("incremental", False), "--incremental") or self.full
         if options.get("credential") or options.get("client_id"):
             from runner import credentials
 
@@ -76,6 +79,7 @@ FILTER_FLAGS = tuple(config_file.FILTER_KEYS)
 SELECT = COMMON_FLAGS + FILTER_FLAGS
 MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS) + ("max_tags", "max_metric_keys")  # what a target run holds
+SYNC_FLAGS = ("incremental", "full")  # runner.watermark
 
 
 def run(command: str, flags: dict, body) -> None:
@@ -125,23 +129,29 @@ def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
 class Replayer:
     """Replay AzureML / MLflow run history into another workspace or tracking store."""
 
-    def extract(self, source=None, out=None, **flags):
+    def extract(self, source=None, out=None, target=None, **flags):
         """Read a source into a manifest folder.
 
         --source URI|config.yml  --out DIR  [--experiments a,b*] [--include ids|names] [--include-file F]
         [--since DATE] [--until DATE] [--status FINISHED,FAILED] [--limit N] [--include-deleted]
+        [--tags k=v,k2=v2] [--max-depth N] [--exclude GLOBS]
         [--parallel N] [--dry-run] [--workspace NAME] [--config FILE] [--verbose]
+        [--incremental [--full] --target URI] (only what changed since the sync state in that target)
+        [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         """
 
         def body():
             from runner.extract import extract
             from runner.sources import open_source
 
-            s = Settings(flags, {"source": source}, SELECT)
+            s = Settings(flags, {"source": source, "target": target}, SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS)
             if not out:
                 raise UsageError("missing --out: give an empty folder for the manifest")
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run)
+            sync = watermark.begin(src, s.endpoints.get("target"), s.full) if s.incremental else None
+            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts)
+            if sync and not s.dry_run:  # replay writes it into the target once the manifest is in
+                watermark.write_pending(str(out), sync, src)
             logger.info("summary: {}", header.get("counts"))
             return EXIT_OK
 
@@ -156,6 +166,7 @@ class Replayer:
         """
 
         def body():
+            from runner.extract import require_files
             from runner.manifest import ManifestSource
             from runner.replay import ReplayOptions, replay
 
@@ -165,10 +176,14 @@ class Replayer:
             if not Path(str(manifest)).is_dir():
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             src = ManifestSource(str(manifest), s.filters)
+            require_files(src, s.artifacts.mode, "replay")
             s.mapping.check_against(src.experiments())
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
-            return finish_replay(replay(src, dst, options), s.dry_run, s.report)
+            code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
+            if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
+                watermark.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
+            return code
 
         run("replay", flags, body)
 
@@ -178,20 +193,24 @@ class Replayer:
         --source URI|config.yml  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
         [--models NAME,GLOB|all] [--models-only] [--rename-file F] [--import-source-tags] [--use-source-user]
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
+        [--incremental [--full]] (only what changed since the last incremental sync; state kept in the target)
         """
 
         def body():
             from runner.replay import ReplayOptions, replay
             from runner.sources import open_source
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS)
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            sync = watermark.begin(src, s.need("target", "target"), s.full) if s.incremental else None
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
             if not s.models_only:
                 options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
                 code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
+                if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
+                    watermark.commit(dst.client, sync.next_state(src))
             if s.models:  # after the runs: versions link to the replayed runs
                 from runner.registry import RegistryOptions, finish_models, migrate_models
 
@@ -257,18 +276,19 @@ class Replayer:
 
         --manifest DIR  --job-id ID  [--logs DIR] [--artifacts DIR] [--mirror-status true|false] [--tags JSON]
         [--target URI [--run-id RUN]] (inside an Azure ML job the run is the job's own; exit 3 mirrors a failed original)
+        [--max-tags N] [--max-metric-keys N] (default: the tracking store's kind; the excess goes to replay/overflow.json)
         """
 
         def body():
             from runner import step as replay_step
 
-            Settings(flags, {}, COMMON_FLAGS)
+            s = Settings(flags, {}, COMMON_FLAGS + ("max_tags", "max_metric_keys"))
             if not manifest or not job_id:
                 raise UsageError("missing --manifest DIR or --job-id ID: the manifest folder and the original job to replay")
             result = replay_step.run_step(
                 str(manifest), str(job_id), target=str(target) if target else None, run_id=str(run_id) if run_id else None,
                 logs=logs, artifacts=artifacts, mark_outputs=as_list(mark_outputs), extra_tags=replay_step.parse_tags(tags),
-                mirror_status=as_bool(mirror_status, "--mirror-status"),
+                mirror_status=as_bool(mirror_status, "--mirror-status"), **s.limits,
             )
             replay_step.summary(result, str(job_id))
             return replay_step.EXIT_MIRRORED if result.mirrored_failure else EXIT_OK
@@ -284,19 +304,20 @@ class Replayer:
         [--environment azureml:replayer:0.1.0] [--manifest-uri azureml://datastores/D/paths/P] [--expand-trials]
         [--trial-sampling best|first|random] [--max-trials N] [--trial-metric NAME] [--seed N] [--mirror-status true|false]
         [--dry-run] [--debug-hierarchy] [--emit DIR] [--parallel N] [--report FILE] [--wait [--timeout S]] [filters]
+        [--rename-file F] [--import-source-tags] [--use-source-user]
         """
 
         def body():
             from runner.manifest import ManifestSource
             from runner.targets import pipeline
 
-            s = Settings(flags, {"target": target}, SELECT + ("report",))
+            s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS)
             if not manifest or not Path(str(manifest)).is_dir():
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             options = pipeline.PipelineOptions(
                 compute=str(compute), environment=environment, component=component, expand_trials=as_bool(expand_trials, "--expand-trials"),
                 trial_sampling=str(trial_sampling), max_trials=max_trials, trial_metric=trial_metric, seed=int(seed),
-                mirror_status=as_bool(mirror_status, "--mirror-status"), parallel=s.parallel,
+                mirror_status=as_bool(mirror_status, "--mirror-status"), parallel=s.parallel, mapping=s.mapping,
             ).check()
             src = ManifestSource(str(manifest), s.filters)
             uri = s.endpoints.get("target")
@@ -353,7 +374,24 @@ class Replayer:
         run("wait", flags, body)
 
 
+# Packages the image does not ship (it has mlflow-skinny, not mlflow): mlflow imports them when
+# they are installed, for dataset and model flavours the tool never uses, and they are 90 MB of
+# a process whose work needs ~150 MB. The CLI sees them as absent, exactly as in the image.
+NOT_IN_IMAGE = ("pandas", "numpy", "scipy", "pyarrow")
+
+
+class _NotInImage:
+    """A meta path finder answering "no such module" for NOT_IN_IMAGE (mlflow then skips them)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in NOT_IN_IMAGE:
+            raise ModuleNotFoundError(f"No module named {name!r} (left out as in the replayer image)", name=name)
+        return None
+
+
 def main() -> None:
+    if not any(isinstance(finder, _NotInImage) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _NotInImage())
     fire.Fire(Replayer, name="replayer")
 
 

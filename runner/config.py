@@ -16,7 +16,8 @@ from pathlib import Path
 from runner.errors import UsageError
 
 TOP_KEYS = ("source", "target", "workspace", "filters", "options")
-FILTER_KEYS = ("experiments", "include", "include_file", "since", "until", "status", "limit", "include_deleted", "shard")
+FILTER_KEYS = ("experiments", "include", "include_file", "since", "until", "status", "limit", "include_deleted", "shard",
+               "tags", "max_depth", "exclude")
 OPTION_KEYS = ("parallel", "dry_run", "report", "verbose", "retries", "credential", "client_id",
                "models", "models_only", "rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_KEYS = ("artifacts", "max_artifact_size", "artifact_include", "artifact_exclude")  # runner.artifacts.ArtifactOptions

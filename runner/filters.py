@@ -20,6 +20,9 @@ class Filters:
     limit: int | None = None  # number of roots
     include_deleted: bool = False
     shard: tuple[int, int] | None = None  # (index, count): only roots whose id hashes to index
+    tags: dict[str, str] = field(default_factory=dict)  # the root must carry every one of these tags
+    max_depth: int | None = None  # descendants deeper than this are left out; 0 = roots only
+    exclude: list[str] = field(default_factory=list)  # globs on run id or name: a match drops its subtree
 
     @classmethod
     def build(
@@ -33,6 +36,9 @@ class Filters:
         limit=None,
         include_deleted=False,
         shard=None,
+        tags=None,
+        max_depth=None,
+        exclude=None,
     ) -> "Filters":
         """Build from CLI/YAML values: comma strings or lists, dates as ISO text."""
         ids = as_list(include)
@@ -52,6 +58,9 @@ class Filters:
             limit=limit,
             include_deleted=as_bool(include_deleted, "--include-deleted"),
             shard=parse_shard(shard),
+            tags=parse_tags(tags),
+            max_depth=parse_depth(max_depth),
+            exclude=as_list(exclude),
         )
 
     def wants_experiment(self, name: str) -> bool:
@@ -71,6 +80,18 @@ class Filters:
             return True
         index, count = self.shard
         return shard_of(root_id, count) == index
+
+    def wants_tags(self, tags: dict[str, str]) -> bool:
+        """Whether a root carries every `--tags k=v` (always true without --tags)."""
+        return all(tags.get(key) == value for key, value in self.tags.items())
+
+    def excludes(self, run_id: str, *names: str) -> bool:
+        """Whether `--exclude` matches this run's id or one of its names: the run and its subtree are left out."""
+        return any(fnmatch.fnmatchcase(text, pattern) for pattern in self.exclude for text in (run_id, *names) if text)
+
+    def within_depth(self, depth: int) -> bool:
+        """Whether a run at this depth (0 = root) is taken under `--max-depth`."""
+        return self.max_depth is None or depth <= self.max_depth
 
     def wants_root(self, start_time: int | None, status: str) -> bool:
         if self.status and status.upper() not in self.status:
@@ -102,6 +123,31 @@ def parse_shard(value) -> tuple[int, int] | None:
     if not 0 <= shard[0] < shard[1]:
         raise UsageError(f"--shard {text!r}: expected 0 <= i < N, like 0/4 .. 3/4")
     return None if shard[1] == 1 else shard
+
+
+def parse_tags(value) -> dict[str, str]:
+    """`k=v,k2=v2`, a list of `k=v`, or a YAML mapping -> {k: v}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    tags = {}
+    for item in as_list(value):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--tags {item!r}: expected KEY=VALUE, several separated by commas (team=risk,stage=prod)")
+        tags[key.strip()] = text.strip()
+    return tags
+
+
+def parse_depth(value) -> int | None:
+    """`--max-depth N`: N >= 0 (0 = roots only); nothing -> no limit."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise UsageError(f"--max-depth {value!r}: expected a whole number >= 0 (0 = root runs only, 1 = their children too, ...)")
+    return int(text)
 
 
 def as_bool(value, flag: str) -> bool:

@@ -7,7 +7,7 @@ A folder:
     jobs.jsonl               one JobRecord per line, parents before children
     metrics/<job>.jsonl      [key, step, timestamp, value] per line, NaN/Infinity as strings
     artifacts/<job>.jsonl    {"path", "size", "md5"} per line
-    files/<job>/<path>       the artifact bytes
+    files/<job>/<path>       the artifact bytes (none when extracted with `--artifacts list` or `none`)
 
 Everything is streamed line by line: neither side holds a whole store in memory.
 """
@@ -82,7 +82,7 @@ class ManifestWriter:
             for ref in refs:
                 out.write(json.dumps(ref.__dict__, ensure_ascii=False) + "\n")
 
-    def close(self, source: dict, filters: Filters) -> dict:
+    def close(self, source: dict, filters: Filters, artifacts: dict | None = None) -> dict:
         self._experiments.close()
         self._jobs.close()
         header = {
@@ -94,6 +94,8 @@ class ManifestWriter:
             "counts": self.counts,
             "watermark": self.watermark,
         }
+        if artifacts is not None:  # how files were chosen (--artifacts copy|list|none & co.) and what was left out
+            header["artifacts"] = artifacts
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(header, indent=2, ensure_ascii=False), encoding="utf-8")
         tmp.replace(self.folder / MANIFEST)
@@ -150,6 +152,11 @@ class ManifestSource:
 
     def describe(self) -> dict:
         return {"kind": "manifest", "path": str(self.folder), "source": self.header.get("source", {})}
+
+    @property
+    def artifact_mode(self) -> str:
+        """`copy` when files/ holds the listed files; `list` (listed, no bytes) or `none` (no files)."""
+        return (self.header.get("artifacts") or {}).get("mode", "copy")
 
     def _validate_jobs(self) -> int:
         """One streaming pass before anything is written anywhere: bad input fails early.
@@ -215,6 +222,8 @@ class ManifestSource:
                 # --include of a child id is honoured by live sources; here it names roots.
                 if not (f.in_shard(job.source_id) and f.named(job.source_id, job.name) and f.wants_root(job.start_time, job.status)):
                     continue
+                if not f.wants_tags(job.tags) or f.excludes(job.source_id, job.name, job.step_name):
+                    continue
                 if job.lifecycle_stage == "deleted" and not f.include_deleted:
                     continue
                 roots += 1
@@ -223,6 +232,8 @@ class ManifestSource:
             elif job.parent_id in taken:
                 if job.lifecycle_stage == "deleted" and not f.include_deleted:
                     continue
+                if not f.within_depth(job.depth) or f.excludes(job.source_id, job.name, job.step_name):
+                    continue  # --max-depth, --exclude: this job and (as its id is not taken) its subtree
                 taken.add(job.source_id)
                 yield job
 

@@ -70,6 +70,17 @@ class Mapping:
             out.update(source_facts(job, experiment))
         return out
 
+    def job_tags(self, job: JobRecord, experiment: Experiment | None) -> dict[str, str]:
+        """What the options add on a job the target runs itself (pipeline replay): source facts, and
+        the source user as `mlflow.user`, the target's own user being whoever submits."""
+        out = {}
+        user = job.tags.get(USER_TAG) or source_user(job)
+        if self.source_user and user:
+            out[USER_TAG] = user
+        if self.source_tags:
+            out.update(source_facts(job, experiment))
+        return out
+
     def check_against(self, experiments: list[Experiment]) -> None:
         """Warn about renames that name no selected experiment (a typo, or another selection's)."""
         names = {e.name for e in experiments}

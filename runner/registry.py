@@ -50,7 +50,13 @@ ORIGINAL_VERSION = "original_model_version"
 ORIGINAL_RUN = "original_run_id"
 ORIGINAL_MODEL_ID = "original_model_id"  # on logged models copied into the target
 ORIGINAL_SOURCE = "original_source"  # on logged models holding files uploaded from elsewhere
+ORIGINAL_CREATED = "original_creation_timestamp"  # what a target sets by itself on a new version:
+ORIGINAL_USER = "original_user_id"  # the source's creation time (ms), user and run link (a URL
+ORIGINAL_RUN_LINK = "original_run_link"  # into the source workspace) are kept on the copy as tags
 PLACEHOLDER = "replay.placeholder"
+ALIASES_TAG = "replay.aliases"  # on a model whose store has no aliases: the source's, as JSON
+STAGE_TAG = "replay.stage"  # on a version whose store has no stages: the source's stage
+UNSUPPORTED = ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED")  # a store without that route
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # written by the server on a logged model when a version links it
 NO_STAGE = ("", "None")
 PAGE = 1000
@@ -81,6 +87,9 @@ class VersionRecord:
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     stage: str = "None"
+    created: int | None = None  # creation time (ms), user and run link: a target sets its own,
+    user_id: str = ""  # so the source's are kept as `original_*` tags on the copy
+    run_link: str = ""
 
     def fingerprint(self) -> str:
         """What can change on a version after it was copied (its source and run cannot)."""
@@ -104,6 +113,39 @@ def user_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if not is_own_tag(k)}
 
 
+def version_lineage(v: VersionRecord, workspace: str) -> dict[str, str]:
+    """The `original_*` tags of a version's copy: what pairs it, and what the target cannot set itself."""
+    tags = {ORIGINAL_VERSION: v.version, ORIGINAL_WORKSPACE: workspace}
+    for key, value in ((ORIGINAL_RUN, v.run_id), (ORIGINAL_CREATED, v.created), (ORIGINAL_USER, v.user_id), (ORIGINAL_RUN_LINK, v.run_link)):
+        if value:
+            tags[key] = str(value)
+    return tags
+
+
+def settled(v: VersionRecord, have: VersionRecord, workspace: str) -> bool:
+    """A copy that is complete, up to date and carries all its lineage: nothing to do."""
+    lineage = version_lineage(v, workspace)
+    return have.tags.get(COMPLETE) == v.fingerprint() and all(have.tags.get(k) == value for k, value in lineage.items())
+
+
+def unsupported(error: Exception) -> bool:
+    """The store answered that it has no such route (e.g. an endpoint without aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in UNSUPPORTED
+
+
+def target_aliases(model: ModelRecord) -> dict[str, str]:
+    """A target model's aliases, or those kept in ALIASES_TAG where its store has none."""
+    if not model.aliases and ALIASES_TAG in model.tags:
+        return json.loads(model.tags[ALIASES_TAG])
+    return model.aliases
+
+
+def target_stage(copy: VersionRecord) -> str:
+    return copy.tags.get(STAGE_TAG, copy.stage) if copy.stage in NO_STAGE else copy.stage
+
+
 def to_model(entity) -> ModelRecord:
     return ModelRecord(
         name=entity.name,
@@ -122,6 +164,9 @@ def to_version(entity) -> VersionRecord:
         description=entity.description or "",
         tags=dict(entity.tags or {}),
         stage=entity.current_stage or "None",
+        created=entity.creation_timestamp,
+        user_id=entity.user_id or "",
+        run_link=entity.run_link or "",
     )
 
 
@@ -425,6 +470,7 @@ class ModelCopier:
         self._lock = threading.Lock()
         self._model_locks: dict[str, threading.Lock] = {}
         self._copied: dict[str, object] = {}  # source logged model id (or holder key) -> target LoggedModel
+        self._warned: set[str] = set()
 
     def count(self, name: str, by: int = 1) -> None:
         with self._lock:
@@ -441,7 +487,7 @@ class ModelCopier:
         print(f"{SIGILS[action]} model {model.name} ({len(versions)} versions)")
         for v in versions:
             have = ours.get(v.version)
-            act = "create" if have is None else ("skip" if have.tags.get(COMPLETE) == v.fingerprint() else "repair")
+            act = "create" if have is None else ("skip" if settled(v, have, self.workspace) else "repair")
             self.count({"create": "versions_created", "repair": "versions_repaired", "skip": "versions_skipped"}[act])
             stage = f" [{v.stage}]" if v.stage not in NO_STAGE else ""
             print(f"{SIGILS[act]}   {model.name} v{v.version}{stage} <- {v.source}")
@@ -493,7 +539,7 @@ class ModelCopier:
                 continue
             highest = max(highest, int(mapped[v.version]))
         ours_numbers = {v.version for v in ours.values()} | set(mapped.values())
-        self.sync_aliases(model, existing.aliases if existing else {}, mapped, ours_numbers)
+        self.sync_aliases(model, existing or ModelRecord(model.name), mapped, ours_numbers)
 
     def model_changes(self, model: ModelRecord, existing: ModelRecord) -> bool:
         return model.description != existing.description or user_tags(model.tags) != user_tags(existing.tags)
@@ -512,22 +558,33 @@ class ModelCopier:
             self.client.delete_registered_model_tag(model.name, key)
         return True
 
-    def sync_aliases(self, model: ModelRecord, current: dict[str, str], mapped: dict[str, str], ours: set[str]) -> None:
+    def sync_aliases(self, model: ModelRecord, existing: ModelRecord, mapped: dict[str, str], ours: set[str]) -> None:
         """Source aliases onto the copied versions; aliases of ours the source no longer has go."""
         desired = {alias: mapped[v] for alias, v in model.aliases.items() if v in mapped}
-        for alias, number in desired.items():
-            if current.get(alias) != number:
-                self.client.set_registered_model_alias(model.name, alias, number)
-        for alias, number in current.items():
-            if alias not in desired and number in ours and alias not in model.aliases:
-                self.client.delete_registered_model_alias(model.name, alias)
+        current = existing.aliases
+        if ALIASES_TAG in existing.tags:  # a store without aliases, found so on an earlier run
+            if target_aliases(existing) != desired:
+                self.client.set_registered_model_tag(model.name, ALIASES_TAG, json.dumps(desired, sort_keys=True))
+            return
+        try:
+            for alias, number in desired.items():
+                if current.get(alias) != number:
+                    self.client.set_registered_model_alias(model.name, alias, number)
+            for alias, number in current.items():
+                if alias not in desired and number in ours and alias not in model.aliases:
+                    self.client.delete_registered_model_alias(model.name, alias)
+        except Exception as error:
+            if not unsupported(error):
+                raise
+            self.warn_once("aliases", f"the target registry has no aliases ({error.error_code}): each model's aliases are kept in its {ALIASES_TAG} tag")
+            self.client.set_registered_model_tag(model.name, ALIASES_TAG, json.dumps(desired, sort_keys=True))
 
     # -- one version -----------------------------------------------------------------------------
 
     def one_version(self, v: VersionRecord, have: VersionRecord | None, highest: int, scratch: Path) -> str:
         """Create, repair or skip one version; returns its target version number."""
         fingerprint = v.fingerprint()
-        if have is not None and have.tags.get(COMPLETE) == fingerprint:
+        if have is not None and settled(v, have, self.workspace):
             self.count("versions_skipped")
             return have.version
         if have is not None:
@@ -538,9 +595,7 @@ class ModelCopier:
         run_link = self.run_link(v)
         files = self.reader.locate(v)
         source, model_id = self.target_source(v, files, run_link, scratch)
-        lineage = {ORIGINAL_VERSION: v.version, ORIGINAL_WORKSPACE: self.workspace}
-        if v.run_id:
-            lineage[ORIGINAL_RUN] = v.run_id
+        lineage = version_lineage(v, self.workspace)
         self.fill_gap(v, highest, source, run_link)
         staged = v.stage not in NO_STAGE
         tags = {**user_tags(v.tags), **lineage, **({} if staged else {COMPLETE: fingerprint})}
@@ -549,7 +604,7 @@ class ModelCopier:
         )
         self.wait_ready(v.model, created)
         if staged:
-            self.client.transition_model_version_stage(v.model, created.version, v.stage, archive_existing_versions=False)
+            self.set_stage(v.model, str(created.version), v.stage)
             self.client.set_model_version_tag(v.model, created.version, COMPLETE, fingerprint)
         self.count("versions_created")
         return str(created.version)
@@ -557,6 +612,9 @@ class ModelCopier:
     def repair_version(self, v: VersionRecord, have: VersionRecord, fingerprint: str) -> None:
         if have.tags.get(COMPLETE):
             self.client.delete_model_version_tag(v.model, have.version, COMPLETE)  # incomplete until done
+        for key, value in version_lineage(v, self.workspace).items():  # copies made before a lineage tag existed
+            if have.tags.get(key) != value:
+                self.client.set_model_version_tag(v.model, have.version, key, value)
         if (have.description or "") != v.description:
             self.client.update_model_version(v.model, have.version, description=v.description)
         want, current = user_tags(v.tags), user_tags(have.tags)
@@ -565,9 +623,26 @@ class ModelCopier:
                 self.client.set_model_version_tag(v.model, have.version, key, value)
         for key in current.keys() - want.keys():
             self.client.delete_model_version_tag(v.model, have.version, key)
-        if have.stage != v.stage:
-            self.client.transition_model_version_stage(v.model, have.version, v.stage, archive_existing_versions=False)
+        if target_stage(have) != v.stage:
+            self.set_stage(v.model, have.version, v.stage)
         self.client.set_model_version_tag(v.model, have.version, COMPLETE, fingerprint)
+
+    def set_stage(self, name: str, version: str, stage: str) -> None:
+        """The version's stage; kept in STAGE_TAG where the target's registry has no stages."""
+        try:
+            self.client.transition_model_version_stage(name, version, stage, archive_existing_versions=False)
+        except Exception as error:
+            if not unsupported(error):
+                raise
+            self.warn_once("stages", f"the target registry has no stages ({error.error_code}): each version's stage is kept in its {STAGE_TAG} tag")
+            self.client.set_model_version_tag(name, version, STAGE_TAG, stage)
+
+    def warn_once(self, what: str, message: str) -> None:
+        with self._lock:
+            if what in self._warned:
+                return
+            self._warned.add(what)
+        logger.warning("{}", message)
 
     def run_link(self, v: VersionRecord) -> str | None:
         """The replayed run standing for the version's source run; None when the source has none."""
@@ -627,12 +702,20 @@ class ModelCopier:
                 name, uri, params, model_type = v.model, files.uri, {}, None
                 tags = {ORIGINAL_SOURCE: files.uri}
             experiment_id = self.target.ensure_experiment(self.options.mapping.target_experiment(experiment))
-            model = self.find_copy(experiment_id, key)
-            if model is None:
-                tags.update({ORIGINAL_MODEL_ID: key, ORIGINAL_WORKSPACE: self.workspace})
-                model = self.client.create_logged_model(
-                    experiment_id, name=name, source_run_id=run_link, tags=tags, params=params or None, model_type=model_type
-                )
+            try:
+                model = self.find_copy(experiment_id, key)
+                if model is None:
+                    tags.update({ORIGINAL_MODEL_ID: key, ORIGINAL_WORKSPACE: self.workspace})
+                    model = self.client.create_logged_model(
+                        experiment_id, name=name, source_run_id=run_link, tags=tags, params=params or None, model_type=model_type
+                    )
+            except Exception as error:
+                if not unsupported(error):
+                    raise
+                raise ReplayerError(
+                    f"its files ({v.source}) need an MLflow 3 logged model in the target, whose store has none "
+                    f"({error.error_code}); register that version from its run's artifacts (runs:/RUN/path) instead"
+                ) from None
             if str(getattr(model.status, "value", model.status)) != "READY":
                 local = self.reader.download(uri, scratch)
                 try:
@@ -725,7 +808,8 @@ def compare_models(source, target, ledger: Ledger, patterns: list[str], scratch:
                 pairs = [
                     ("description", v.description, copy.description),
                     ("tags", user_tags(v.tags), user_tags(copy.tags)),
-                    ("stage", v.stage, copy.stage),
+                    ("stage", v.stage, target_stage(copy)),
+                    ("lineage", version_lineage(v, workspace), {k: copy.tags.get(k) for k in version_lineage(v, workspace)}),
                     ("run_link", expected_run_link(reader, ledger, v), copy.run_id or None),
                     # runs:/, an artifact URI (whose scheme is the target store's) or models:/; files
                     # from elsewhere are uploaded into a logged model: models:/ on the target.
@@ -745,7 +829,7 @@ def compare_models(source, target, ledger: Ledger, patterns: list[str], scratch:
                     diff("version", "", f"target only: v{copy.version} (from v{original})", f"{where}/v{original}")
             want_aliases = {a: mapped.get(n, f"(copy of v{n})") for a, n in model.aliases.items()}
             ours_numbers = {c.version for c in ours.values()}
-            have_aliases = {a: n for a, n in have.aliases.items() if a in model.aliases or n in ours_numbers}
+            have_aliases = {a: n for a, n in target_aliases(have).items() if a in model.aliases or n in ours_numbers}
             if want_aliases != have_aliases:
                 diff("aliases", want_aliases, have_aliases)
         except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash

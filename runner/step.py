@@ -10,6 +10,9 @@ then writes the original's history into the step's own MLflow run:
   `original_step_name`, plus the `automl_*` tags the pipeline target passes for expanded trials);
 - full metric histories with their original steps and timestamps, at most 250 rows per
   `log_batch` (AzureML's limit); a retried step adds only the points its run lacks;
+- the run's limits (runner/limits.py, as the direct target: 50 tags and 50 metric names on
+  AzureML, `--max-tags` / `--max-metric-keys` to choose, param and tag value lengths): the excess
+  goes to `replay/overflow.json` on the run with a `replay.overflow` tag, which verify reads back;
 - with `--logs` / `--artifacts`: the original's files, logs (`azureml-logs/`, `logs/`,
   `user_logs/`, `system_logs/`) under `<logs>/<family>/...`, everything else under `<artifacts>/`,
   md5-checked;
@@ -31,12 +34,13 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from loguru import logger
 
+from runner import limits as caps
 from runner import stores
 from runner.errors import ReplayerError, UsageError
 from runner.filters import Filters
@@ -66,11 +70,13 @@ class StepResult:
     artifacts: int = 0
     logs: int = 0
     mirrored_failure: bool = False
+    overflow: dict[str, int] = field(default_factory=dict)  # what went to replay/overflow.json, by kind
 
     def line(self) -> str:
+        spilled = f"; over the run's limits, in {caps.OVERFLOW_PATH}: {self.overflow}" if self.overflow else ""
         return (
             f"run {self.run_id}: {self.params} params, {self.tags} tags, {self.metric_points} metric points, "
-            f"{self.artifacts} artifacts, {self.logs} log files"
+            f"{self.artifacts} artifacts, {self.logs} log files{spilled}"
         )
 
 
@@ -143,23 +149,34 @@ def run_step(
     mark_outputs: Iterable[str] = (),
     extra_tags: dict[str, str] | None = None,
     mirror_status: bool = True,
+    max_tags: int | None = None,
+    max_metric_keys: int | None = None,
 ) -> StepResult:
     """Replay one job's history into one run; see the module docstring."""
     source, job, ancestors = find(manifest, job_id)
     client, run_id, own = open_run(job, target, run_id)
+    limits = caps.limits_for(stores.tracking_uri(target) if target else os.environ.get("MLFLOW_TRACKING_URI", ""), max_tags, max_metric_keys)
     result = StepResult(run_id, mirrored_failure=mirror_status and mirrors_failure(job.status, ancestors))
     run = client.get_run(run_id)
-    params = missing_params(run.data.params, job.params, run_id)
-    tags = {k: v for k, v in step_tags(job, source.workspace, extra_tags).items() if run.data.tags.get(k) != v}
+    wanted = step_tags(job, source.workspace, extra_tags)
+    # Tags already on the run that the step does not write (Azure ML's own) take room too.
+    taken = sum(1 for k in run.data.tags if k not in wanted and not is_own_tag(k))
+    fitted, spilled = caps.fit_tags(limits, wanted, taken)
+    overflow = caps.new_overflow(spilled)
+    params = missing_params(run.data.params, caps.fit_params(limits, job.params, overflow), run_id)
+    tags = {k: v for k, v in fitted.items() if run.data.tags.get(k) != v}
     entries = [("param", k, v) for k, v in params.items()] + [("tag", k, v) for k, v in tags.items()]
     for start in range(0, len(entries), PARAMS_TAGS_PER_BATCH):
         log_keyed(client, run_id, entries[start : start + PARAMS_TAGS_PER_BATCH])
     result.params, result.tags = len(params), len(tags)
-    result.metric_points = log_metrics(client, run_id, new_points(client, run_id, set(run.data.metrics), source.metrics(job)))
+    points = caps.fit_metrics(limits, job, source.metrics(job), overflow)
+    result.metric_points = log_metrics(client, run_id, new_points(client, run_id, set(run.data.metrics), points), limits.batch_rows)
     if logs or artifacts:
         result.artifacts, result.logs = copy_files(source, job, Path(artifacts) if artifacts else None, Path(logs) if logs else None)
     for folder in mark_outputs:
         mark(Path(folder), job)
+    with tempfile.TemporaryDirectory(prefix="replayer-step-") as scratch:
+        result.overflow = caps.write(client, run_id, overflow, Path(scratch))
     if own and job.status in TERMINAL_STATUSES:
         client.set_terminated(run_id, job.status, end_time=job.end_time)
     client.set_tag(run_id, COMPLETE, job.fingerprint())
@@ -214,13 +231,14 @@ def new_points(client, run_id: str, logged_keys: set[str], points: Iterable[Metr
             yield point
 
 
-def log_metrics(client, run_id: str, points: Iterable[MetricPoint]) -> int:
+def log_metrics(client, run_id: str, points: Iterable[MetricPoint], rows: int = METRICS_PER_BATCH) -> int:
     from mlflow.entities import Metric
 
+    rows = min(rows, METRICS_PER_BATCH)  # the step is made for AzureML: its cap everywhere
     written, batch = 0, []
     for point in points:
         batch.append(Metric(point.key, point.value, point.timestamp, point.step))
-        if len(batch) == METRICS_PER_BATCH:
+        if len(batch) == rows:
             client.log_batch(run_id, metrics=batch)
             written, batch = written + len(batch), []
     if batch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,6 +65,9 @@ def open_client(uri: str, create: bool):
     resolved = tracking_uri(uri)
     if is_remote(resolved):
         check_reachable(resolved)
+        from runner import azureml_auth
+
+        azureml_auth.use_credential(resolved)  # azureml://: MLflow calls use --credential, cached (a no-op otherwise)
     elif not exists(resolved):
         if not create:
             raise UsageError(f"no MLflow store at {uri}: check the path, or run `replayer demo --out {uri}` to seed one")
@@ -80,6 +84,27 @@ def init_local_store(resolved: str) -> None:
     root = Path(artifact_root(resolved))
     root.mkdir(parents=True, exist_ok=True)
     SqlAlchemyStore(resolved, root.as_uri())
+
+
+@contextmanager
+def refusals_named(uri: str):
+    """A credential the store refuses (HTTP 401/403 on a real request: /health asks for none) stops
+    everything with one line naming the store: every later request would be refused the same way."""
+    from mlflow.exceptions import MlflowException
+
+    from runner.sources.azureml import refused_by_auth
+
+    try:
+        yield
+    except MlflowException as error:
+        refused = refused_by_auth(error)
+        if refused is None:
+            raise
+        status, reason = refused
+        raise EndpointError(
+            f"MLflow server {redact(uri)} refused our credentials (HTTP {status}: {reason}); "
+            "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD (--credential for Azure ML)"
+        ) from None
 
 
 def check_reachable(uri: str) -> None:

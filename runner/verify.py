@@ -24,7 +24,8 @@ from runner.ledger import PARENT_TAG, is_own_tag
 from runner.mapping import USER_TAG, Mapping, source_user
 from runner.model import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.sources.mlflow import metric_history
-from runner.targets.direct import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
+from runner import limits as caps
+from runner.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.progress import Progress
 
 
@@ -113,6 +114,8 @@ def has_filters(source) -> bool:
     f = getattr(source, "filters", None)
     if f and (f.experiments or f.include or f.since or f.until or f.status or f.limit or f.shard):
         return True
+    if ((getattr(source, "header", None) or {}).get("source") or {}).get("window"):  # an incremental extract (runner.watermark)
+        return True
     recorded = (getattr(source, "header", None) or {}).get("filters") or {}
     return any(recorded.get(key) for key in ("experiments", "include", "since", "until", "status", "limit", "shard"))
 
@@ -159,7 +162,7 @@ class JobChecker:
         run = self.client.get_run(found.run_id)
         info, data = run.info, run.data
         # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
-        overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow({})
+        overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow()
         params, tags = {**data.params, **overflow["params"]}, {**data.tags, **overflow["tags"]}
         out = []
         pairs = [
@@ -199,11 +202,7 @@ class JobChecker:
         return out
 
     def read_overflow(self, run_id: str) -> dict:
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        try:
-            return json.loads(Path(self.client.download_artifacts(run_id, OVERFLOW_PATH, str(folder))).read_text(encoding="utf-8"))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        return caps.read(self.client, run_id, self.scratch)
 
     def experiment_name(self, experiment_id: str) -> str:
         if experiment_id not in self._experiment_names:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from azurite import ACCOUNTS, Azurite
 
-from runner import artifacts
+from runner import artifacts, stores
 from runner.artifacts import ArtifactOptions, BlobAuth, CopyStats
 from runner.errors import UsageError
 from runner.model import ArtifactRef
@@ -514,3 +514,188 @@ def test_verify_reports_a_tampered_blob_in_the_target(azurite, blob_migration):
     found = json.loads(report.read_text())["differences"]
     assert [d["field"] for d in found] == ["artifact:model/config.json"]
     assert found[0]["source"] != found[0]["target"] and "md5" in found[0]["target"]
+
+
+
+# -- extract follows the same artifact choices as replay ---------------------------------------------------
+
+
+def manifest_files(folder: Path) -> dict[str, list[str]]:
+    """What a manifest holds: the paths listed in artifacts/*.jsonl and the files under files/."""
+    listed = sorted(json.loads(line)["path"] for f in (folder / "artifacts").glob("*.jsonl") for line in f.read_text().splitlines())
+    held = sorted(p.relative_to(folder / "files").as_posix().split("/", 1)[1] for p in (folder / "files").rglob("*") if p.is_file())
+    return {"listed": listed, "held": held}
+
+
+def test_extract_honours_artifacts_size_and_globs_and_replay_follows_the_manifest(tmp_path):
+    from conftest import run_cli
+
+    src = tmp_path / "src"
+    assert run_cli("demo", "--out", str(src), cwd=tmp_path).returncode == 0
+    weights = [f"model/fold {i}/weights.bin" for i in range(3)]  # 2048 bytes each; the demo's other files are < 30
+
+    capped = tmp_path / "capped"
+    flags = ("--max-artifact-size", "1000", "--artifact-exclude", "logs/")
+    done = run_cli("extract", "--source", str(src), "--out", str(capped), *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = ["forecast.csv", "reports/r\u00e9sum\u00e9 final.md", "reports/summary.json"]
+    assert manifest_files(capped) == {"listed": sorted(kept), "held": sorted(kept)}
+    header = json.loads((capped / "manifest.json").read_text())
+    assert header["artifacts"]["filtered"] == 3 and len(header["artifacts"]["too_large"]) == 3  # the 3 logs, the 3 weights
+    assert all("weights.bin (2048 bytes)" in line for line in header["artifacts"]["too_large"])
+    assert header["counts"]["artifacts"] == 3 and header["counts"]["artifact_bytes"] == 25 + 25 + 18
+    assert run_cli("replay", "--manifest", str(capped), "--target", str(tmp_path / "t1"), cwd=tmp_path).returncode == 0
+    assert run_cli("verify", "--source", str(capped), "--target", str(tmp_path / "t1"), cwd=tmp_path).returncode == 0
+    same = run_cli("verify", "--source", str(src), "--target", str(tmp_path / "t1"), *flags, cwd=tmp_path)
+    assert same.returncode == 0, same.stdout[-2000:]  # the live source seen through the same choices
+
+    listed = tmp_path / "listed"
+    done = run_cli("extract", "--source", str(src), "--out", str(listed), "--artifacts", "list", "--artifact-include", "model/*", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert manifest_files(listed) == {"listed": weights, "held": []}
+    assert json.loads((listed / "manifest.json").read_text())["counts"]["artifact_bytes"] == 0
+    refused = run_cli("replay", "--manifest", str(listed), "--target", str(tmp_path / "t2"), cwd=tmp_path)
+    errors = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    assert refused.returncode == 2 and len(errors) == 1 and "--artifacts list" in errors[0] and str(listed) in errors[0], refused.stderr
+    assert not (tmp_path / "t2").exists()  # nothing written
+    assert run_cli("replay", "--manifest", str(listed), "--target", str(tmp_path / "t2"), "--artifacts", "list", cwd=tmp_path).returncode == 0
+    checked = run_cli("verify", "--source", str(listed), "--target", str(tmp_path / "t2"), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout[-2000:]
+
+    bare = tmp_path / "bare"
+    assert run_cli("extract", "--source", str(src), "--out", str(bare), "--artifacts", "none", cwd=tmp_path).returncode == 0
+    assert manifest_files(bare) == {"listed": [], "held": []}
+    assert run_cli("replay", "--manifest", str(bare), "--target", str(tmp_path / "t3"), cwd=tmp_path).returncode == 0
+    target = stores.open_client(str(tmp_path / "t3"), create=False)
+    runs = target.search_runs([e.experiment_id for e in target.search_experiments()])
+    assert len(runs) == 15 and not any(target.list_artifacts(r.info.run_id) for r in runs)
+    assert run_cli("verify", "--source", str(bare), "--target", str(tmp_path / "t3"), cwd=tmp_path).returncode == 0
+
+
+# -- cloud-style storage: production URLs, bearer tokens, user-delegation SAS (tests/cloud_storage.py) ----
+
+from cloud_storage import StorageCredential, cloud_storage  # noqa: E402,F401 - the fixture, for the tests below
+
+
+class RecordedSas:
+    """The real UserDelegationSas, with each SAS it makes kept aside for the checks below."""
+
+    def __init__(self, inner):
+        self.inner, self.made = inner, []
+
+    def read_sas(self, container, blob, minutes):
+        query = self.inner.read_sas(container, blob, minutes)
+        self.made.append((container, blob, query))
+        return query
+
+
+def captured_logs():
+    """Every loguru line from now on, DEBUG included, as the log file would hold them (redacted)."""
+    from runner import logs as replayer_logs
+
+    lines: list[str] = []
+    sink = artifacts.logger.add(lambda message: lines.append(replayer_logs.redact(str(message))), level="DEBUG")
+    return lines, sink
+
+
+def test_user_delegation_sas_copies_server_side_on_production_urls(cloud_storage, tree, prefix):
+    from urllib.parse import parse_qs
+
+    credential = StorageCredential()
+    recorded: list[RecordedSas] = []
+
+    def sas(store):
+        recorded.append(RecordedSas(artifacts.UserDelegationSas(store.service)))
+        return recorded[-1]
+
+    auth = BlobAuth(keys={}, credential=credential, sas=sas)  # no key anywhere: bearer tokens and a delegation key only
+    options = ArtifactOptions(auth=auth, block_size=MB)
+    src = cloud_storage.url("acct1", "runs", f"{prefix}/artifacts")
+    dst = cloud_storage.url("acct1", "archive", f"{prefix}/artifacts")
+    up = artifacts.copy_artifacts(tree, src, None, options)
+    assert up.ok and up.streamed == len(TREE), up.failed
+    total = sum(map(len, TREE.values()))
+
+    lines, sink = captured_logs()
+    before = cloud_storage.proxy.snapshot()
+    try:
+        across = artifacts.copy_artifacts(src, dst, None, options)
+    finally:
+        artifacts.logger.remove(sink)
+    moved = {k: cloud_storage.proxy.snapshot()[k] - before[k] for k in before}
+
+    assert across.ok, across.failed
+    assert (across.server_side, across.streamed, across.bytes_streamed, across.bytes_copied) == (len(TREE), 0, 0, total)
+    # No byte of the files went through the client: the tunnels carried requests and headers only.
+    assert moved["up"] + moved["down"] < total / 20, (moved, total)
+    landed = artifacts.open_store(dst, auth=auth).listing()
+    assert {p: (s.size, s.md5) for p, s in landed.items()} == {n: (len(d), hashlib.md5(d).hexdigest()) for n, d in TREE.items()}
+    assert all(s.copy_status == "success" for s in landed.values())
+    for name, data in TREE.items():
+        assert cloud_storage.service("acct1").get_blob_client("archive", f"{prefix}/artifacts/{name}").download_blob().readall() == data
+
+    # One read-only user-delegation SAS per blob, for that blob, signed for the credential's identity.
+    made = [entry for r in recorded for entry in r.made]
+    assert sorted(blob for _, blob, _ in made) == sorted(f"{prefix}/artifacts/{n}" for n in TREE)
+    for container, _, query in made:
+        fields = {k: v[0] for k, v in parse_qs(query).items()}
+        assert container == "runs" and (fields["sr"], fields["sp"]) == ("b", "r")
+        assert (fields["skoid"], fields["sktid"]) == (credential.oid, credential.tenant) and fields["sig"]
+    # Azurite 3.37 has no Put Blob From URL (501): tried once, then Copy Blob for the pair.
+    assert (cloud_storage.endpoint("acct1"), cloud_storage.endpoint("acct1")) in artifacts._no_put_from_url
+
+    text = "\n".join(lines)
+    assert lines and "archive" in text
+    for _, _, query in made:
+        assert parse_qs(query)["sig"][0] not in text
+    assert not re.search(r"sig=(?!REDACTED)[^&\s]+", text) and "eyJ" not in text  # no signature, no bearer token
+
+
+def test_across_accounts_azurite_refuses_the_copy_and_the_bytes_stream_through_the_client(cloud_storage, tree, prefix):
+    # Azurite checks a SAS copy source by asking for it itself, only on the destination's own host:
+    # with production URLs two accounts never qualify (CannotVerifyCopySource), so the copy streams.
+    # This is also the control for the byte count above: here the files do cross the proxy.
+    auth = BlobAuth(keys={}, credential=StorageCredential())
+    options = ArtifactOptions(auth=auth, block_size=MB)
+    src = cloud_storage.url("acct1", "runs", f"{prefix}/a")
+    dst = cloud_storage.url("acct2", "runs", f"{prefix}/b")
+    assert artifacts.copy_artifacts(tree, src, None, options).ok
+    total = sum(map(len, TREE.values()))
+    lines, sink = captured_logs()
+    before = cloud_storage.proxy.snapshot()
+    try:
+        stats = artifacts.copy_artifacts(src, dst, None, options)
+    finally:
+        artifacts.logger.remove(sink)
+    moved = {k: cloud_storage.proxy.snapshot()[k] - before[k] for k in before}
+    assert stats.ok, stats.failed
+    assert stats.server_side == 0 and stats.streamed == len(TREE) and stats.bytes_streamed == total
+    assert moved["down"] > total and moved["up"] > total, (moved, total)  # downloaded from acct1, uploaded to acct2
+    assert artifacts.compare(tree, dst, options=options) == []
+    text = "\n".join(lines)
+    assert "CannotVerifyCopySource" in text and "streaming instead" in text
+    assert not re.search(r"sig=(?!REDACTED)[^&\s]+", text) and "eyJ" not in text
+
+
+def test_the_proxy_tunnels_blob_hosts_only(cloud_storage, prefix):
+    import certifi
+    import requests
+    from azure.core.exceptions import ResourceNotFoundError
+
+    # Azurite takes the account from the Host: a blob written through acct2's production URL is in acct2.
+    container = f"host-{prefix}"
+    cloud_storage.service("acct2").create_container(container).upload_blob("x.txt", b"by host")
+    assert cloud_storage.azurite.service("acct2").get_blob_client(container, "x.txt").download_blob().readall() == b"by host"
+    with pytest.raises(ResourceNotFoundError):
+        cloud_storage.azurite.service("acct1").get_container_client(container).get_container_properties()
+    # TLS is end to end: the certificate is checked against the test CA (a client without it refuses).
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{cloud_storage.endpoint('acct1')}/", timeout=10, verify=certifi.where())
+
+    refused = len(cloud_storage.proxy.refused)
+    for url in ("https://example.com/", "https://acct1.blob.core.windows.net.evil.test/"):
+        with pytest.raises(requests.exceptions.ProxyError):
+            requests.get(url, timeout=10)
+    answer = requests.get(f"{cloud_storage.endpoint('acct1')}/runs?restype=container", timeout=10)  # anonymous: Azurite answers
+    assert answer.status_code in (403, 404) and "x-ms-request-id" in answer.headers
+    assert len(cloud_storage.proxy.refused) == refused + 2

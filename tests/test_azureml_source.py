@@ -8,6 +8,7 @@ Every check compares against that declarative fixture, field by field and point 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -16,12 +17,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from azurite import Azurite
 from conftest import run_cli
+from fakes import azureml_artifacts
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import TENANT, FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
 from runner.errors import UsageError
 from runner.filters import Filters
-from runner.model import JobRecord
+from runner.model import ArtifactRef, JobRecord
 from runner.sources import open_source
 from runner.sources.azureml import AzuremlSource, is_azureml, map_status, parse_workspace
 from servers import MlflowServer
@@ -39,13 +42,18 @@ def azure(tmp_path_factory):
     fake = FakeControlPlane(base / "fake", server.uri).start()
     ws = fake.add(FakeWorkspace(SUB, RG, WS))
     seed.install(ws, specs, builders)
+    azurite = Azurite(base / "azurite").start()
     env = fake.environ()
     try:
+        store = azureml_artifacts.attach(ws, azurite)
+        assert seed.upload_files(store, specs) == 10
         with pytest.MonkeyPatch.context() as patch:
             for key, value in env.items():
                 patch.setenv(key, value)
-            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env)
+            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env, store=store)
     finally:
+        azureml_artifacts.STORES.pop(ws.scope, None)
+        azurite.stop()
         fake.stop()
         server.stop()
 
@@ -300,3 +308,131 @@ def test_cli_errors_are_one_line_with_exit_code_2(azure, tmp_path):
     lines = error_lines(missing)
     assert len(lines) == 1 and "workspace nope" in lines[0] and "not found" in lines[0], missing.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- filters shared with the MLflow source -----------------------------------------------------------
+
+
+def subtree(azure, name: str) -> list[str]:
+    """`name` and every descendant, in fixture order."""
+    inside = {name}
+    for spec in azure.specs:
+        if spec.parent in inside:
+            inside.add(spec.name)
+    return [s.name for s in azure.specs if s.name in inside]
+
+
+def test_tags_max_depth_and_exclude(azure):
+    everything = [s.name for s in azure.specs]
+    assert names(tags="team=risk,pipeline=v2") == tree(azure, "eager_owl_04")  # every pair, on the root
+    assert names(tags="sweep=random") == tree(azure, "gentle_gale_06")
+    assert names(tags="stage=fit") == []  # a step's tag selects no root
+    before = azure.fake.requests["history_children"]
+    assert names(max_depth=0) == [s.name for s in azure.specs if s.depth == 0]
+    assert azure.fake.requests["history_children"] == before, "depth 0: children are not even listed"
+    assert names(experiments="fraud-pipelines", max_depth=1) == [s.name for s in azure.specs if s.experiment == "fraud-pipelines" and s.depth <= 1]
+    assert names(max_depth=3) == everything
+    # A root by display name or id glob drops its tree; a step (by step name) drops its subtree.
+    assert names(exclude="lr-sweep,humble_*") == [n for n in everything if azure.by_name[n].root not in ("gentle_gale_06", "humble_hawk_07")]
+    block = next(s.name for s in azure.specs if s.step == "train_block")
+    assert names(experiments="fraud-pipelines", exclude="train_block") == [
+        n for n in tree(azure, "eager_owl_04") + tree(azure, "fuzzy_fox_05") if n not in subtree(azure, block)
+    ]
+    assert names(include="humble_hawk_07", exclude="humble_hawk_07_1?") == tree(azure, "humble_hawk_07")[:11]  # trials 10, 11 out
+
+
+# -- artifacts and logs --------------------------------------------------------------------------------
+
+
+def expected_files(spec: seed.Spec) -> list[ArtifactRef]:
+    return sorted(
+        (ArtifactRef(path, len(data), "" if path in spec.unhashed else hashlib.md5(data).hexdigest()) for path, data in spec.files.items()),
+        key=lambda r: r.path,
+    )
+
+
+def test_artifacts_listed_with_sizes_and_md5_without_reading_bytes(azure, monkeypatch):
+    from azure.storage.blob import BlobClient
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("listing must not download a byte")
+
+    monkeypatch.setattr(BlobClient, "download_blob", no_download)
+    src = source()
+    listed = {job.source_id: sorted(src.artifacts(job), key=lambda r: r.path) for job in src.jobs()}
+    assert listed == {s.name: expected_files(s) for s in azure.specs}
+    assert sum(len(v) for v in listed.values()) == 10 and len(listed["bright_kiwi_01"]) == 6  # two listing pages
+    fit = next(s for s in azure.specs if s.step == "fit")
+    assert [r.md5 for r in listed[fit.name] if r.path == "outputs/model/model.pkl"] == [""]  # a block upload has no md5
+
+
+def test_extract_lists_files_and_logs_without_secrets(azure, tmp_path):
+    out = tmp_path / "manifest"
+    env = cli_env(azure, tmp_path)
+    result = run_cli("extract", "--source", URI, "--out", str(out), "--artifacts", "list", "--parallel", "3", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = {}
+    for job in open_source(str(out)).jobs():
+        refs = list(open_source(str(out)).artifacts(job))
+        if refs:
+            listed[job.source_id] = sorted(refs, key=lambda r: r.path)
+    assert listed == {s.name: expected_files(s) for s in azure.specs if s.files}
+    families = {r.path.split("/")[0] for refs in listed.values() for r in refs}
+    assert families == {"outputs", "user_logs", "system_logs", "azureml-logs", "logs"}
+    assert not (out / "files").exists(), "--artifacts list keeps no bytes"
+    written = "\n".join(p.read_text(errors="replace") for p in [*out.rglob("*"), *(tmp_path / "logs").glob("*.log")] if p.is_file()) + result.stderr
+    assert azure.store.key not in written and "sig=" not in written and "se=" not in written and "Bearer" not in written
+    none = run_cli("extract", "--source", URI, "--out", str(tmp_path / "none"), "--artifacts", "none", "--experiments", "fraud-baseline", cwd=tmp_path, env=env)
+    assert none.returncode == 0, none.stderr[-2000:]
+    assert json.loads((tmp_path / "none" / "manifest.json").read_text())["counts"]["artifacts"] == 0
+
+
+def test_copied_files_arrive_byte_for_byte(azure, tmp_path):
+    """migrate copies each listed file through its content URI; verify compares sizes and md5s."""
+    env = cli_env(azure, tmp_path)
+    target = tmp_path / "target"
+    select = ("--experiments", "fraud-baseline,fraud-pipelines", "--include", "bright_kiwi_01,fit")  # verify checks every selected experiment
+    migrate = run_cli("migrate", "--source", URI, "--target", str(target), *select, cwd=tmp_path, env=env)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    from runner import stores
+
+    client = stores.open_client(str(target), create=False)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.original_job_id = 'bright_kiwi_01'")
+    folder = Path(client.download_artifacts(runs[0].info.run_id, "", str(tmp_path / "down")))
+    got = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert got == azure.by_name["bright_kiwi_01"].files
+    check = run_cli("verify", "--source", URI, "--target", str(target), *select, "--report", "r.json", cwd=tmp_path, env=env)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+
+
+# -- a token refused midway ------------------------------------------------------------------------------
+
+
+def test_token_refused_midway_is_one_error_line_and_exit_2(azure, tmp_path):
+    """After N MLflow requests the fake refuses the token (revoked): one ERROR line, exit 2, no manifest.json."""
+    handler = azure.fake.server.RequestHandlerClass
+    allowed = {"left": 40}
+
+    class Revoking(handler):
+        def _authorized(self):
+            if "/mlflow/" in self.path:
+                with azure.fake._lock:
+                    allowed["left"] -= 1
+                    refused = allowed["left"] < 0
+                if refused:
+                    self._error(401, "ExpiredAuthenticationToken", "The access token has been revoked.")
+                    return False
+            return super()._authorized()
+
+    azure.fake.server.RequestHandlerClass = Revoking
+    try:
+        out = tmp_path / "manifest"
+        result = run_cli("extract", "--source", URI, "--out", str(out), "--parallel", "4", cwd=tmp_path, env=cli_env(azure, tmp_path))
+    finally:
+        azure.fake.server.RequestHandlerClass = handler
+    assert allowed["left"] < 0, "the fake never refused: the test proves nothing"
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert f"workspace {WS}" in lines[0] and "credential 'cli'" in lines[0] and "HTTP 401" in lines[0] and "ExpiredAuthenticationToken" in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and not (out / "manifest.json").exists()

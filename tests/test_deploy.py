@@ -8,6 +8,7 @@ set (mlflow-skinny, not mlflow) is installed into an empty folder and runs the t
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -222,8 +223,16 @@ EXPECT = {
     "limit": ("5", lambda s: s.filters.limit == 5),
     "include_deleted": ("True", lambda s: s.filters.include_deleted is True),
     "shard": ("1/4", lambda s: s.filters.shard == (1, 4)),
+    "root_tags": ("team=risk,stage=prod", lambda s: s.filters.tags == {"team": "risk", "stage": "prod"}),
+    "max_depth": ("2", lambda s: s.filters.max_depth == 2),
+    "exclude": ("tmp-*,debug run", lambda s: s.filters.exclude == ["tmp-*", "debug run"]),
     "parallel": ("3", lambda s: s.parallel == 3),
     "dry_run": ("false", lambda s: s.dry_run is False),
+    "rename_file": (None, lambda s: s.mapping.renames == {"old-exp": "new-exp"}),
+    "import_source_tags": ("True", lambda s: s.mapping.source_tags is True),
+    "use_source_user": ("True", lambda s: s.mapping.source_user is True),
+    "incremental": ("True", lambda s: s.incremental is True),
+    "full": ("false", lambda s: s.full is False),
     "credential": ("managed", lambda s: credentials.selected() == credentials.Choice("managed", SAMPLE_CLIENT_ID)),
     "client_id": (SAMPLE_CLIENT_ID, lambda s: credentials.selected().client_id == SAMPLE_CLIENT_ID),
 }
@@ -290,6 +299,8 @@ def test_component_command_parses_with_the_real_cli(name, tmp_path, monkeypatch)
     assert hasattr(cli.Replayer, command), f"{name} calls `replayer {command}`, which does not exist"
     include_file = tmp_path / "ids.txt"
     include_file.write_text("# runs\nfrom-file\n")
+    renames = tmp_path / "renames.csv"
+    renames.write_text("old,new\nold-exp,new-exp\n")
     values = {}
     for input_name, spec in component.inputs.items():
         if (spec.description or "").startswith(ORDERING_ONLY):
@@ -298,7 +309,7 @@ def test_component_command_parses_with_the_real_cli(name, tmp_path, monkeypatch)
             values[input_name] = tmp_path / input_name if spec.type == "uri_folder" else "job-1"
             continue
         assert input_name in EXPECT, f"{name}: input {input_name} has no expectation in this test; add one"
-        values[input_name] = EXPECT[input_name][0] if input_name != "include_file" else include_file
+        values[input_name] = {"include_file": include_file, "rename_file": renames}.get(input_name) or EXPECT[input_name][0]
     settings = parse(render(component, values, tmp_path), monkeypatch)
     for input_name in values:
         if input_name not in POSITIONAL:
@@ -319,7 +330,7 @@ def test_extract_component_exposes_every_cli_filter():
 
 # -- pipelines and schedule ---------------------------------------------------------------
 
-NODE_LEVEL = {"limit", "include_file", "shard"}  # set per node (README), not pipeline inputs
+NODE_LEVEL = {"limit", "include_file", "shard", "root_tags", "max_depth", "exclude"}  # set per node (README), not pipeline inputs
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -372,6 +383,7 @@ def test_schedule_loads_validates_and_runs_migrate_on_a_cron():
     assert type(job).__name__ == "PipelineJob" and list(job.jobs) == ["extract", "replay", "verify"]
     assert job.identity.type == "managed_identity", "the scheduled job keeps migrate.yml's managed identity"
     assert "source_name" in job.inputs, "a recurring sync needs a fixed source name (the ledger key)"
+    assert str(job.inputs["incremental"]._data).lower() == "true", "the nightly sync continues from the watermark"
 
 
 def test_readme_run_on_azure_ml_commands_match_the_files():
@@ -516,3 +528,166 @@ def test_verify_of_a_shard_manifest_does_not_call_other_shards_target_only(demo_
     for folder in manifests:
         report = verify(ManifestSource(folder, Filters()), DirectTarget(target, dry_run=True), parallel=2)
         assert report.ok, report.to_json()["differences"][:5]
+
+
+# -- submitting to the control plane (the HTTPS fake) ---------------------------------------
+
+SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-target", "ws-target"
+CLIENT_ID = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+BINDING = re.compile(r"^\$\{\{\s*parent\.(inputs|jobs)\.([\w.]+)\s*\}\}$")
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory):
+    """The fake control plane with an empty target workspace, and an MLClient pointed at it."""
+    from azure.ai.ml import MLClient
+
+    from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace
+
+    fake = FakeControlPlane(tmp_path_factory.mktemp("control-plane"), "http://127.0.0.1:9").start()
+    ws = fake.add(FakeWorkspace(SUB, RG, WS))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in {**fake.environ(), "AZUREML_LOG_LEVEL": "ERROR"}.items():
+                patch.setenv(key, value)
+            yield fake, ws, MLClient(FakeCredential(), SUB, RG, WS)
+    finally:
+        fake.stop()
+
+
+def overrides(prefix: str = "", **inputs) -> list[dict]:
+    """`--set inputs.k=v ...` as azure-ai-ml's loaders take it (what `az ml ... create --set` does)."""
+    return [{f"{prefix}inputs.{key}": value} for key, value in inputs.items()]
+
+
+def registered(ws, node: dict) -> dict:
+    """The spec of the component a submitted node points at (registered by the SDK before the job)."""
+    match = re.search(r"/components/([^/]+)/versions/([^/]+)$", node["componentId"])
+    assert match, node["componentId"]
+    return ws.components[(match.group(1), match.group(2))]["properties"]["componentSpec"]
+
+
+def check_steps(ws, jobs: dict) -> None:
+    """extract -> replay -> verify, bound to each other, every step on the one replayer environment."""
+    env = environment()
+    assert list(jobs) == ["extract", "replay", "verify"]
+    for name, node in jobs.items():
+        spec = registered(ws, node)
+        assert spec["command"].startswith(f"python -m runner {name} "), spec["command"]
+        assert spec["environment"].endswith(f"/environments/{env.name}/versions/{env.version}"), spec["environment"]
+    assert jobs["replay"]["inputs"]["manifest"]["value"] == "${{parent.jobs.extract.outputs.manifest}}"
+    assert jobs["verify"]["inputs"]["manifest"]["value"] == "${{parent.jobs.extract.outputs.manifest}}"
+    assert jobs["verify"]["inputs"]["replayed"]["value"] == "${{parent.jobs.replay.outputs.summary}}"
+    assert jobs["extract"]["inputs"]["target"]["value"] == "${{parent.inputs.target}}", "extract reads the sync state there"
+
+
+def test_migrate_yml_submits_to_the_control_plane(control_plane):
+    """`az ml job create -f migrate.yml --set inputs...` = jobs.create_or_update(load_job(..., params_override))."""
+    from azure.ai.ml import load_job
+
+    fake, ws, ml = control_plane
+    job = load_job(ROOT / "migrate.yml", params_override=overrides(
+        source="http://source-mlflow:5000", target="azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/S/x",
+        source_name="prod-eu", client_id=CLIENT_ID, incremental="true"))
+    created = ml.jobs.create_or_update(job)
+    body = ws.submitted[created.name]["properties"]
+    assert body["jobType"] == "Pipeline" and body["identity"] == {"identityType": "Managed"}
+    check_steps(ws, body["jobs"])
+    inputs = {key: value["value"] for key, value in body["inputs"].items()}
+    assert inputs["source"] == "http://source-mlflow:5000" and inputs["source_name"] == "prod-eu"
+    assert inputs["client_id"] == CLIENT_ID and inputs["credential"] == "managed" and inputs["incremental"].lower() == "true"
+    assert body["settings"]["default_compute"].endswith(f"/workspaces/{WS}/computes/cpu-cluster")
+    assert created.status == "NotStarted" and created.studio_url
+
+
+def test_migrate_sharded_yml_submits_every_shard(control_plane):
+    from azure.ai.ml import load_job
+
+    fake, ws, ml = control_plane
+    job = load_job(ROOT / "migrate-sharded.yml", params_override=overrides(source="http://s:5000", target="http://t:5000", source_name="prod-eu"))
+    body = ws.submitted[ml.jobs.create_or_update(job).name]["properties"]
+    shards = []
+    for name, node in body["jobs"].items():
+        assert node["type"] == "pipeline" and node["inputs"]["source"]["value"] == "${{parent.inputs.source}}"
+        shards.append(node["inputs"]["shard"]["value"])
+        check_steps(ws, registered(ws, node)["jobs"])
+    assert sorted(shards) == ["0/4", "1/4", "2/4", "3/4"]
+
+
+def test_schedule_yml_creates_the_nightly_incremental_sync(control_plane):
+    """`az ml schedule create -f schedule.yml --set create_job.inputs...`, then `az ml schedule show`."""
+    from azure.ai.ml.entities._load_functions import load_schedule
+
+    fake, ws, ml = control_plane
+    schedule = load_schedule(ROOT / "schedule.yml", params_override=overrides(
+        "create_job.", source="http://s:5000", target="http://t:5000", source_name="prod-eu"))
+    created = ml.schedules.begin_create_or_update(schedule).result()
+    assert created.name == "replayer-sync" and created.provisioning_state == "Succeeded"
+    shown = ml.schedules.get("replayer-sync")
+    assert shown.trigger.expression == "0 2 * * *"
+    from fakes.azureml_assets import schedules
+
+    body = schedules(ws)["replayer-sync"]["properties"]
+    assert body["trigger"]["expression"] == "0 2 * * *" and body["trigger"]["timeZone"] == "UTC"
+    job = body["action"]["jobDefinition"]
+    assert job["identity"] == {"identityType": "Managed"}
+    check_steps(ws, job["jobs"])
+    inputs = {key: value["value"] for key, value in job["inputs"].items()}
+    assert inputs["incremental"].lower() == "true" and inputs["source_name"] == "prod-eu", "the schedule syncs incrementally"
+
+
+def test_submitted_steps_run_a_migration_between_two_mlflow_servers(control_plane, servers, tmp_path, unique):
+    """The commands Azure ML would run for the submitted migrate.yml, with the submitted inputs and
+    bindings substituted, run through the real CLI: extract -> replay -> verify, twice (incremental)."""
+    from azure.ai.ml import load_job
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+
+    fake, ws, ml = control_plane
+    source, target = servers
+    src = MlflowClient(source.uri)
+    experiment = f"deploy-{unique}"
+    exp = src.create_experiment(experiment)
+    root = src.create_run(exp, run_name="root").info.run_id
+    src.create_run(exp, run_name="child", tags={"mlflow.parentRunId": root})  # still running: stays open
+    src.log_metric(root, "loss", 0.5, step=1)
+    src.set_terminated(root, "FINISHED")
+    job = load_job(ROOT / "migrate.yml", params_override=overrides(
+        source=source.uri, target=target.uri, source_name=f"deploy-{unique}", experiments=experiment, incremental="true", parallel="2"))
+    body = ws.submitted[ml.jobs.create_or_update(job).name]["properties"]
+    pipeline_inputs = {key: value["value"] for key, value in body["inputs"].items()}
+
+    def run_pipeline(folder: Path) -> dict:
+        outputs: dict[str, Path] = {}
+        for step, node in body["jobs"].items():
+            spec = registered(ws, node)
+            values = {}
+            for name, declared in spec["inputs"].items():
+                bound = (node["inputs"].get(name) or {}).get("value")
+                match = BINDING.match(str(bound)) if bound is not None else None
+                if match and match.group(1) == "inputs":
+                    bound = pipeline_inputs.get(match.group(2))
+                elif match:
+                    bound = outputs[match.group(2)]
+                values[name] = bound if bound not in (None, "") else declared.get("default")
+            text = OPTIONAL_BLOCK.sub(lambda m: m.group(1) if all(values.get(n) is not None for n in INPUT.findall(m.group(1))) else "", spec["command"])
+            text = INPUT.sub(lambda m: str(values[m.group(1)]), text)
+            for name in OUTPUT.findall(text):
+                outputs[f"{step}.outputs.{name}"] = folder / step / name
+                (folder / step / name).mkdir(parents=True, exist_ok=True)
+            text = OUTPUT.sub(lambda m: str(folder / step / m.group(1)), text)
+            args = shlex.split(text)
+            done = run_cli(*args[3:], cwd=folder)
+            assert done.returncode == 0, f"{step}: {args}\n{done.stderr[-3000:]}"
+        return json.loads((folder / "replay" / "summary" / "replay-summary.json").read_text())
+
+    (tmp_path / "first").mkdir()
+    first = run_pipeline(tmp_path / "first")
+    assert (first["created"], first["failed"]) == (2, 0)
+    report = json.loads((tmp_path / "first" / "verify" / "report" / "verify-report.json").read_text())
+    assert report["differences"] == [] and report["summary"]["compared"] == 2
+    src.set_terminated(src.search_runs([exp], "tags.mlflow.parentRunId != ''")[0].info.run_id, "FINISHED")
+    (tmp_path / "second").mkdir()
+    second = run_pipeline(tmp_path / "second")
+    assert (second["created"], second["repaired"], second["failed"]) == (0, 1, 0), "the second run syncs the finished child"

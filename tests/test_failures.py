@@ -395,7 +395,8 @@ def test_resume_after_kill_9(servers, tmp_path, unique):
 # -- 4. a half-copied run found in the target is repaired, not duplicated ------------------------
 
 
-def test_incomplete_target_run_is_repaired(tmp_path):
+@pytest.mark.parametrize("terminated", [False, True], ids=["running", "status-already-set"])
+def test_incomplete_target_run_is_repaired(tmp_path, terminated):
     source, target = tmp_path / "src", tmp_path / "dst"
     seed_demo(str(source))
     src = folder_client(source)
@@ -411,6 +412,8 @@ def test_incomplete_target_run_is_repaired(tmp_path):
         tags={"original_job_id": fold.info.run_id, "original_workspace": "ws-demo", "original_experiment": "demo-classification"},
     ).info.run_id
     dst.log_batch(half, metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in loss[:50]], params=[Param("fold", "0")])
+    if terminated:  # a new run gets its status and end time before its data (runner/targets/direct.py)
+        dst.set_terminated(half, "FINISHED", end_time=fold.info.end_time)
 
     args = ["--source", str(source), "--target", str(target), "--workspace", "ws-demo"]
     line = summary_line(run_cli("migrate", *args, cwd=tmp_path))
@@ -423,3 +426,24 @@ def test_incomplete_target_run_is_repaired(tmp_path):
     new_parent = next(r for r in all_runs(folder_client(target)) if r.data.tags["original_job_id"] == fold.data.tags["mlflow.parentRunId"])
     assert repaired.data.tags["mlflow.parentRunId"] == new_parent.info.run_id  # linked to the parent's copy
     verify_clean(*args, cwd=tmp_path)
+
+
+def test_a_rejected_credential_is_one_line_naming_the_server(demo, servers, tmp_path, unique):
+    """An MLflow server that answers 401 (a wrong MLFLOW_TRACKING_TOKEN, a revoked password) on either
+    side: one ERROR line naming that server, exit 2, nothing written to the target."""
+    from fakes.fault_proxy import FaultProxy
+
+    _, target = servers
+    client = MlflowClient(tracking_uri=target.uri)
+    state = lambda: (len(all_runs(client)), sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL)))  # noqa: E731
+    before = state()
+    with FaultProxy(target.uri, rate=1.0, faults=("401",)) as refusing:
+        result = run_cli("migrate", "--source", str(demo["source"]), "--target", refusing.uri, "--workspace", f"ws-{unique}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"MLflow server {refusing.uri} refused our credentials (HTTP 401" in error_line(result)
+    assert state() == before
+    with FaultProxy(target.uri, rate=1.0, faults=("401",)) as refusing:
+        result = run_cli("migrate", "--source", refusing.uri, "--target", str(tmp_path / "dst"), "--workspace", f"ws-{unique}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"MLflow server {refusing.uri} refused our credentials (HTTP 401" in error_line(result)
+    assert not (tmp_path / "dst").exists()

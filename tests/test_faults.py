@@ -1,17 +1,30 @@
 """Migrations through a fault-injecting proxy: throttling, 5xx, lost answers, resets, slowness.
 
+The same on the AzureML side, injected by the fake control plane itself: a direct migration into
+an `azureml://` target and an extraction from an AzureML workspace.
 Nothing may be lost or duplicated, and verify (run without faults) must be clean.
 """
 from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, ViewType
 
-from runner import retry
+from runner import retry, stores
+from runner.filters import Filters
+from runner.model import MetricPoint
 
 from conftest import run_cli
+from fakes import azureml_seed
+from fakes.azureml_control_plane import FAULT_KINDS as FAKE_FAULT_KINDS
+from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
 from fakes.fault_proxy import FAULTS, FaultProxy
+from servers import MlflowServer
 
 FAST_RETRIES = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.1"}
 
@@ -48,7 +61,7 @@ def active_copies(client: MlflowClient, workspace: str) -> list[str]:
 def test_migration_through_faults_is_exact(servers, unique, tmp_path, faults):
     source, target = servers
     experiment = f"faults-{unique}"
-    total = seed(MlflowClient(source.uri), experiment, tmp_path)
+    total = seed(MlflowClient(source.uri), experiment, tmp_path, roots=8, children=5)  # ~400 requests: ~80 faults
     workspace = f"ws-{unique}"
     with FaultProxy(source.uri, rate=0.2, faults=faults, seed=3) as src_proxy, \
             FaultProxy(target.uri, rate=0.2, faults=faults, seed=4) as dst_proxy:
@@ -62,3 +75,90 @@ def test_migration_through_faults_is_exact(servers, unique, tmp_path, faults):
     check = run_cli("verify", "--source", source.uri, "--target", target.uri, "--experiments", experiment,
                     "--workspace", workspace, cwd=tmp_path)
     assert check.returncode == 0, check.stdout[-3000:]
+
+
+# -- the AzureML side: faults injected by the fake control plane ------------------------------------
+
+AZ_SUB, AZ_RG = "2f1e0c4d-0000-4000-8000-00000000fa17", "rg-faults"
+LOST_AND_RESET = ("reset", "lost", "lost_reset")
+
+
+class LocalArtifactServer(MlflowServer):
+    """Artifacts in a folder the client writes itself: the fake serves no artifact routes, and an
+    `mlflow-artifacts:` URI needs an http tracking URI (on Azure ML the client writes to blob storage)."""
+
+    def artifact_args(self) -> list[str]:
+        return ["--default-artifact-root", (self.folder / "artifacts").as_uri(), "--no-serve-artifacts"]
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory):
+    """The fixture workspace (tests/fakes/azureml_seed.py) as a source, an empty one as a target."""
+    base = tmp_path_factory.mktemp("azureml-faults")
+    specs, builders = azureml_seed.build_specs()
+    azureml_seed.seed_mlflow(base / "mlflow", specs)
+    server = LocalArtifactServer(base / "mlflow").start()
+    fake = FakeControlPlane(base / "fake", server.uri).start()
+    source = fake.add(FakeWorkspace(AZ_SUB, AZ_RG, "ws-source"))
+    azureml_seed.install(source, specs, builders)
+    fake.add(FakeWorkspace(AZ_SUB, AZ_RG, "ws-target"))
+    az = write_fake_az(base / "az", sys.executable)
+    env = {**fake.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            yield SimpleNamespace(fake=fake, specs=specs, env=env, target=(
+                f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0/subscriptions/{AZ_SUB}/resourceGroups/{AZ_RG}"
+                "/providers/Microsoft.MachineLearningServices/workspaces/ws-target"))
+    finally:
+        fake.stop()
+        server.stop()
+
+
+@contextmanager
+def injected(fake, share: float, kinds, seed: str):
+    fake.fault_share, fake.fault_kinds, fake.fault_seed = share, tuple(kinds), seed
+    fake.faults.clear()
+    try:
+        yield fake.faults
+    finally:
+        fake.fault_share = 0.0
+
+
+def test_direct_migration_into_azureml_through_faults_is_exact(azure, unique, tmp_path):
+    """429, 503, resets and lost answers (done, then a 500 or a dropped connection) on the AzureML
+    endpoint: one copy per source run, verify clean (the target's caps apply: azureml:// URI)."""
+    source = tmp_path / "src"
+    total = seed(stores.open_client(str(source), create=True), f"az-faults-{unique}", tmp_path, roots=4, children=3)
+    args = ["--workspace", f"ws-{unique}", "--parallel", "4"]
+    with injected(azure.fake, 0.6, FAKE_FAULT_KINDS, unique) as faults:
+        result = run_cli("migrate", "--source", str(source), "--target", azure.target, *args, cwd=tmp_path, env=FAST_RETRIES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(faults[kind] for kind in FAKE_FAULT_KINDS) and faults["mlflow"] > 20, faults
+    assert f"created {total}," in result.stderr
+    copies = active_copies(MlflowClient(azure.fake.mlflow_uri), f"ws-{unique}")
+    assert len(copies) == len(set(copies)) == total
+    check = run_cli("verify", "--source", str(source), "--target", azure.target, "--workspace", f"ws-{unique}", cwd=tmp_path)
+    assert check.returncode == 0 and f"{total} runs compared, {total} equal" in check.stdout, check.stdout[-3000:]
+
+
+def test_extraction_through_lost_answers_and_resets_is_exact(azure):
+    """Every ARM, run history and MLflow request may be reset unanswered or answered after a lost
+    reply: the records and every metric point still equal the fixture's."""
+    from runner.sources.azureml import AzuremlSource
+
+    uri = f"azureml://subscriptions/{AZ_SUB}/resourcegroups/{AZ_RG}/workspaces/ws-source"
+
+    def extract() -> tuple[dict, dict]:
+        src = AzuremlSource(uri, Filters(), credential=FakeCredential(), parallel=8)
+        jobs = list(src.jobs())
+        return {j.source_id: j.to_json() for j in jobs}, {j.source_id: sorted(p.identity() for p in src.metrics(j)) for j in jobs}
+
+    records, _ = extract()
+    with injected(azure.fake, 0.3, LOST_AND_RESET, "lost-and-reset") as faults:
+        got_records, got_histories = extract()
+    assert all(faults[kind] > 3 for kind in LOST_AND_RESET) and faults["arm"] and faults["history"] and faults["mlflow"], faults
+    assert got_records == records and len(records) == len(azure.specs)
+    assert got_histories == {s.name: sorted(MetricPoint(k, v, ts, step).identity() for k, rows in s.metrics.items() for step, ts, v in rows)
+                             for s in azure.specs}

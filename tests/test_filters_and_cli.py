@@ -8,6 +8,7 @@ from mlflow.entities import ViewType
 
 from conftest import run_cli
 from runner import stores
+from runner.errors import UsageError
 from runner.filters import Filters
 from runner.sources.mlflow import MlflowSource
 
@@ -17,22 +18,25 @@ T0 = 1_704_067_200_000  # 2024-01-01
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict:
-    """alpha: 3 roots a day apart (the 2nd with two children); beta: one failed root; one deleted."""
+    """alpha: 3 roots a day apart (the 2nd with two children); beta: one failed root; one deleted.
+
+    Tags: a1 team=risk; a2 team=risk, stage=prod; a2-child stage=prod (a child's tags select nothing).
+    """
     folder = tmp_path_factory.mktemp("filters") / "store"
     client = stores.open_client(str(folder), create=True)
     ids = {}
 
-    def run(exp, name, day, parent=None, status="FINISHED"):
-        tags = {"mlflow.parentRunId": ids[parent]} if parent else {}
+    def run(exp, name, day, parent=None, status="FINISHED", **user_tags):
+        tags = {"mlflow.parentRunId": ids[parent], **user_tags} if parent else dict(user_tags)
         run_id = client.create_run(exp, start_time=T0 + day * DAY, tags=tags, run_name=name).info.run_id
         client.set_terminated(run_id, status, end_time=T0 + day * DAY + 1000)
         ids[name] = run_id
 
     alpha = client.create_experiment("alpha-train")
     beta = client.create_experiment("beta-eval")
-    run(alpha, "a1", 0)
-    run(alpha, "a2", 1)
-    run(alpha, "a2-child", 1, parent="a2")
+    run(alpha, "a1", 0, team="risk")
+    run(alpha, "a2", 1, team="risk", stage="prod")
+    run(alpha, "a2-child", 1, parent="a2", stage="prod")
     run(alpha, "a2-grandchild", 1, parent="a2-child", status="FAILED")
     run(alpha, "a3", 2)
     run(beta, "b1", 3, status="FAILED")
@@ -79,6 +83,61 @@ def test_status_applies_to_roots(store):
 
 def test_limit_counts_roots_children_follow(store):
     assert names(store, limit=2) == ["a1", "a2", "a2-child", "a2-grandchild"]
+
+
+def test_tags_match_every_pair_on_the_root(store):
+    assert names(store, tags="team=risk") == ["a1", "a2", "a2-child", "a2-grandchild"]
+    assert names(store, tags="team=risk,stage=prod") == ["a2", "a2-child", "a2-grandchild"]
+    assert names(store, tags={"stage": "prod"}) == ["a2", "a2-child", "a2-grandchild"]  # the YAML form; a2-child is no root
+    assert names(store, tags=["team=other"]) == []
+    with pytest.raises(UsageError, match="--tags 'team': expected KEY=VALUE"):
+        Filters.build(tags="team")
+
+
+def test_max_depth_cuts_descendants(store):
+    assert names(store, max_depth=0) == ["a1", "a2", "a3", "b1"]
+    assert names(store, max_depth="1") == ["a1", "a2", "a2-child", "a3", "b1"]
+    assert names(store, max_depth=2) == names(store)
+    for bad in (-1, "x", True):
+        with pytest.raises(UsageError, match="--max-depth .*expected a whole number >= 0"):
+            Filters.build(max_depth=bad)
+
+
+def test_exclude_drops_trees_and_subtrees(store):
+    assert names(store, exclude="a2") == ["a1", "a3", "b1"]  # a root matches: its whole tree
+    assert names(store, exclude="*-child") == ["a1", "a2", "a3", "b1"]  # a child matches: it and its subtree
+    assert names(store, exclude=[store["ids"]["a2-grandchild"], "b?"]) == ["a1", "a2", "a2-child", "a3"]  # ids too
+    assert names(store, exclude="a2-child", include="a2-grandchild") == []  # --include looks inside what is left
+    assert names(store, exclude="a1", limit=1) == ["a2", "a2-child", "a2-grandchild"]  # an excluded root is not counted
+
+
+def test_new_filters_read_the_same_from_a_manifest(store, tmp_path):
+    from runner.extract import extract
+    from runner.manifest import ManifestSource
+
+    out = tmp_path / "manifest"
+    extract(MlflowSource(store["uri"], Filters()), str(out), parallel=2)
+    by_id = {v: k for k, v in store["ids"].items()}
+
+    def manifest_names(**filters):
+        return [by_id[job.source_id] for job in ManifestSource(str(out), Filters.build(**filters)).jobs()]
+
+    for filters in ({"tags": "team=risk,stage=prod"}, {"max_depth": 1}, {"exclude": "*-child"}, {"exclude": "a2"}):
+        assert manifest_names(**filters) == names(store, **filters), filters
+
+
+def test_new_filters_from_config_and_flags(store, tmp_path):
+    config = tmp_path / "migration.yml"
+    config.write_text(f"source: {store['uri']}\ntarget: {tmp_path / 'target'}\nfilters:\n  tags: {{team: risk}}\n  max_depth: 1\n")
+    result = run_cli("migrate", "--config", str(config), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "would create 3, repair 0, skip 0" in result.stderr  # a1, a2, a2-child
+    result = run_cli("migrate", "--config", str(config), "--dry-run", "--exclude", "a1", "--tags", "team=risk,stage=prod", "--max-depth", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "would create 3, repair 0, skip 0" in result.stderr and "a2-grandchild" in result.stdout
+    bad = run_cli("migrate", "--config", str(config), "--dry-run", "--max-depth", "deep", cwd=tmp_path)
+    assert bad.returncode == 2 and "--max-depth 'deep'" in bad.stderr
+    assert not (tmp_path / "target").exists()
 
 
 def test_include_deleted(store):

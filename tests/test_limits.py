@@ -8,7 +8,7 @@ from mlflow.entities import Metric, Param
 
 from conftest import run_cli
 from runner import stores
-from runner.targets.direct import AZUREML_LIMITS, OVERFLOW_PATH, limits_for
+from runner.limits import AZUREML_LIMITS, OVERFLOW_PATH, limits_for
 
 
 def test_azureml_targets_get_azureml_caps():

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conftest import run_cli
 from fakes import azureml_seed as seed
@@ -264,6 +265,59 @@ def test_cli_submit_prints_studio_urls_writes_a_report_and_wait_reads_it(azure, 
     assert "2 jobs: 2 Completed; done" in waited.stdout and all(name in waited.stdout for name in names)
 
 
+def test_cli_submit_without_manifest_uri_uploads_the_manifest_to_the_default_datastore(azure, tmp_path):
+    """No --manifest-uri: the manifest folder goes to the workspace's default datastore (HTTPS Azurite
+    behind the blob proxy, reached by azure-ai-ml at https://acct1.blob.core.windows.net), once, and
+    every submitted job reads it from there."""
+    import hashlib
+
+    from cloud_storage import CloudStorage
+    from fakes.azureml_datastores import attach_datastore
+
+    ws, uri = target_workspace(azure)
+    az = write_fake_az(tmp_path / "az", sys.executable)
+    with CloudStorage(tmp_path / "storage", ca=azure.fake.ca) as storage:
+        attach_datastore(ws, storage, "acct1", "azureml-blobstore")
+        env = {"PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "REPLAYER_CREDENTIAL": "cli", "AZUREML_LOG_LEVEL": "ERROR", **storage.env}
+        done = run_cli("submit", "--manifest", str(azure.manifest), "--target", uri, "--include", "eager_owl_04,dusty_moon_03,calm_river_02",
+                       "--parallel", "3", cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        inputs = {original: submitted_root(ws, original)["inputs"]["manifest"] for original in ("eager_owl_04", "dusty_moon_03", "calm_river_02")}
+        uris = {value["uri"] for value in inputs.values()}
+        assert len(uris) == 1, inputs  # one upload, shared by every job
+        found = re.fullmatch(r"azureml://datastores/workspaceblobstore/paths/(LocalUpload/[0-9a-f]+/manifest)/?", uris.pop())
+        assert found, inputs
+        prefix = found.group(1) + "/"
+        container = storage.azurite.service("acct1").get_container_client("azureml-blobstore")
+        held = {}
+        for blob in container.list_blobs(name_starts_with=prefix):
+            held[blob.name[len(prefix):]] = hashlib.md5(container.get_blob_client(blob.name).download_blob().readall()).hexdigest()
+        local = {p.relative_to(azure.manifest).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in azure.manifest.rglob("*") if p.is_file()}
+        assert held == local  # exactly the manifest's files, byte for byte
+        assert storage.proxy.by_host["acct1.blob.core.windows.net"]["tunnels"] >= 1 and not storage.proxy.refused
+        assert azure.fake.requests["datastores_secrets"] >= 1
+        logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.log")) + done.stderr + done.stdout
+        assert storage.key("acct1") not in logs
+
+
+def test_cli_submit_whose_manifest_upload_fails_stops_with_one_line_before_any_job(azure, tmp_path):
+    """A datastore the identity cannot write (here its container is missing) is one ERROR line and exit 2,
+    not azure-ai-ml's endless wait for a file that failed, and no job is created."""
+    from cloud_storage import CloudStorage
+    from fakes.azureml_datastores import attach_datastore
+
+    ws, uri = target_workspace(azure)
+    az = write_fake_az(tmp_path / "az", sys.executable)
+    with CloudStorage(tmp_path / "storage", ca=azure.fake.ca) as storage:
+        attach_datastore(ws, storage, "acct1", "gone", create=False)
+        env = {"PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "REPLAYER_CREDENTIAL": "cli", "AZUREML_LOG_LEVEL": "ERROR", **storage.env}
+        done = run_cli("submit", "--manifest", str(azure.manifest), "--target", uri, "--include", "eager_owl_04", cwd=tmp_path, env=env, timeout=180)
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "could not upload the manifest" in errors[0] and "container does not exist" in errors[0] and "--manifest-uri" in errors[0]
+    assert ws.submitted == {} and storage.key("acct1") not in done.stderr
+
+
 def render(spec: dict, node: dict, values: dict, outputs: Path) -> list[str]:
     """A submitted node's command line as Azure ML would run it (inputs substituted, optional blocks resolved)."""
     given = {k: v.get("value") for k, v in node["inputs"].items()}
@@ -387,3 +441,107 @@ def test_an_unknown_target_workspace_is_one_clear_usage_error(azure):
         PipelineTarget(f"azureml://subscriptions/{SUB}/resourcegroups/rg-archive/workspaces/nope", credential=FakeCredential())
     with pytest.raises(UsageError, match="not a workspace URI"):
         PipelineTarget("azureml://subscriptions/x/workspaces/y", credential=FakeCredential())
+
+
+def test_rename_file_source_tags_and_source_user_reach_every_submitted_job(azure, tmp_path):
+    """--rename-file renames the submitted jobs' experiments; --import-source-tags and
+    --use-source-user put original_src.* and mlflow.user (Azure ML's own "Created by" is whoever
+    submits) on the root job and on every node, nested ones included."""
+    from runner.mapping import Mapping
+
+    ws, uri = target_workspace(azure)
+    renames = tmp_path / "renames.yml"
+    renames.write_text("fraud-pipelines: archive-pipelines\nfraud-baseline: archive-baseline\n")
+    mapping = Mapping.build(rename_file=str(renames), import_source_tags=True, use_source_user=True)
+    summary = run_submit(azure, uri, mapping=mapping)
+    assert not summary.failed and len(ws.submitted) == 7
+
+    root = submitted_root(ws, "eager_owl_04")
+    assert root["experimentName"] == "archive-pipelines" and root["tags"]["original_experiment"] == "fraud-pipelines"
+    spec = azure.by_name["eager_owl_04"]
+    assert root["tags"]["mlflow.user"] == spec.created_by and root["tags"]["original_src.created_by"] == spec.created_by
+    assert root["tags"]["original_src.kind"] == "pipeline" and root["tags"]["original_src.status"] == "FINISHED"
+    assert root["tags"]["original_src.start_time"] == str(spec.start) and "original_src.experiment_id" in root["tags"]
+    fit_block = component(ws, component(ws, root["jobs"]["train_block"])["jobs"]["fit_block"])
+    fit = fit_block["jobs"]["fit"]["tags"]
+    fit_spec = azure.by_name[fit["original_job_id"]]
+    assert (fit["mlflow.user"], fit["original_src.step_name"], fit["original_src.start_time"]) == (fit_spec.created_by, "fit", str(fit_spec.start))
+    command = submitted_root(ws, "bright_kiwi_01")
+    assert command["experimentName"] == "archive-baseline" and command["tags"]["original_src.command"].startswith("python train.py")
+    assert submitted_root(ws, "gentle_gale_06")["experimentName"] == "fraud-hyperopt", "not in the rename file: unchanged"
+
+    plain_ws, plain_uri = target_workspace(azure)
+    run_submit(azure, plain_uri)
+    plain = submitted_root(plain_ws, "eager_owl_04")
+    assert plain["experimentName"] == "fraud-pipelines" and not any(k.startswith("original_src.") or k == "mlflow.user" for k in plain["tags"])
+
+
+# -- compute and the shipped component ----------------------------------------------------------
+
+
+def leaf_nodes(ws: FakeWorkspace, jobs: dict) -> dict[str, dict]:
+    """Every command node of a submitted pipeline, sub-pipelines opened."""
+    found = {}
+    for name, node in jobs.items():
+        if node["type"] == "pipeline":
+            found.update(leaf_nodes(ws, component(ws, node)["jobs"]))
+        else:
+            found[name] = node
+    return found
+
+
+def test_a_named_compute_must_exist_and_runs_every_step(azure, tmp_path):
+    """--compute CLUSTER: a name the target lacks is one usage error before anything is submitted;
+    one it has is on the pipeline's default and on every step (nested ones too) and command job."""
+    from fakes.azureml_computes import add_cluster
+
+    ws, uri = target_workspace(azure)
+    az = write_fake_az(tmp_path / "az", sys.executable)
+    env = {"PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "REPLAYER_CREDENTIAL": "cli", "AZUREML_LOG_LEVEL": "ERROR"}
+    missing = run_cli("submit", "--manifest", str(azure.manifest), "--target", uri, "--manifest-uri", MANIFEST_URI, "--compute", "gpu-cluster",
+                      cwd=tmp_path, env=env)
+    errors = [line for line in missing.stderr.splitlines() if "ERROR" in line]
+    assert missing.returncode == 2 and len(errors) == 1, missing.stderr[-3000:]
+    assert f"--compute gpu-cluster: no such compute in workspace {ws.name}" in errors[0] and "--compute serverless" in errors[0]
+    assert not ws.submitted and not ws.components, "nothing may be submitted"
+
+    add_cluster(ws, "gpu-cluster")
+    summary = run_submit(azure, uri, compute="gpu-cluster", expand_trials=True, max_trials=2)
+    assert not summary.failed and len(ws.submitted) == 7
+    cluster = ws.arm_id("computes", "gpu-cluster")
+    steps = 0
+    for body in ws.submitted.values():
+        job = body["properties"]
+        if job["jobType"] == "Command":
+            assert job["computeId"] == cluster
+            steps += 1
+            continue
+        assert job["settings"]["default_compute"] == cluster
+        for name, node in leaf_nodes(ws, job["jobs"]).items():
+            assert node.get("computeId") == cluster, f"{name}: {node.get('computeId')}"
+            steps += 1
+    assert steps == summary.step_jobs
+
+
+def test_an_installed_replayer_finds_its_shipped_component_from_any_folder(azure, tmp_path):
+    """The image installs the package with components/ copied into it (Dockerfile, pyproject package
+    data): laid out that way, away from this checkout, `submit` needs no --component."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    assert "COPY components ./runner/components" in (root / "Dockerfile").read_text().splitlines()
+    assert 'runner = ["components/*.yml"]' in (root / "pyproject.toml").read_text()
+    site = tmp_path / "site"
+    shutil.copytree(root / "runner", site / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "components", site / "runner" / "components")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import runner.targets.pipeline as p; print(p.default_component())"],
+                           cwd=elsewhere, env={**os.environ, **env}, capture_output=True, text=True)
+    assert where.stdout.strip() == str(site / "runner" / "components" / "replay_step.yml"), where.stderr[-2000:]
+    done = run_cli("submit", "--manifest", str(azure.manifest), "--dry-run", "--emit", "jobs", "--include", "bright_kiwi_01", cwd=elsewhere, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    emitted = yaml.safe_load(next((elsewhere / "jobs").glob("*/job.yml")).read_text())
+    assert emitted["command"].startswith("python -m runner step --manifest ${{inputs.manifest}}")

@@ -18,6 +18,7 @@ from mlflow.entities import ViewType
 from conftest import run_cli
 from runner.errors import UsageError
 from runner.mapping import load_renames
+from servers import MlflowServer
 
 T0 = 1_700_000_000_000
 
@@ -31,7 +32,7 @@ def model_files(folder: Path, marker: str) -> Path:
     return folder
 
 
-def seed(client: MlflowClient, name: str, scratch: Path) -> dict:
+def seed(client: MlflowClient, name: str, scratch: Path, uri_form: bool = True) -> dict:
     exp = client.create_experiment(f"{name}-exp")
     other = client.create_experiment(f"{name}-other")
     runs = {}
@@ -55,7 +56,8 @@ def seed(client: MlflowClient, name: str, scratch: Path) -> dict:
     client.create_registered_model(churn, tags={"team": "growth", "pii": "no"}, description="churn model ✓")
     client.create_model_version(churn, f"runs:/{ids['r1']}/model", ids["r1"], tags={"quality": "low"}, description="first")
     client.create_model_version(churn, f"runs:/{ids['r2']}/model", ids["r2"], description="to be deleted")
-    client.create_model_version(churn, f"{runs['r2'].info.artifact_uri}/model", ids["r2"], tags={"quality": "good"}, description="third")
+    third = f"{runs['r2'].info.artifact_uri}/model" if uri_form else f"runs:/{ids['r2']}/model"
+    client.create_model_version(churn, third, ids["r2"], tags={"quality": "good"}, description="third")
     client.create_model_version(churn, f"models:/{net.model_id}", ids["r3"], model_id=net.model_id, description="net")
     client.delete_model_version(churn, "2")
     client.transition_model_version_stage(churn, "1", "Archived")
@@ -102,7 +104,7 @@ def replayed_run(client: MlflowClient, workspace: str, source_id: str):
 
 
 def versions(client: MlflowClient, model: str) -> dict[str, object]:
-    return {v.version: v for v in client.search_model_versions(f"name='{model}'")}
+    return {str(v.version): v for v in client.search_model_versions(f"name='{model}'")}
 
 
 def tree(uri: str, dest: Path, tracking_uri: str, monkeypatch) -> dict[str, bytes]:
@@ -136,6 +138,9 @@ def test_models_and_versions_round_trip(migrated, tmp_path, monkeypatch):
             user = {k: x for k, x in copy.tags.items() if not k.startswith(("original_", "replay."))}
             assert user == v.tags
             assert copy.tags["original_model_version"] == number and copy.tags["original_workspace"] == ws
+            # What the target sets by itself is kept as tags (an MLflow server has no user or run link).
+            assert copy.tags["original_creation_timestamp"] == str(v.creation_timestamp) != str(copy.creation_timestamp)
+            assert ("original_user_id" in copy.tags, "original_run_link" in copy.tags) == (bool(v.user_id), bool(v.run_link))
             if v.run_id:
                 assert copy.tags["original_run_id"] == v.run_id
                 assert copy.run_id == replayed_run(dst, ws, v.run_id).info.run_id, "run link points at the replayed run"
@@ -183,15 +188,16 @@ def test_verify_catches_changes_and_migrate_repairs_them(migrated):
     src.set_model_version_tag(fraud, "1", "k", "changed")
     dst.set_registered_model_alias(churn, "champion", "1")  # tampered in the target
     dst.set_registered_model_tag(fraud, "extra", "x")
+    dst.delete_model_version_tag(churn, "3", "original_creation_timestamp")  # as copied before that tag existed
     report = migrated["work"] / "verify-changed.json"
     check = run_cli("verify", *migrated["args"], "--report", str(report), cwd=migrated["work"])
     assert check.returncode == 1
     fields = {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
     assert {(f"model:{churn}/v1", "description"), (f"model:{fraud}/v1", "tags"), (f"model:{churn}", "aliases"),
-            (f"model:{fraud}", "model_tags")} <= fields
+            (f"model:{fraud}", "model_tags"), (f"model:{churn}/v3", "lineage")} <= fields
     fixed = run_cli("migrate", *migrated["args"], cwd=migrated["work"])
     assert fixed.returncode == 0, fixed.stderr
-    assert "versions: created 0, repaired 2, skipped 4" in fixed.stderr
+    assert "versions: created 0, repaired 3, skipped 3" in fixed.stderr
     assert run_cli("verify", *migrated["args"], cwd=migrated["work"]).returncode == 0
     assert dst.get_registered_model(churn).aliases["champion"] == "3"
 
@@ -253,3 +259,134 @@ def test_rename_files_in_csv_and_yaml(tmp_path):
     (tmp_path / "twice.csv").write_text("a,b\na,c\n")
     with pytest.raises(UsageError, match="renamed twice"):
         load_renames(tmp_path / "twice.csv")
+
+
+# -- through the AzureML MLflow endpoint ---------------------------------------------------------
+
+
+class LocalArtifactsServer(MlflowServer):
+    """The fake workspace's backing server. Artifact URIs are file:// paths, because this fake does
+    not implement AzureML's artifact service (the real one hands out azureml://.../runs/R/artifacts
+    URIs served through blob SAS). Files therefore go through MLflow's local artifact repository;
+    every registry and tracking call still goes through the AzureML endpoint and azureml-mlflow."""
+
+    def artifact_args(self) -> list[str]:
+        return ["--default-artifact-root", (self.folder / "artifacts").as_uri(), "--no-serve-artifacts"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """An AzureML workspace in the fake control plane; the CLI reaches it with `az` (the fake one)."""
+    import os
+    import sys
+
+    from fakes import azureml_registry  # noqa: F401 - registers the registry switches
+    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
+
+    base = tmp_path_factory.mktemp("azureml-registry")
+    server = LocalArtifactsServer(base / "mlflow").start()
+    fake = FakeControlPlane(base / "fake", server.uri).start()
+    ws = fake.add(FakeWorkspace("2f1e0c4d-0000-4000-8000-00000000c0de", "rg-models", "ws-models"))
+    az = write_fake_az(base / "az", sys.executable)
+    env = {**fake.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            # The URI `MLClient.workspaces.get()` reports as the workspace's mlflow_tracking_uri.
+            yield {"uri": f"azureml://127.0.0.1:{fake.port}/mlflow/v1.0{ws.scope}", "fake": fake, "ws": ws, "env": env}
+    finally:
+        fake.stop()
+        server.stop()
+
+
+def test_models_round_trip_into_and_out_of_an_azureml_workspace(servers, workspace, tmp_path, monkeypatch):
+    """MLflow server -> AzureML workspace -> local store: versions, gaps, stages, aliases, logged
+    models and files equal at every hop; verify clean; a rerun creates nothing."""
+    source, _ = servers
+    name = f"aml-{uuid.uuid4().hex[:8]}"
+    # Not the run-artifact-URI form of `source`: this fake's file:// artifact URIs would meet
+    # azureml-mlflow's create_model_version, which uploads file:// sources as local folders
+    # (a real workspace's run artifact URIs are azureml://, which it passes through).
+    seeded = seed(MlflowClient(source.uri), name, tmp_path / "seed", uri_form=False)
+    models = ",".join(seeded["models"])
+    azure, local = workspace["uri"], str(tmp_path / "local")
+    legs = [
+        (source.uri, azure, ["--experiments", f"{name}-exp", "--workspace", f"ws-{name}"]),
+        (azure, local, ["--experiments", f"{name}-exp", "--workspace", f"aml-{name}"]),
+    ]
+    for src_uri, dst_uri, extra in legs:
+        args = ["--source", src_uri, "--target", dst_uri, *extra, "--models", models, "--parallel", "4"]
+        result = run_cli("migrate", *args, cwd=tmp_path, env=workspace["env"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "versions: created 6, repaired 0, skipped 0, failed 0" in result.stderr
+        again = run_cli("migrate", *args, cwd=tmp_path, env=workspace["env"])
+        assert "models: created 0, updated 0, skipped 2; versions: created 0, repaired 0, skipped 6, failed 0" in again.stderr, again.stderr[-2000:]
+        report = tmp_path / "verify.json"
+        check = run_cli("verify", *args, "--report", str(report), cwd=tmp_path, env=workspace["env"])
+        assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+        assert json.loads(report.read_text())["summary"]["models"] == 2
+    assert workspace["fake"].requests["mlflow"] > 100, "the AzureML hop went through the endpoint"
+
+    src = MlflowClient(source.uri)
+    end = MlflowClient(stores_uri(local))
+    for model in seeded["models"]:
+        a, b = src.get_registered_model(model), end.get_registered_model(model)
+        aliases = {k: str(v) for k, v in b.aliases.items()}  # a sqlite store answers numbers, REST strings
+        assert (b.description or "", b.tags, aliases) == (a.description or "", a.tags, a.aliases)
+        want, have = versions(src, model), versions(end, model)
+        assert sorted(have) == sorted(want)
+        for number, v in want.items():
+            copy = have[number]
+            assert (copy.description or "", copy.current_stage, user_only(copy.tags)) == (v.description or "", v.current_stage, v.tags)
+            copied = tree(end.get_model_version_download_uri(model, number), tmp_path / f"b{model}{number}", stores_uri(local), monkeypatch)
+            assert copied == tree(src.get_model_version_download_uri(model, number), tmp_path / f"a{model}{number}", source.uri, monkeypatch)
+
+
+def test_a_workspace_without_aliases_stages_or_logged_models(servers, workspace, tmp_path):
+    """Should the AzureML endpoint lack aliases and stages, they are kept as `replay.aliases` /
+    `replay.stage` tags (verify reads them back); a version that needs a logged model fails with
+    one clear reason, and the versions after it wait (versions are copied in order)."""
+    from fakes.azureml_registry import refuse
+
+    source, _ = servers
+    name = f"bare-{uuid.uuid4().hex[:8]}"
+    seeded = seed(MlflowClient(source.uri), name, tmp_path / "seed", uri_form=False)
+    churn, fraud = seeded["models"]
+    refuse(workspace["ws"], "aliases", "stages", "logged-model-create")
+    try:
+        args = ["--source", source.uri, "--target", workspace["uri"], "--experiments", f"{name}-exp", "--workspace", f"ws-{name}",
+                "--models", f"{churn},{fraud}"]
+        result = run_cli("migrate", *args, cwd=tmp_path, env=workspace["env"])
+        assert result.returncode == 1
+        assert "the target registry has no aliases (ENDPOINT_NOT_FOUND)" in result.stderr
+        assert "the target registry has no stages (ENDPOINT_NOT_FOUND)" in result.stderr
+        assert f"failed {churn} v4: its files (models:/{seeded['net']}) need an MLflow 3 logged model in the target" in result.stderr
+        assert f"failed {fraud} v2: its files (runs:/{seeded['ids']['r3']}/net) need an MLflow 3 logged model" in result.stderr
+        assert f"failed {fraud} v3: v2 before it failed" in result.stderr
+        dst = MlflowClient(workspace["uri"])
+        model = dst.get_registered_model(churn)
+        assert model.aliases == {} and json.loads(model.tags["replay.aliases"]) == {"champion": "3"}
+        copies = versions(dst, churn)
+        assert copies["3"].current_stage == "None" and copies["3"].tags["replay.stage"] == "Production"
+        assert copies["1"].tags["replay.stage"] == "Archived"
+        report = tmp_path / "bare.json"
+        check = run_cli("verify", *args, "--report", str(report), cwd=tmp_path, env=workspace["env"])
+        differences = {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
+        assert differences == {(f"model:{churn}/v4", "version"), (f"model:{churn}", "aliases"), (f"model:{fraud}/v2", "version"),
+                               (f"model:{fraud}/v3", "version"), (f"model:{fraud}", "aliases")}, "stages and churn's copied alias read back"
+        again = run_cli("migrate", *args, cwd=tmp_path, env=workspace["env"])
+        assert "versions: created 0, repaired 0, skipped 3, failed 3" in again.stderr, again.stderr[-2000:]
+        assert workspace["fake"].requests["mlflow_refused_aliases"] == 1, "a known-missing feature is not asked for again"
+    finally:
+        workspace["ws"].mlflow_refused = set()
+
+
+def user_only(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if not k.startswith(("original_", "replay."))}
+
+
+def stores_uri(folder: str) -> str:
+    from runner import stores
+
+    return stores.tracking_uri(folder)

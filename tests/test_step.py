@@ -193,3 +193,53 @@ def test_paths_leaving_the_output_folder_are_refused(tmp_path):
     with pytest.raises(UsageError, match="JSON object"):
         replay_step.parse_tags("[1, 2]")
     assert json.loads(json.dumps(replay_step.step_tags(records()["alone-1"], "ws")))["original_status"] == "Canceled"
+
+
+def test_a_record_over_the_runs_limits_overflows_and_verifies_clean(server, tmp_path):
+    """30 user tags, 8 metric names, a 7,000-character param (MLflow takes 6,000) and a 9,000-character
+    tag, under 20 tags and 5 metric names: the excess goes to replay/overflow.json, nothing is lost,
+    verify merges it back and is clean; a retried step changes nothing."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from runner.limits import OVERFLOW_PATH
+
+    token = uuid.uuid4().hex[:8]
+    experiment, workspace = f"step-limits-{token}", f"ws-limits-{token}"
+    tags = {f"tag{i:02d}": f"value {i}" for i in range(30)} | {"long": "t" * 9000, "mlflow.runName": "wide"}
+    job = JobRecord(source_id="wide-1", experiment=experiment, name="wide", kind="command", status="FINISHED", start_time=T0,
+                    end_time=T0 + 60_000, root_id="wide-1", params={"long": "p" * 7000, "short": "s"}, tags=tags,
+                    latest_metrics={f"m{k}": 39.0 for k in range(8)})
+    manifest = tmp_path / "manifest"
+    writer = ManifestWriter(manifest)
+    writer.add_experiment(Experiment(experiment))
+    writer.add_job(job)
+    writer.write_metrics(job, [MetricPoint(f"m{k}", float(i), T0 + i, i) for k in range(8) for i in range(40)])
+    writer.write_artifacts(job, [])
+    writer.close({"kind": "test", "workspace": workspace}, Filters())
+
+    caps = ["--max-tags", "20", "--max-metric-keys", "5"]
+    first = run_cli("step", "--manifest", str(manifest), "--job-id", "wide-1", "--target", server.uri, *caps, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "over the run's limits" in first.stderr
+    client = MlflowClient(server.uri)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(run.data.tags) <= 20 and sorted(run.data.metrics) == [f"m{k}" for k in range(5)]
+    assert run.data.params["long"] == "p" * 6000
+    overflow = json.loads(Path(client.download_artifacts(run.info.run_id, OVERFLOW_PATH, str(tmp_path))).read_text())
+    assert overflow["params"] == {"long": "p" * 7000}
+    assert sorted(overflow["metrics"]) == ["m5", "m6", "m7"] and all(len(v) == 40 for v in overflow["metrics"].values())
+    kept = {k for k in run.data.tags if k.startswith("tag")}
+    assert kept | {k for k in overflow["tags"] if k.startswith("tag")} == {f"tag{i:02d}" for i in range(30)}
+    assert json.loads(run.data.tags["replay.overflow"]) == {"metrics": 3, "params": 1, "tags": len(overflow["tags"])}
+
+    verify = ["verify", "--source", str(manifest), "--target", server.uri]
+    clean = run_cli(*verify, cwd=tmp_path)
+    assert clean.returncode == 0 and "1 runs compared, 1 equal" in clean.stdout, clean.stdout[-3000:]
+    again = run_cli("step", "--manifest", str(manifest), "--job-id", "wide-1", "--target", server.uri, "--run-id", run.info.run_id,
+                    *caps, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 params, 0 tags, 0 metric points" in again.stderr
+    assert run_cli(*verify, cwd=tmp_path).returncode == 0
+    assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -230,7 +230,10 @@ class AzuremlSource:
             raise EndpointError(f"workspace {self.ref.workspace_name} has no MLflow tracking URI; is it an Azure ML workspace (not a hub)?")
         from mlflow import MlflowClient
 
+        from runner import azureml_auth
+
         self.tracking_uri = ws.mlflow_tracking_uri
+        azureml_auth.use_credential(self.tracking_uri, credential, self.credential_name)  # MLflow calls: this credential, not azureml-mlflow's own chain
         self.discovery_url = ws.discovery_url
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._history = None
@@ -248,8 +251,7 @@ class AzuremlSource:
         """One clear line for the usual ways reaching a workspace fails."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError, ServiceRequestError
 
-        tenant = self.ref.tenant_id or "(the credential's default)"
-        where = f"workspace {self.ref.workspace_name} (resource group {self.ref.resource_group}, subscription {self.ref.subscription_id})"
+        tenant, where = self._tenant, self._where
         try:
             yield
         except ReplayerError:
@@ -275,6 +277,35 @@ class AzuremlSource:
             raise EndpointError(f"{where}: could not {doing}: HTTP {error.status_code}: {first_line(error)}") from None
         except ServiceRequestError as error:
             raise EndpointError(f"cannot reach {where}: {first_line(error)}; check the network and the cloud") from None
+
+    @property
+    def _tenant(self) -> str:
+        return self.ref.tenant_id or "(the credential's default)"
+
+    @property
+    def _where(self) -> str:
+        return f"workspace {self.ref.workspace_name} (resource group {self.ref.resource_group}, subscription {self.ref.subscription_id})"
+
+    @contextmanager
+    def _mlflow_errors(self, doing: str):
+        """A token refused midway (expired, revoked, a role removed) stops everything with one line.
+
+        It is not one job's failure: every later request would be refused the same way.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as error:
+            refused = refused_by_auth(error)
+            if refused is None:
+                raise
+            status, reason = refused
+            raise UsageError(
+                f"{self._where}: its MLflow endpoint refused credential '{self.credential_name}' for tenant {self._tenant} "
+                f"while trying to {doing} (HTTP {status}: {reason}); the token expired or was revoked, or the identity lost "
+                "its role on the workspace: sign in again (or restore the role), then rerun the command (an unfinished manifest folder must be emptied first)"
+            ) from None
 
     # -- what the protocol asks for ----------------------------------------------------------
 
@@ -311,23 +342,81 @@ class AzuremlSource:
                 yield window.popleft().result()
 
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
-        for key in sorted(job.latest_metrics):
-            yield from metric_history(self.client, job.source_id, key)
+        with self._mlflow_errors(f"read the metrics of job {job.source_id}"):
+            for key in sorted(job.latest_metrics):
+                yield from metric_history(self.client, job.source_id, key)
 
     def artifacts(self, job: JobRecord) -> Iterator[ArtifactRef]:
-        # TODO(#7): AzureML keeps job files in the workspace's artifact store (outputs/, logs/,
-        # user_logs/); list them through azureml-mlflow's artifact repository and test it against
-        # Azurite behind the fake. Until then an AzureML source lists no artifacts: say so once.
-        _warn_artifacts_once()
-        return iter(())
+        """The job's files and logs (`outputs/...`, `user_logs/...`, `system_logs/...`, `azureml-logs/...`).
+
+        Paths come from run history's artifact listing, the route azureml-mlflow's
+        `list_artifacts` takes (it reports every size as -1: the service keeps none). Size and md5
+        come from the blob itself: its content URI (`.../artifacts/contentinfo`, what azureml-mlflow
+        downloads from) answers a HEAD with Content-Length and Content-MD5 (where the upload set
+        one), so no byte is read. That URI carries a SAS: it is used for that one request and kept
+        nowhere, not in the record, a log line or an error message.
+        """
+        for path in self._artifact_paths(job):
+            size, md5 = blob_properties(self._content_uri(job, path), f"{path} of job {job.source_id}", self._retry)
+            yield ArtifactRef(path=path, size=size, md5=md5)
 
     @contextmanager
     def fetch_artifact(self, job: JobRecord, ref: ArtifactRef, scratch: Path):
+        """The file's bytes, streamed from its blob into a scratch file."""
+        from azure.core.exceptions import AzureError
+        from azure.storage.blob import BlobClient
+
         folder = Path(tempfile.mkdtemp(dir=scratch))
+        local = folder / "file"
         try:
-            yield Path(self.client.download_artifacts(job.source_id, ref.path, str(folder)))
+            blob = BlobClient.from_blob_url(self._content_uri(job, ref.path), **self._retry)
+            try:
+                with open(local, "wb") as out:
+                    blob.download_blob().readinto(out)
+            except AzureError as error:  # the message of a storage error can quote the URL: say what failed, not where
+                raise EndpointError(f"cannot download {ref.path} of job {job.source_id}: {storage_reason(error)}") from None
+            yield local
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _artifact_paths(self, job: JobRecord) -> Iterator[str]:
+        """Every file path of a job, page by page (run history pages with a continuationToken)."""
+        from azure.ai.ml._restclient.runhistory.operations._operations import (
+            build_run_artifacts_list_in_container_by_experiment_name_request as build,
+        )
+
+        token = None
+        while True:
+            request = build(self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name, job.experiment, job.source_id,
+                            continuation_token_parameter=token)
+            body = self._history_json(request, f"list the files of job {job.source_id}")
+            for artifact in body.get("value") or []:
+                if artifact.get("path"):
+                    yield artifact["path"]
+            token = body.get("continuationToken")
+            if not token:
+                return
+
+    def _content_uri(self, job: JobRecord, path: str) -> str:
+        from azure.ai.ml._restclient.runhistory.operations._operations import (
+            build_run_artifacts_get_content_information_by_experiment_name_request as build,
+        )
+
+        request = build(self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name, job.experiment, job.source_id, path=path)
+        uri = self._history_json(request, f"locate {path} of job {job.source_id}").get("contentUri")
+        if not uri:
+            raise EndpointError(f"run history gave no content URI for {path} of job {job.source_id}")
+        return uri
+
+    def _history_json(self, request, doing: str) -> dict:
+        client = self._history_client()
+        with self._azure_errors(doing):
+            answer = client.send_request(request)
+            if answer.status_code != 200:
+                from azure.core.exceptions import HttpResponseError
+
+                raise HttpResponseError(response=answer)
+            return answer.json()
 
     # -- building the plan ---------------------------------------------------------------------
 
@@ -349,6 +438,8 @@ class AzuremlSource:
                 seen.add(job.name)
                 node = self._root_node(job)
                 if not in_shard(f, node.name) or (f.status and map_status(node.status) not in f.status):
+                    continue
+                if not f.wants_tags(node.facts["tags"]) or f.excludes(node.name, node.display_name):
                     continue
                 roots.append(node)
         if self.skipped_unreadable:
@@ -422,6 +513,7 @@ class AzuremlSource:
 
     def _walk(self, root: Node) -> list[Node]:
         """The root and every descendant, depth first, parents before children, siblings in start order."""
+        f = self.filters
         out: list[Node] = []
         seen: set[str] = set()
         stack = [root]
@@ -431,8 +523,9 @@ class AzuremlSource:
                 continue
             seen.add(node.name)
             out.append(node)
-            if may_have_children(node):
+            if may_have_children(node) and f.within_depth(node.depth + 1):  # --max-depth: not even listed
                 kids = [self._child_node(run, node) for run in self._children(node.name)]
+                kids = [k for k in kids if not f.excludes(k.name, k.display_name, k.step)]  # --exclude drops the subtree
                 kids.sort(key=lambda n: (n.start or n.created or 0, n.name), reverse=True)
                 stack += kids
             node.graph = None  # only needed to name this node's children
@@ -467,12 +560,15 @@ class AzuremlSource:
                 outputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("outputs") or {}).items()) if v})
                 if node.kind == "pipeline":
                     node.graph = self._component_graph(spec.get("componentId"))
+        # What a child ran is in its run history record's runDefinition (the SDK's job entities are
+        # not given for children); a sub-pipeline or an AutoML trial has none.
+        definition = run_definition(run)
         node.facts = {
             "description": run.description or "",
             "created_by": created_by or "",
             "compute": "" if node.kind == "pipeline" else compute_name(compute),
-            "environment": "",
-            "command": "",
+            "environment": environment_name(definition.get("environment")),
+            "command": str(definition.get("command") or ""),
             "properties": properties,
             "tags": {k: str(v) for k, v in (run.tags or {}).items()},
             "inputs": inputs,
@@ -500,20 +596,13 @@ class AzuremlSource:
         from azure.ai.ml._restclient.runhistory.models import Run
         from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_child_request
 
-        client = self._history_client()
         token = None
         while True:
             request = build_runs_get_child_request(
                 subscription_id=self.ref.subscription_id, resource_group_name=self.ref.resource_group,
                 workspace_name=self.ref.workspace_name, run_id=name, continuationtoken=token,
             )
-            with self._azure_errors(f"list the children of {name}"):
-                answer = client.send_request(request)
-                if answer.status_code != 200:
-                    from azure.core.exceptions import HttpResponseError
-
-                    raise HttpResponseError(response=answer)
-                body = answer.json()
+            body = self._history_json(request, f"list the children of {name}")
             for value in body.get("value") or []:
                 yield Run(value)
             token = body.get("continuationToken")
@@ -547,12 +636,13 @@ class AzuremlSource:
     def _mlflow_run(self, name: str):
         from mlflow.exceptions import MlflowException
 
-        try:
-            return self.client.get_run(name)
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
+        with self._mlflow_errors(f"read job {name}"):
+            try:
+                return self.client.get_run(name)
+            except MlflowException as error:
+                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
 
     def _record(self, node: Node) -> JobRecord:
         run = self._mlflow_run(node.name)
@@ -598,6 +688,28 @@ CREDENTIAL_HINTS = {
     "default": "set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or `az login`, or run with a managed identity",
     "obo": "run inside an Azure ML job submitted with `identity: type: user_identity`",
 }
+
+
+MLFLOW_AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def refused_by_auth(error) -> tuple[int, str] | None:
+    """(HTTP status, reason) when an MLflow error is the endpoint refusing the token, else None.
+
+    MLflow keeps no status code: a refusal arrives as an MLflow error code (UNAUTHENTICATED), as
+    the service's own JSON error (`{"error": {"code": "ExpiredAuthenticationToken", ...}}`, ARM's
+    words) or, for a body that is not JSON, as "failed with error code 401" in the message.
+    """
+    code = str(getattr(error, "error_code", "") or "")
+    if code in MLFLOW_AUTH_CODES:
+        return MLFLOW_AUTH_CODES[code], first_line(error)
+    body = getattr(error, "json", None)
+    detail = body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and re.search(r"Authenticat|Authoriz|Token|Forbidden", str(detail.get("code") or "")):
+        status = 403 if re.search(r"Authoriz|Forbidden", str(detail["code"])) else 401
+        return status, f"{detail['code']}: {str(detail.get('message') or '').strip().splitlines()[0] if detail.get('message') else ''}".rstrip(": ")
+    match = re.search(r"error code (401|403)\b", str(error))
+    return (int(match.group(1)), first_line(error)[:200]) if match else None
 
 
 def in_shard(filters: Filters, root_id: str) -> bool:
@@ -668,10 +780,26 @@ def compute_name(value) -> str:
     return text.rsplit("/computes/", 1)[-1] if "/computes/" in text else text
 
 
+def run_definition(run) -> dict:
+    """A run history record's `runDefinition` (an object; older answers send it as JSON text)."""
+    value = run.get("runDefinition") if hasattr(run, "get") else None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
 def environment_name(value) -> str:
-    """`azureml:name:version` for a registered environment, whatever form the SDK handed back."""
+    """`azureml:name:version` for a registered environment, whatever form the SDK or the service handed back."""
     if not value:
         return ""
+    if isinstance(value, dict):  # runDefinition.environment: {name, version, assetId?, docker: {baseImage}}
+        name, version = value.get("name"), value.get("version")
+        if name and version:
+            return f"azureml:{name}:{version}"
+        return str(value.get("assetId") or (value.get("docker") or {}).get("baseImage") or name or "")
     if not isinstance(value, str):
         name, version = getattr(value, "name", None), getattr(value, "version", None)
         if name and version:
@@ -731,13 +859,24 @@ def asset_io(value) -> dict[str, str]:
     return clean({"type": get("type"), "path": get("assetId")})
 
 
-_warned = threading.Event()
+def blob_properties(uri: str, what: str, retry: dict) -> tuple[int, str]:
+    """(size, md5 hex or "") of the blob at a SAS URI, from a HEAD request."""
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import BlobClient
+
+    try:
+        props = BlobClient.from_blob_url(uri, **retry).get_blob_properties()
+    except AzureError as error:
+        raise EndpointError(f"cannot read the size and md5 of {what}: {storage_reason(error)}") from None
+    md5 = props.content_settings.content_md5 if props.content_settings else None
+    return int(props.size or 0), bytes(md5).hex() if md5 else ""
 
 
-def _warn_artifacts_once() -> None:
-    if not _warned.is_set():
-        _warned.set()
-        logger.warning("AzureML source: artifact listing is not implemented yet (issue #7 TODO); runs are copied without their files")
+def storage_reason(error) -> str:
+    """A storage error without its message, which may quote the SAS URL: status and error code."""
+    status = getattr(error, "status_code", None)
+    code = getattr(error, "error_code", None)
+    return f"HTTP {status} {code or ''}".strip() if status else type(error).__name__
 
 
 def _quiet_sdk_loggers() -> None:

@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +37,7 @@ class Node:
     status: str
     depth: int = 0
     root_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)  # only the keys --tags asks about
 
 
 class MlflowSource:
@@ -47,12 +48,17 @@ class MlflowSource:
         self.workspace = workspace or stores.workspace_name(uri)
         self._experiments: list[Experiment] | None = None
         self._plan: list[Node] | None = None
+        self.window = None  # runner.watermark.Window: an incremental sync reads only that
+        self.passed: list[list[Node]] = []  # trees read but not taken by the filters (runner.watermark)
         self._artifact_uris: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._histories = BulkHistories(self.client)
 
     def describe(self) -> dict:
-        return {"kind": "mlflow", "uri": stores.redact(self.uri), "workspace": self.workspace}
+        found = {"kind": "mlflow", "uri": stores.redact(self.uri), "workspace": self.workspace}
+        if self.window is not None and self.window.since is not None:  # an incremental sync read a window, not everything
+            found["window"] = {"since": self.window.since, "open": len(self.window.open)}
+        return found
 
     def experiments(self) -> list[Experiment]:
         if self._experiments is None:
@@ -60,7 +66,8 @@ class MlflowSource:
         return self._experiments
 
     def _list_experiments(self) -> list[Experiment]:
-        chosen = list_experiments(self.client, self.filters, stores.redact(self.uri))
+        with stores.refusals_named(self.uri):  # the first request of a migration: a refused credential shows here
+            chosen = list_experiments(self.client, self.filters, stores.redact(self.uri))
         return sorted(chosen, key=lambda e: int(e.source_id) if e.source_id.isdigit() else 0)
 
     # -- the run tree ---------------------------------------------------------------------
@@ -84,25 +91,31 @@ class MlflowSource:
         roots.sort(key=order_key)
         ordered: list[Node] = []
         taken = 0
+        f = self.filters
+        keep = lambda n, depth: f.within_depth(depth) and not f.excludes(n.run_id, n.name)  # noqa: E731
         for root in roots:
-            tree = list(walk(root, children, order_key))
-            if not self._wants_tree(root, tree):
+            tree = list(walk(root, children, order_key, keep))
+            if (self.filters.limit and taken >= self.filters.limit) or not self._wants_tree(root, tree):
+                self.passed.append(tree)
                 continue
             ordered += tree
             taken += 1
-            if self.filters.limit and taken >= self.filters.limit:
-                break
         return ordered
 
     def _wants_tree(self, root: Node, tree: list[Node]) -> bool:
         f = self.filters
         if not f.in_shard(root.run_id) or not f.wants_root(root.start_time, root.status):
             return False
+        if not f.wants_tags(root.tags) or f.excludes(root.run_id, root.name):
+            return False
         # --include names a root or any run inside its tree; the whole tree comes along.
         return any(f.named(n.run_id, n.name) for n in tree)
 
     def _skeleton(self) -> Iterator[Node]:
-        for run in self._search(""):
+        wanted = self.filters.tags
+        windowed = self.window is not None and self.window.since is not None
+        for run in self._windowed(self.window) if windowed else self._search(""):
+            tags = run.data.tags
             yield Node(
                 run_id=run.info.run_id,
                 parent_id=run.data.tags.get(PARENT_TAG),
@@ -110,7 +123,22 @@ class MlflowSource:
                 name=run.info.run_name or "",
                 start_time=run.info.start_time,
                 status=run.info.status,
+                tags={k: tags[k] for k in wanted if k in tags},
             )
+
+    def _windowed(self, window) -> list:
+        """An incremental sync's runs (runner.watermark): started since the window opened (the
+        store filters), the open ones by id, and the ancestors of both, so each tree keeps its root."""
+        found = {run.info.run_id: run for run in self._search(f"attributes.start_time >= {int(window.since)}")}
+        wanted, tried = set(window.open) - set(found), set(found)
+        while wanted:
+            tried |= wanted
+            ids = sorted(wanted)
+            for start in range(0, len(ids), FETCH):
+                quoted = ", ".join(f"'{i}'" for i in ids[start : start + FETCH])
+                found.update((run.info.run_id, run) for run in self._search(f"attributes.run_id IN ({quoted})", FETCH))
+            wanted = {run.data.tags.get(PARENT_TAG) for run in found.values()} - tried - {None}
+        return list(found.values())
 
     def _search(self, filter_string: str, max_results: int = PAGE):
         from mlflow.entities import ViewType
@@ -242,15 +270,17 @@ def download_file(repo, path: str, folder: Path) -> Path:
     return local
 
 
-def walk(root: Node, children: dict[str, list[Node]], order_key) -> Iterator[Node]:
-    """Depth-first, parents before children, siblings in start order."""
+def walk(root: Node, children: dict[str, list[Node]], order_key, keep=None) -> Iterator[Node]:
+    """Depth-first, parents before children, siblings in start order; `keep(child, depth)` False
+    leaves that child and its whole subtree out (--exclude, --max-depth)."""
     stack = [(root, 0)]
     while stack:
         node, depth = stack.pop()
         node.depth, node.root_id = depth, root.run_id
         yield node
         for child in sorted(children.get(node.run_id, []), key=order_key, reverse=True):
-            stack.append((child, depth + 1))
+            if keep is None or keep(child, depth + 1):
+                stack.append((child, depth + 1))
 
 
 def to_record(run, node: Node, experiment: str) -> JobRecord:

@@ -7,12 +7,9 @@ history; parents are created first and children point at the new parent run id.
 from __future__ import annotations
 
 import itertools
-import json
-import tempfile
 import threading
-from dataclasses import dataclass, replace
 from collections import Counter
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable, Iterator
 from uuid import uuid4
 
@@ -29,38 +26,12 @@ from runner.ledger import (
     is_own_tag,
     lineage_tags,
 )
-from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint, encode_float
+from runner import limits as caps
+from runner.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, limits_for, new_overflow
+from runner.model import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
 from runner.sources.mlflow import metric_history
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
-MAX_ENTITIES_PER_BATCH = 1000
-OVERFLOW_PATH = "replay/overflow.json"  # what a run could not hold, as a run artifact
-OVERFLOW_TAG = "replay.overflow"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one target run can hold. Whatever exceeds it goes to replay/overflow.json."""
-
-    max_tags: int | None = None  # every tag on the run, the tool's own included
-    max_metric_keys: int | None = None
-    max_param_length: int = 6000
-    max_tag_length: int = 8000
-    batch_rows: int = MAX_ENTITIES_PER_BATCH
-
-
-MLFLOW_LIMITS = Limits()
-# AzureML's MLflow endpoint: 50 tags and 50 metric names per run, 250 metric rows per request.
-AZUREML_LIMITS = Limits(max_tags=50, max_metric_keys=50, batch_rows=250)
-
-
-def limits_for(uri: str, max_tags=None, max_metric_keys=None) -> Limits:
-    base = AZUREML_LIMITS if uri.startswith("azureml://") else MLFLOW_LIMITS
-    return replace(
-        base,
-        max_tags=int(max_tags) if max_tags else base.max_tags,
-        max_metric_keys=int(max_metric_keys) if max_metric_keys else base.max_metric_keys,
-    )
 PAGE = 1000
 
 
@@ -82,6 +53,11 @@ class DirectTarget:
         self._tag_overflow: dict[str, dict[str, str]] = {}  # run id -> tags create_run could not hold
         self.artifact_options = artifacts.ArtifactOptions()  # cli.open_target sets the --artifacts flags
         self.artifact_stats = artifacts.CopyStats()  # totals over all runs, for the summary
+        # Plain MLflow stores apply a log_batch's params, then metrics, then tags (SqlAlchemyStore and
+        # FileStore alike), so a new run's completion tag can ride on its last batch: one request
+        # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
+        self.completes_in_batch = not resolved.startswith("azureml")
+        self._completed: set[str] = set()  # runs whose completion tag is written already
 
     def describe(self) -> dict:
         return {"kind": "direct", "uri": stores.redact(self.uri)}
@@ -96,7 +72,8 @@ class DirectTarget:
             return ledger
         if "'" in workspace:
             raise UsageError(f"workspace name {workspace!r} contains a quote; set a plain `workspace:` name in the config")
-        ids = [e.experiment_id for e in self._all_experiments()]
+        with stores.refusals_named(self.uri):  # the target's first request: a refused credential shows here
+            ids = [e.experiment_id for e in self._all_experiments()]
         query = f"tags.{ORIGINAL_WORKSPACE} = '{workspace}'"
         for start in range(0, len(ids), 100):
             token = None
@@ -182,9 +159,26 @@ class DirectTarget:
         with self._lock:
             overflow = new_overflow(self._tag_overflow.pop(run_id, {}))
         params = self.fit_params(job.params, overflow)
-        written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow))
+        if not self.completes_in_batch:
+            written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow))
+            self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
+            self.write_overflow(run_id, overflow, scratch)
+            return written
+        # Status and files first, then the data, the completion tag in its last batch: still the
+        # last write. A run cut short meanwhile has no tag, whatever its status says, and is repaired.
+        if job.status in TERMINAL_STATUSES:
+            self.client.set_terminated(run_id, job.status, end_time=job.end_time)
         self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
-        self.write_overflow(run_id, overflow, scratch)
+        complete = {COMPLETE: job.fingerprint()}
+        # Points past a metric-key cap are known only once the stream is read: then the overflow
+        # file comes after the data and the tag after it, as a request of its own.
+        last = lambda: {} if any(overflow.values()) else complete  # noqa: E731
+        written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow), last_tags=last)
+        if any(overflow.values()):
+            self.write_overflow(run_id, overflow, scratch)
+            self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+        with self._lock:
+            self._completed.add(run_id)
         return written
 
     def repair(self, run_id: str, job: JobRecord, tags: dict[str, str], source, scratch: Path) -> int:
@@ -221,52 +215,21 @@ class DirectTarget:
         self.write_overflow(run_id, overflow, scratch)
         return written
 
-    # -- target limits -----------------------------------------------------------------------
+    # -- target limits (runner/limits.py) ------------------------------------------------------
 
     def fit_tags(self, tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-        """(tags the run keeps, tags for overflow). The tool's own tags always stay; user tags
-        fill what is left, in name order, leaving room for replay.complete and replay.overflow."""
-        limit, length = self.limits.max_tags, self.limits.max_tag_length
-        kept, spill = {}, {}
-        own = {k: v for k, v in tags.items() if is_own_tag(k) or k in (PARENT_TAG, "mlflow.runName")}
-        room = None if limit is None else max(limit - len(own) - 2, 0)
-        for key in sorted(k for k in tags if k not in own):
-            value = tags[key]
-            if room is not None and len(kept) >= room:
-                spill[key] = value
-                continue
-            kept[key] = value[:length]
-            if len(value) > length:
-                spill[key] = value
-        return {**own, **kept}, spill
+        return caps.fit_tags(self.limits, tags)
 
     def fit_params(self, params: dict[str, str], overflow: dict) -> dict[str, str]:
-        length = self.limits.max_param_length
-        for key, value in params.items():
-            if len(value) > length:
-                overflow["params"][key] = value
-        return {k: v[:length] for k, v in params.items()}
+        return caps.fit_params(self.limits, params, overflow)
 
     def fit_metrics(self, job: JobRecord, points: Iterable[MetricPoint], overflow: dict) -> Iterator[MetricPoint]:
-        """Points of the first max_metric_keys keys (name order) go to the run; the rest to overflow."""
-        limit = self.limits.max_metric_keys
-        allowed = None if limit is None else set(sorted(job.latest_metrics)[:limit])
-        for point in points:
-            if allowed is None or point.key in allowed:
-                yield point
-            else:
-                overflow["metrics"].setdefault(point.key, []).append([point.step, point.timestamp, encode_float(point.value)])
+        return caps.fit_metrics(self.limits, job, points, overflow)
 
     def write_overflow(self, run_id: str, overflow: dict, scratch: Path) -> None:
-        """replay/overflow.json on the run, and a tag counting what it holds; nothing is dropped."""
-        counts = {kind: len(items) for kind, items in overflow.items() if items}
+        counts = caps.write(self.client, run_id, overflow, scratch)
         if not counts:
             return
-        folder = Path(tempfile.mkdtemp(dir=scratch))
-        path = folder / PurePosixPath(OVERFLOW_PATH).name
-        path.write_text(json.dumps(overflow, ensure_ascii=False), encoding="utf-8")
-        self.client.log_artifact(run_id, str(path), str(PurePosixPath(OVERFLOW_PATH).parent))
-        self.client.set_tag(run_id, OVERFLOW_TAG, json.dumps(counts, sort_keys=True))
         with self._lock:
             self.overflowed += 1
         logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
@@ -276,9 +239,13 @@ class DirectTarget:
 
     def finish(self, run_id: str, job: JobRecord) -> None:
         """Status and end time, then the completion tag: always the last write."""
-        if job.status in TERMINAL_STATUSES:
-            self.client.set_terminated(run_id, job.status, end_time=job.end_time)
-        self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+        with self._lock:
+            done = run_id in self._completed
+            self._completed.discard(run_id)
+        if not done:
+            if job.status in TERMINAL_STATUSES:
+                self.client.set_terminated(run_id, job.status, end_time=job.end_time)
+            self.client.set_tag(run_id, COMPLETE, job.fingerprint())
         if job.lifecycle_stage == "deleted":
             self.client.delete_run(run_id)
         with self._lock:
@@ -290,12 +257,29 @@ class DirectTarget:
         for point in metric_history(self.client, run_id, key):
             yield point.identity()
 
-    def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None) -> int:
+    def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None,
+             last_tags=None) -> int:
+        """log_batch requests; `last_tags()`, asked once the points are all read, rides on the last one."""
+        from mlflow.entities import RunTag
+
         written = 0
-        for metrics, param_batch, tag_batch in batches(params, tags or {}, points, self.limits.batch_rows):
-            self.client.log_batch(run_id, metrics=metrics, params=param_batch, tags=tag_batch)
-            written += len(metrics)
+        pending = None
+        for batch in batches(params, tags or {}, points, self.limits.batch_rows):
+            if pending is not None:
+                written += self._send(run_id, *pending)
+            pending = batch
+        extra = [RunTag(k, v) for k, v in (last_tags() if last_tags else {}).items()]
+        if pending is not None or extra:
+            metrics, param_batch, tag_batch = pending or ([], [], [])
+            if len(metrics) + len(param_batch) + len(tag_batch) + len(extra) > self.limits.batch_rows or len(tag_batch) + len(extra) > MAX_PARAMS_TAGS_PER_BATCH:
+                written += self._send(run_id, metrics, param_batch, tag_batch)
+                metrics, param_batch, tag_batch = [], [], []
+            written += self._send(run_id, metrics, param_batch, tag_batch + extra)
         return written
+
+    def _send(self, run_id: str, metrics: list, params: list, tags: list) -> int:
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        return len(metrics)
 
     def _copy_artifacts(self, run_id: str, artifact_uri: str | None, job: JobRecord, source, scratch: Path, fresh: bool) -> None:
         """The job's files into the run's artifact root: server-side when both roots are blob
@@ -326,10 +310,6 @@ class DirectTarget:
                     pending.append(info.path)
                 else:
                     yield info
-
-
-def new_overflow(tags: dict[str, str]) -> dict:
-    return {"tags": dict(tags), "params": {}, "metrics": {}}
 
 
 def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint], rows: int = MAX_ENTITIES_PER_BATCH):

@@ -39,12 +39,16 @@ from typing import Iterator
 from loguru import logger
 
 from runner.errors import EXIT_DIFFERENCES, EXIT_OK, UsageError
+from runner.mapping import Mapping
 from runner.ledger import ORIGINAL_DEPTH, ORIGINAL_EXPERIMENT, ORIGINAL_JOB_ID, ORIGINAL_WORKSPACE, is_own_tag
 from runner.model import TERMINAL_STATUSES, JobRecord
 from runner.step import ORIGINAL_STEP, mirrors_failure
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENT = ROOT / "components" / "replay_step.yml"
+# replay_step.yml ships inside the package (pyproject package data; the image copies components/
+# into runner/components), so an installed `replayer` finds it from any folder; a checkout has
+# it in components/.
+COMPONENT_CANDIDATES = (Path(__file__).resolve().parents[1] / "components" / "replay_step.yml", ROOT / "components" / "replay_step.yml")
 SERVERLESS = "serverless"
 TRIAL_PARENTS = ("sweep", "automl")
 SAMPLINGS = ("best", "first", "random")
@@ -79,6 +83,7 @@ class PipelineOptions:
     seed: int = 0
     mirror_status: bool = True
     parallel: int = 4
+    mapping: Mapping = field(default_factory=Mapping)  # --rename-file, --import-source-tags, --use-source-user
 
     def check(self) -> "PipelineOptions":
         if self.trial_sampling not in SAMPLINGS:
@@ -406,14 +411,20 @@ def estimate_minutes(source, tree: Step) -> float:
 # -- azure-ai-ml entities -----------------------------------------------------------------------
 
 
+def default_component() -> Path:
+    """The shipped replay_step component: the package's copy, else the checkout's."""
+    return next((path for path in COMPONENT_CANDIDATES if path.is_file()), COMPONENT_CANDIDATES[-1])
+
+
 class JobBuilder:
     """Fresh azure-ai-ml job objects for RootPlans (never a fetched job: that only patches tags)."""
 
-    def __init__(self, options: PipelineOptions, manifest_uri: str, workspace: str):
+    def __init__(self, options: PipelineOptions, manifest_uri: str, workspace: str, experiments: dict | None = None):
         from azure.ai.ml import load_component
 
         self.options, self.manifest_uri, self.workspace = options, manifest_uri, workspace
-        path = Path(options.component) if options.component else COMPONENT
+        self.experiments = experiments or {}  # source experiment name -> Experiment (for source facts)
+        path = Path(options.component) if options.component else default_component()
         if not path.is_file():
             raise UsageError(f"replay_step component {path} not found; give --component PATH (components/replay_step.yml of this repository)")
         self.base = load_component(path)
@@ -428,7 +439,7 @@ class JobBuilder:
 
         tree, job = plan.tree, plan.record
         manifest = Input(type="uri_folder", path=self.manifest_uri, mode="ro_mount")
-        tags = {**user_tags(job), **self.lineage(job), REPLAY_MODE: "pipeline"}
+        tags = {**user_tags(job), **self.lineage(job), REPLAY_MODE: "pipeline", **self.mapped(job)}
         if not tree.container:
             return self._command_job(tree, manifest, tags)
         jobs = self._nodes(tree)
@@ -440,7 +451,7 @@ class JobBuilder:
             inputs={"manifest": manifest, **{k: p.value for k, p in tree.inputs.items()}},
             outputs=self._outputs(tree),
             settings=settings,
-            experiment_name=job.experiment,
+            experiment_name=self.options.mapping.experiment_name(job.experiment),
             display_name=job.name or job.source_id,
             description=job.description or None,
             tags=tags,
@@ -451,6 +462,10 @@ class JobBuilder:
         if job.step_name:
             tags[ORIGINAL_STEP] = job.step_name
         return tags
+
+    def mapped(self, job: JobRecord) -> dict[str, str]:
+        """Source facts and the source user as tags on a job (Azure ML's own user is the submitter)."""
+        return self.options.mapping.job_tags(job, self.experiments.get(job.experiment))
 
     @staticmethod
     def _outputs(step: Step) -> dict:
@@ -466,7 +481,9 @@ class JobBuilder:
             else:
                 node = self._leaf_node(child, "${{parent.inputs.manifest}}")
             node.display_name = child.record.name or child.record.source_id
-            node.tags = {**self.lineage(child.record), **child.tags}
+            if not child.container and self.options.compute != SERVERLESS:
+                node.compute = self.options.compute  # the named cluster on every step, not only as the default
+            node.tags = {**self.lineage(child.record), **child.tags, **self.mapped(child.record)}
             for port, binding in child.outputs.items():
                 if binding:
                     node.outputs[port] = binding
@@ -541,7 +558,7 @@ class JobBuilder:
             inputs=values,
             outputs={name: Output(type="uri_folder") for name in component.outputs},
             compute=None if self.options.compute == SERVERLESS else self.options.compute,
-            experiment_name=job.experiment,
+            experiment_name=self.options.mapping.experiment_name(job.experiment),
             display_name=job.name or job.source_id,
             description=job.description or None,
             tags=tags,
@@ -631,8 +648,25 @@ class PipelineTarget:
 
         return AzuremlSource._azure_errors(self, doing)
 
+    # What AzureML source's error messages name; the same workspace reference here.
+    _tenant = property(lambda self: self.ref.tenant_id or "(the credential's default)")
+    _where = property(lambda self: f"workspace {self.ref.workspace_name} (resource group {self.ref.resource_group}, subscription {self.ref.subscription_id})")
+
     def describe(self) -> dict:
         return {"kind": "azureml-pipeline", "uri": self.ref.uri}
+
+    def check_compute(self, name: str) -> None:
+        """A named compute must exist in the target before anything is submitted (serverless needs none)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self.errors(f"look up compute {name}"):
+            try:
+                self.ml.compute.get(name)
+            except ResourceNotFoundError:
+                raise UsageError(
+                    f"--compute {name}: no such compute in workspace {self.ref.workspace_name}; "
+                    "give the name of a cluster there, create it first, or use --compute serverless"
+                ) from None
 
     def ledger(self, workspace: str) -> dict[str, str]:
         """original_job_id -> target job name, for roots replayed from `workspace` (archived ones too)."""
@@ -655,6 +689,32 @@ class PipelineTarget:
             f"/resourcegroups/{self.ref.resource_group}/workspaces/{self.ref.workspace_name}"
         )
         return created.name, url
+
+    def upload_manifest(self, folder: Path) -> str:
+        """The manifest folder on the workspace's blob datastore, uploaded once for every job:
+        azureml://datastores/workspaceblobstore/paths/LocalUpload/<hash>/<folder>. Left to azure-ai-ml, each job's
+        creation would upload it again, and without a progress bar azure-ai-ml never reads a failed
+        file's result and waits forever; with one, the failure is raised here."""
+        from azure.ai.ml._artifacts._artifact_utilities import _upload_and_generate_remote_uri
+        from azure.ai.ml.exceptions import MlException
+        from azure.core.exceptions import AzureError
+
+        from runner.sources.azureml import first_line
+
+        try:
+            uri = _upload_and_generate_remote_uri(self.ml._operation_scope, self.ml.datastores, str(folder), show_progress=True)
+        except (AzureError, MlException) as error:
+            raise UsageError(
+                f"could not upload the manifest {folder} to datastore workspaceblobstore of workspace {self.ref.workspace_name}: "
+                f"{type(error).__name__}: {first_line(error)}; grant this identity Storage Blob Data Contributor on the "
+                "workspace's storage account, or upload the folder yourself and give --manifest-uri azureml://datastores/D/paths/P"
+            ) from None
+        logger.info("manifest {} uploaded to {}", folder, uri)
+        return uri
+
+
+def is_local_folder(uri: str) -> bool:
+    return "://" not in uri and Path(uri).is_dir()
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -742,8 +802,12 @@ def submit(source, target: PipelineTarget | None, options: PipelineOptions, *, m
            debug_hierarchy: bool = False, emit_dir: str | None = None) -> SubmitSummary:
     """Plan every root of `source`; print, emit and (unless dry_run) submit the new ones."""
     options.check()
+    if target is not None and options.compute != SERVERLESS:
+        target.check_compute(options.compute)
     ledger = target.ledger(source.workspace) if target is not None else {}
-    builder = JobBuilder(options, manifest_uri, source.workspace) if (emit_dir or not dry_run) else None
+    experiments = {e.name: e for e in source.experiments()}
+    options.mapping.check_against(list(experiments.values()))
+    builder = JobBuilder(options, manifest_uri, source.workspace, experiments) if (emit_dir or not dry_run) else None
     summary = SubmitSummary()
     lock = threading.Lock()
     print(f"plan for {'a dry run' if dry_run else 'submission'} (+ submit, = already in the target, ~ not finished at the source):")
@@ -772,6 +836,8 @@ def submit(source, target: PipelineTarget | None, options: PipelineOptions, *, m
                 continue
             summary.step_jobs += len(plan.tree.leaves())
             summary.minutes += plan.minutes
+            if not dry_run and builder is not None and is_local_folder(builder.manifest_uri):  # once, before the first job
+                builder.manifest_uri = target.upload_manifest(Path(builder.manifest_uri))
             job = builder.build(plan) if builder is not None else None
             if emit_dir:
                 path = emit(job, Path(emit_dir) / f"{index:04d}_{safe_name(plan.record.source_id)}")

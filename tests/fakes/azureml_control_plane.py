@@ -25,7 +25,10 @@ serialized with their `SdkJSONEncoder`, run history `Run` models with theirs), n
 
 Auth: every request needs `Authorization: Bearer <JWT-shaped token>` whose `tid` claim is the
 workspace tenant; anything else answers 401 like ARM does. Faults: `fault_share` of distinct requests
-answer 429 (with Retry-After) or 503 on their first attempt; their retry succeeds.
+meet one of `fault_kinds` on their first attempt (their retry succeeds), as tests/fakes/fault_proxy.py
+does for mlflow servers: 429 (with Retry-After) or 503, not carried out; "reset", the connection is
+closed unanswered, not carried out; "lost" / "lost_reset", carried out, then answered 500 / closed
+unanswered (a retried create would do it twice). Default kinds: 429 and 503.
 
 Point MLClient at it with `AZUREML_DEV_URL_MFE=https://127.0.0.1:PORT` (the SDK's own override for its
 service clients) and trust the trustme CA through REQUESTS_CA_BUNDLE (azure-core and mlflow both use
@@ -55,6 +58,7 @@ ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Machi
 WORKSPACE_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)?$"
 )
+FAULT_KINDS = (429, 503, "reset", "lost", "lost_reset")
 HISTORY_RE = re.compile(r"^/history/v1\.0(?P<scope>/subscriptions/.+)$")
 # Route modules (tests/fakes/azureml_<topic>.py) extend the fake without editing this file's dispatch:
 # ARM_ROUTES take (handler, workspace, rest, query, body) for paths under a known workspace;
@@ -62,6 +66,15 @@ HISTORY_RE = re.compile(r"^/history/v1\.0(?P<scope>/subscriptions/.+)$")
 # returns True, or returns False to let the next one try. Register by appending at import time.
 ARM_ROUTES: list = []
 PATH_ROUTES: list = []
+# MLFLOW_ROUTES take (handler, workspace, rest, query, body) for a workspace's MLflow paths (rest =
+# /api/2.0/mlflow/...) before they are forwarded: e.g. a route the service does not have.
+MLFLOW_ROUTES: list = []
+# MLFLOW_ANSWERS take (handler, workspace, rest, body) and return the body to send instead, for every
+# answer forwarded from the mlflow server (e.g. artifact URIs rewritten to the service's azureml:// form).
+MLFLOW_ANSWERS: list = []
+# HISTORY_ROUTES take (handler, workspace, rest, query, body) for run history paths under a known
+# workspace (rest = /experiments/E/runs/R/artifacts...) other than runs/NAME[/children].
+HISTORY_ROUTES: list = []
 MLFLOW_RE = re.compile(
     r"^/mlflow/v[12]\.0/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
 )
@@ -112,8 +125,8 @@ class FakeCredential:
 FAKE_AZ = """#!{python}
 # A stand-in for the Azure CLI's `az account get-access-token` (what AzureCliCredential runs).
 import json, sys, time
-sys.path.insert(0, {fakes!r})
-from azureml_control_plane import make_token
+sys.path.insert(0, {tests!r})  # the package `fakes`: route modules import it
+from fakes.azureml_control_plane import make_token
 args = sys.argv[1:]
 if {fail!r}:
     sys.stderr.write("ERROR: Please run 'az login' to set up an account.\\n")
@@ -127,7 +140,7 @@ def write_fake_az(folder: Path, python: str, tenant: str = TENANT, fail: bool = 
     """A folder holding an `az` executable for AzureCliCredential; put it first on PATH."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "az"
-    script.write_text(FAKE_AZ.format(python=python, fakes=str(Path(__file__).parent), tenant=tenant, fail=fail))
+    script.write_text(FAKE_AZ.format(python=python, tests=str(Path(__file__).parents[1]), tenant=tenant, fail=fail))
     script.chmod(0o755)
     return folder
 
@@ -185,6 +198,7 @@ class FakeControlPlane:
         self.children_page = children_page
         self.fault_share = 0.0
         self.fault_seed = "faults"
+        self.fault_kinds: tuple = (503, 429)  # any of FAULT_KINDS
         self.requests: Counter = Counter()  # route kind -> count
         self.faults: Counter = Counter()  # injected faults by status (429, 503) and by area (arm, history, mlflow)
         self._attempts: Counter = Counter()
@@ -240,8 +254,8 @@ class FakeControlPlane:
             session = self._session.value = requests.Session()
         return session
 
-    def should_fail(self, key: str) -> int | None:
-        """429 or 503 for a deterministic share of distinct requests, on their first attempt only."""
+    def should_fail(self, key: str) -> int | str | None:
+        """One of `fault_kinds` for a deterministic share of distinct requests, on their first attempt only."""
         if not self.fault_share:
             return None
         with self._lock:
@@ -251,7 +265,7 @@ class FakeControlPlane:
         digest = int(hashlib.sha1(f"{self.fault_seed}|{key}".encode()).hexdigest()[:8], 16)
         if digest % 10_000 >= self.fault_share * 10_000:
             return None
-        return 429 if digest % 2 else 503
+        return self.fault_kinds[digest % len(self.fault_kinds)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -268,6 +282,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None) -> None:
+        lost, self.lost = getattr(self, "lost", None), None
+        if lost == "lost_reset":  # the work is done; the client never hears
+            self.close_connection = True
+            return
+        if lost == "lost":
+            status, body, content_type, headers = 500, b'{"error": {"code": "InternalServerError", "message": "injected lost answer"}}', "application/json", {}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -302,6 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
+        self.lost = None  # one handler serves every request of a kept-alive connection
         try:
             if path.startswith("/discovery/"):
                 fake.requests["discovery"] += 1
@@ -313,15 +334,21 @@ class _Handler(BaseHTTPRequestHandler):
                 fake.faults[fault] += 1
                 area = "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm"
                 fake.faults[area] += 1
-                headers = {"Retry-After": "1"} if fault == 429 else {}
-                return self._error(fault, "TooManyRequests" if fault == 429 else "ServiceUnavailable", "injected fault", headers)
+                if fault == "reset":
+                    self.close_connection = True
+                    return
+                if fault in ("lost", "lost_reset"):
+                    self.lost = fault  # carried out below; _send loses the answer
+                else:
+                    headers = {"Retry-After": "1"} if fault == 429 else {}
+                    return self._error(fault, "TooManyRequests" if fault == 429 else "ServiceUnavailable", "injected fault", headers)
             match = MLFLOW_RE.match(path)
             if match:
                 fake.requests["mlflow"] += 1
                 return self._forward_mlflow(match, parts.query, body)
             match = HISTORY_RE.match(path)
             if match:
-                return self._history(match.group("scope"), query)
+                return self._history(match.group("scope"), query, body)
             match = WORKSPACE_RE.match(path)
             if match:
                 return self._arm(match, query, body)
@@ -491,7 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
         urls = {key: url for key in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
         self._send(200, json.dumps(urls).encode())
 
-    def _history(self, scope: str, query: dict) -> None:
+    def _history(self, scope: str, query: dict, body: bytes = b"") -> None:
         fake = self.fake
         match = WORKSPACE_RE.match(scope)
         ws = fake.find(match.group("sub"), match.group("rg"), match.group("ws")) if match else None
@@ -499,6 +526,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "ResourceNotFound", "workspace not found")
         rest = (match.group("rest") or "").rstrip("/")
         run = re.match(r"^/runs/([^/]+)(/children)?$", rest)
+        if not run:
+            for route in HISTORY_ROUTES:
+                if route(self, ws, rest, query, body):
+                    return
         if not run or self.command != "GET":
             return self._error(404, "NotFound", f"no run history route for {rest}")
         name = run.group(1)
@@ -521,9 +552,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward_mlflow(self, match: re.Match, query: str, body: bytes) -> None:
         fake = self.fake
-        if fake.find(match.group("sub"), match.group("rg"), match.group("ws")) is None:
+        ws = fake.find(match.group("sub"), match.group("rg"), match.group("ws"))
+        if ws is None:
             return self._error(404, "ResourceNotFound", "workspace not found")
+        for route in MLFLOW_ROUTES:
+            if route(self, ws, match.group("rest"), query, body):
+                return
         url = fake.mlflow_uri + match.group("rest") + (f"?{query}" if query else "")
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
         answer = fake.mlflow_session().request(self.command, url, data=body or None, headers=headers, timeout=120)
-        self._send(answer.status_code, answer.content, answer.headers.get("Content-Type", "application/json"))
+        content = answer.content
+        for rewrite in MLFLOW_ANSWERS:
+            content = rewrite(self, ws, match.group("rest"), content)
+        self._send(answer.status_code, content, answer.headers.get("Content-Type", "application/json"))
+
+
+from fakes import azureml_artifacts  # noqa: E402,F401  (registers its routes)
+from fakes import azureml_datastores  # noqa: E402,F401  (registers its routes)
+from fakes import azureml_assets  # noqa: E402,F401  (registers its routes)
+from fakes import azureml_computes  # noqa: E402,F401  (registers its routes)

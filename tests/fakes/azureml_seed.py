@@ -12,7 +12,9 @@ halves of the fake:
 Contents (38 jobs): three standalone command jobs (completed with a 2,500-point loss history,
 failed, canceled) and a running one; a pipeline with two levels of nested sub-pipelines and edges
 between steps; a failed pipeline (one failed step, one canceled); a sweep with 8 trials (one failed,
-one canceled); an AutoML classification with 12 trials.
+one canceled); an AutoML classification with 12 trials. Files and logs (`FILES`) on a standalone
+job, a pipeline step and a sweep trial, stored by tests/fakes/azureml_artifacts.py when a test gives
+the workspace an artifact store (`upload_files`).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ USER = "Ada Lovelace"
 USER_OID = "5b0a7c1e-0000-4000-8000-0000000000ad"
 ENV = "azureml:fraud-env:3"
 COMPUTE = "cpu-cluster"
+SWEEP_TRIAL_COMMAND = "python train.py --lr ${{inputs.lr}} --bs ${{inputs.bs}}"
 STATUS_TO_MLFLOW = {"Completed": "FINISHED", "Failed": "FAILED", "Canceled": "KILLED", "Running": "RUNNING"}
 
 
@@ -63,6 +66,8 @@ class Spec:
     metrics: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # key -> (step, ts, value)
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # path -> bytes, in the workspace's artifact store
+    unhashed: tuple[str, ...] = ()  # files uploaded in blocks: the store keeps no md5 for them
 
     @property
     def mlflow_status(self) -> str:
@@ -71,6 +76,12 @@ class Spec:
 
 def history(rng: random.Random, start: int, steps: int, base: float, drift: float) -> list[tuple[int, int, float]]:
     return [(s, start + 1000 * s + rng.randrange(0, 900), round(base + drift * s + rng.uniform(-0.01, 0.01), 6)) for s in range(steps)]
+
+
+def step_command(name: str, inputs, outputs) -> str:
+    """The command line of a pipeline step's component: `python NAME.py --in ${{inputs.in}} --out ${{outputs.out}}`."""
+    args = [f"--{k} ${{{{inputs.{k}}}}}" for k in inputs] + [f"--{k} ${{{{outputs.{k}}}}}" for k in outputs]
+    return " ".join(["python", f"{name}.py", *args])
 
 
 def iso(ms: int | None):
@@ -139,6 +150,8 @@ def build_specs(seed: int = 7) -> tuple[list[Spec], dict]:
         )
         if kind == "pipeline":
             spec.compute = ""  # a sub-pipeline runs nowhere itself
+        else:  # what the step's run history record says it ran (its runDefinition)
+            spec.command, spec.environment = step_command(node, inputs, outputs), ENV
         specs.append(spec)
         return spec
 
@@ -182,6 +195,7 @@ def build_specs(seed: int = 7) -> tuple[list[Spec], dict]:
         lr, bs = round(0.001 + 0.012 * i, 4), (16, 32)[i % 2]
         trial = Spec(f"{sweep.name}_{i}", sweep.experiment, "command", status, f"{sweep.name}_{i}", begin - 2_000, begin, begin + 250_000,
                      parent=sweep.name, root=sweep.name, depth=1, run_type="azureml.scriptrun",
+                     command=SWEEP_TRIAL_COMMAND, environment=ENV,
                      params={"lr": str(lr), "bs": str(bs)}, tags={"hyperparameters": f'{{"lr": {lr}, "bs": {bs}}}'},
                      properties={"_azureml.ComputeTargetType": "amlctrain"})
         if status != "Canceled":
@@ -211,7 +225,42 @@ def build_specs(seed: int = 7) -> tuple[list[Spec], dict]:
 
     for spec in specs:
         spec.root = spec.root or spec.name
+    fit_name = next(s.name for s in specs if s.step == "fit")
+    for name, files in FILES.items():
+        spec = next(s for s in specs if s.name == name or (name == "fit" and s.name == fit_name))
+        spec.files = dict(files)
+        spec.unhashed = tuple(p for p in files if p in UNHASHED)
     return specs, builders
+
+
+# What each job wrote: outputs, logs of every family, an empty file, unicode and spaces in names.
+FILES = {
+    "bright_kiwi_01": {
+        "outputs/model.pkl": bytes(range(256)) * 40,
+        "outputs/metrics/r\u00e4port v1.json": b'{"auc": 0.91}',
+        "outputs/empty.txt": b"",
+        "user_logs/std_log.txt": b"epoch 1 loss 0.9\nepoch 2 loss 0.7\n",
+        "system_logs/lifecycler/execution-wrapper.log": b"[2024-03-01T01:01:00Z] starting\n",
+        "azureml-logs/20_image_build_log.txt": b"image built\n",
+    },
+    "fit": {
+        "outputs/model/MLmodel": b"flavors:\n  sklearn: {}\n",
+        "outputs/model/model.pkl": b"\x80\x04" + b"weights" * 300,
+        "logs/azureml/executionlogs.txt": b"fit step ran\n",
+    },
+    "gentle_gale_06_2": {"user_logs/std_log.txt": b"trial 2\n"},
+}
+UNHASHED = {"outputs/model/model.pkl"}
+
+
+def upload_files(store, specs: list[Spec]) -> int:
+    """Put every spec's files into a workspace artifact store (tests/fakes/azureml_artifacts.py)."""
+    count = 0
+    for spec in specs:
+        for path, data in spec.files.items():
+            store.upload(spec.name, path, data, with_md5=path not in spec.unhashed)
+            count += 1
+    return count
 
 
 # -- the control-plane half ------------------------------------------------------------------
@@ -237,7 +286,7 @@ def history_run(ws: FakeWorkspace, spec: Spec, experiment_id: str, by_name: dict
     def assets(bindings: dict) -> dict:
         return {k: TypedAssetReference(asset_id=v["path"], type=v.get("type")) for k, v in bindings.items() if "path" in v}
 
-    return Run(
+    run = Run(
         run_id=spec.name,
         name=spec.name,
         run_uuid=str(uuid.uuid5(uuid.NAMESPACE_OID, spec.name)),
@@ -260,6 +309,11 @@ def history_run(ws: FakeWorkspace, spec: Spec, experiment_id: str, by_name: dict
         inputs=assets(spec.inputs) or None,
         outputs=assets(spec.outputs) or None,
     )
+    if spec.parent and spec.command:
+        # A child's run history record carries what it ran: its runDefinition (command, environment).
+        env_name, env_version = spec.environment.split(":")[1:]
+        run["runDefinition"] = {"command": spec.command, "environment": {"name": env_name, "version": env_version}, "target": spec.compute}
+    return run
 
 
 def root_job(ws: FakeWorkspace, spec: Spec, builder: str, specs: list[Spec]):
@@ -282,7 +336,7 @@ def root_job(ws: FakeWorkspace, spec: Spec, builder: str, specs: list[Spec]):
     elif builder == "sweep":
         from azure.ai.ml.sweep import Choice, Uniform
 
-        trial = command(command="python train.py --lr ${{inputs.lr}} --bs ${{inputs.bs}}", environment=spec.environment, compute=spec.compute,
+        trial = command(command=SWEEP_TRIAL_COMMAND, environment=spec.environment, compute=spec.compute,
                         inputs={"lr": 0.01, "bs": 16, **literal_inputs(spec.inputs)})
         node = trial(lr=Uniform(0.001, 0.1), bs=Choice([16, 32])).sweep(sampling_algorithm="random", primary_metric="accuracy", goal="maximize", compute=spec.compute)
         node.set_limits(max_total_trials=8, max_concurrent_trials=2)
@@ -347,8 +401,7 @@ def nested_pipeline(ws: FakeWorkspace, spec: Spec):
     from azure.ai.ml import Input, Output, command, dsl
 
     def component(name: str, ins: dict, outs: dict, literal: dict | None = None):
-        args = " ".join(f"--{k} ${{{{inputs.{k}}}}}" for k in [*ins, *(literal or {})]) + " " + " ".join(f"--{k} ${{{{outputs.{k}}}}}" for k in outs)
-        return command(name=name, command=f"python {name}.py {args}", environment=ENV, compute=COMPUTE,
+        return command(name=name, command=step_command(name, [*ins, *(literal or {})], outs), environment=ENV, compute=COMPUTE,
                        inputs={**{k: Input(type=t) for k, t in ins.items()}, **(literal or {})}, outputs={k: Output(type=t) for k, t in outs.items()})
 
     prep_c = component("prep_data", {"raw": "uri_folder"}, {"clean": "uri_folder"})

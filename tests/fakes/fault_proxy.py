@@ -7,6 +7,7 @@ At a chosen rate (seeded, so a failing run can be replayed) each request meets o
             (a retried POST would do it twice: the non-idempotent case)
 - `reset` : the connection is closed without an answer, not forwarded
 - `slow`  : forwarded after a delay
+- `401`   : answered 401 as MLflow does for a rejected credential, not forwarded (only when asked for)
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class FaultProxy:
                 if fault == "reset":
                     self.close_connection = True
                     return
+                if fault == "401":
+                    return self._send(401, [], b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}', {})
                 if fault in ("429", "503"):
                     extra = {"Retry-After": "1"} if fault == "429" else {}
                     return self._send(int(fault), [], b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', extra)
