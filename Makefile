@@ -32,7 +32,8 @@ local-run: venv
 bench: venv $(AZURITE)
 	@bash bench/setup.sh
 	@bash bench/setup_registry.sh
-	$(BIN)/python bench/bench_migrate.py
+	$(BIN)/python bench/bench_migrate.py --workers 4 --out bench-results/migrate-workers4.json  # mlflow server's default
+	$(BIN)/python bench/bench_migrate.py --workers 1  # one worker per server: the servers' CPU is the limit
 	$(BIN)/python bench/bench_registry.py
 	$(BIN)/python bench/bench_artifacts.py
 	$(BIN)/python bench/bench_long_metric.py

@@ -164,6 +164,70 @@ def test_image_runtime_set_runs_the_tool_without_full_mlflow(tmp_path):
         assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
 
 
+FAKE_DOCKER = """#!{python}
+# A stand-in for the docker CLI (the build machines have the client but no engine): `info` answers,
+# `build` is recorded, `run IMAGE ARGS` runs the image's ENTRYPOINT on this machine with the -v
+# mounts mapped back to host paths, the -e variables set and --user recorded, as the container would.
+import json, os, subprocess, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as out:
+    out.write(json.dumps(args) + "\\n")
+if args[0] in ("info", "build"):
+    sys.exit(0)
+assert args[0] == "run", args
+rest, mounts, env = args[1:], {{}}, dict(os.environ)
+while rest[0].startswith("-"):
+    flag = rest.pop(0)
+    if flag == "-v":
+        host, inside = rest.pop(0).split(":")
+        mounts[inside] = host
+    elif flag == "-e":
+        key, value = rest.pop(0).split("=", 1)
+        env[key] = value
+    elif flag == "--user":
+        rest.pop(0)
+image, rest = rest[0], rest[1:]
+def host(value):
+    for inside, outside in mounts.items():
+        if value == inside or value.startswith(inside + "/"):
+            return outside + value[len(inside):]
+    return value
+env = {{k: host(v) for k, v in env.items()}}
+sys.exit(subprocess.call({entrypoint!r} + [host(a) for a in rest], env=env))
+"""
+
+
+def test_local_run_docker_path_runs_every_step_in_the_image(tmp_path):
+    """`make local-run` when a docker engine answers: builds this repository's image, then runs demo,
+    extract, replay, verify and tree as containers on the mounted data folder. No engine here: a
+    stand-in docker CLI runs the image's ENTRYPOINT (read from the Dockerfile) with the mounts mapped."""
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M).group(1))
+    assert entrypoint[0] == "python"
+    bin_dir, log, data = tmp_path / "bin", tmp_path / "docker.jsonl", tmp_path / "data"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log), entrypoint=[sys.executable] + entrypoint[1:]))
+    docker.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOCAL_RUN_DIR": str(data)}
+    env.pop("REPLAYER_LOG_DIR", None)
+    first = subprocess.run(["bash", str(ROOT / "scripts" / "local-run.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "docker engine found" in first.stdout
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0] == ["info"] and calls[1][0] == "build" and calls[1][-3:] == ["-t", "replayer:local", "."]
+    runs = [c for c in calls if c[0] == "run"]
+    assert [c[c.index("replayer:local") + 1] for c in runs] == ["demo", "extract", "replay", "verify", "tree"]
+    for call in runs:
+        assert call[call.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+        assert call[call.index("-v") + 1] == f"{data}:/data" and "REPLAYER_LOG_DIR=/data/logs" in call
+        assert all(not a.startswith(str(data)) for a in call[call.index("replayer:local") + 1 :]), "steps see /data only"
+    report = json.loads((data / "verify-report.json").read_text())
+    assert report["summary"]["equal"] == 15 and report["summary"]["differing"] == 0
+    assert sorted({p.name.split("_")[0] for p in (data / "logs").glob("*.log")}) == ["demo", "extract", "replay", "tree", "verify"]
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "local-run.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "created 0, repaired 0, skipped 15" in again.stderr, again.stderr[-3000:]
+
+
 def test_local_run_docker_path_matches_the_image():
     script = (ROOT / "scripts" / "local-run.sh").read_text()
     assert re.search(r"docker build .* -t replayer:local \.", script), "local-run must build this Dockerfile's context"
