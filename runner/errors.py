@@ -30,3 +30,9 @@ class TransientError(ReplayerError):
     """Worth retrying: throttling, timeouts, 5xx."""
 
     exit_code = EXIT_DIFFERENCES
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line: SDK messages run to many lines, ours are one."""
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

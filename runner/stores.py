@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from runner.errors import EndpointError, UsageError
+from runner.errors import EndpointError, UsageError, first_line
 
 EMBEDDED_DB = "mlflow.db"
 
@@ -86,13 +86,33 @@ def init_local_store(resolved: str) -> None:
     SqlAlchemyStore(resolved, root.as_uri())
 
 
-@contextmanager
-def refusals_named(uri: str):
-    """A credential the store refuses (HTTP 401/403 on a real request: /health asks for none) stops
-    everything with one line naming the store: every later request would be refused the same way."""
-    from mlflow.exceptions import MlflowException
+MLFLOW_AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
 
-    from runner.sources.azureml import refused_by_auth
+
+def refused_by_auth(error) -> tuple[int, str] | None:
+    """(HTTP status, reason) when an MLflow error is the endpoint refusing the token, else None.
+
+    MLflow keeps no status code: a refusal arrives as an MLflow error code (UNAUTHENTICATED), as
+    the service's own JSON error (`{"error": {"code": "ExpiredAuthenticationToken", ...}}`, ARM's
+    words) or, for a body that is not JSON, as "failed with error code 401" in the message.
+    """
+    code = str(getattr(error, "error_code", "") or "")
+    if code in MLFLOW_AUTH_CODES:
+        return MLFLOW_AUTH_CODES[code], first_line(error)
+    body = getattr(error, "json", None)
+    detail = body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and re.search(r"Authenticat|Authoriz|Token|Forbidden", str(detail.get("code") or "")):
+        status = 403 if re.search(r"Authoriz|Forbidden", str(detail["code"])) else 401
+        return status, f"{detail['code']}: {str(detail.get('message') or '').strip().splitlines()[0] if detail.get('message') else ''}".rstrip(": ")
+    match = re.search(r"error code (401|403)\b", str(error))
+    return (int(match.group(1)), first_line(error)[:200]) if match else None
+
+
+@contextmanager
+def auth_refusals(explain):
+    """An MLflow error that is the endpoint refusing our credential becomes `explain(status, reason)`,
+    a one-line error that stops everything: every later request would be refused the same way."""
+    from mlflow.exceptions import MlflowException
 
     try:
         yield
@@ -100,11 +120,15 @@ def refusals_named(uri: str):
         refused = refused_by_auth(error)
         if refused is None:
             raise
-        status, reason = refused
-        raise EndpointError(
-            f"MLflow server {redact(uri)} refused our credentials (HTTP {status}: {reason}); "
-            "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD (--credential for Azure ML)"
-        ) from None
+        raise explain(*refused) from None
+
+
+def refusals_named(uri: str):
+    """A credential an MLflow store refuses (on a real request: /health asks for none), named."""
+    return auth_refusals(lambda status, reason: EndpointError(
+        f"MLflow server {redact(uri)} refused our credentials (HTTP {status}: {reason}); "
+        "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD (--credential for Azure ML)"
+    ))
 
 
 def check_reachable(uri: str) -> None:

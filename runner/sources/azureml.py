@@ -43,7 +43,8 @@ from typing import Any, Iterator
 
 from loguru import logger
 
-from runner.errors import EndpointError, ReplayerError, UsageError
+from runner import stores
+from runner.errors import EndpointError, ReplayerError, UsageError, first_line
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.sources.mlflow import list_experiments, metric_history
@@ -199,11 +200,6 @@ def ms(value) -> int | None:
     return int(value.timestamp() * 1000)
 
 
-def first_line(error: BaseException) -> str:
-    text = str(getattr(error, "message", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 class AzuremlSource:
     def __init__(self, uri: str, filters: Filters | None = None, workspace: str | None = None, credential=None, parallel: int = 8):
         from runner import retry
@@ -292,20 +288,12 @@ class AzuremlSource:
 
         It is not one job's failure: every later request would be refused the same way.
         """
-        from mlflow.exceptions import MlflowException
-
-        try:
+        with stores.auth_refusals(lambda status, reason: UsageError(
+            f"{self._where}: its MLflow endpoint refused credential '{self.credential_name}' for tenant {self._tenant} "
+            f"while trying to {doing} (HTTP {status}: {reason}); the token expired or was revoked, or the identity lost "
+            "its role on the workspace: sign in again (or restore the role), then rerun the command (an unfinished manifest folder must be emptied first)"
+        )):
             yield
-        except MlflowException as error:
-            refused = refused_by_auth(error)
-            if refused is None:
-                raise
-            status, reason = refused
-            raise UsageError(
-                f"{self._where}: its MLflow endpoint refused credential '{self.credential_name}' for tenant {self._tenant} "
-                f"while trying to {doing} (HTTP {status}: {reason}); the token expired or was revoked, or the identity lost "
-                "its role on the workspace: sign in again (or restore the role), then rerun the command (an unfinished manifest folder must be emptied first)"
-            ) from None
 
     # -- what the protocol asks for ----------------------------------------------------------
 
@@ -688,28 +676,6 @@ CREDENTIAL_HINTS = {
     "default": "set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or `az login`, or run with a managed identity",
     "obo": "run inside an Azure ML job submitted with `identity: type: user_identity`",
 }
-
-
-MLFLOW_AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
-
-
-def refused_by_auth(error) -> tuple[int, str] | None:
-    """(HTTP status, reason) when an MLflow error is the endpoint refusing the token, else None.
-
-    MLflow keeps no status code: a refusal arrives as an MLflow error code (UNAUTHENTICATED), as
-    the service's own JSON error (`{"error": {"code": "ExpiredAuthenticationToken", ...}}`, ARM's
-    words) or, for a body that is not JSON, as "failed with error code 401" in the message.
-    """
-    code = str(getattr(error, "error_code", "") or "")
-    if code in MLFLOW_AUTH_CODES:
-        return MLFLOW_AUTH_CODES[code], first_line(error)
-    body = getattr(error, "json", None)
-    detail = body.get("error") if isinstance(body, dict) else None
-    if isinstance(detail, dict) and re.search(r"Authenticat|Authoriz|Token|Forbidden", str(detail.get("code") or "")):
-        status = 403 if re.search(r"Authoriz|Forbidden", str(detail["code"])) else 401
-        return status, f"{detail['code']}: {str(detail.get('message') or '').strip().splitlines()[0] if detail.get('message') else ''}".rstrip(": ")
-    match = re.search(r"error code (401|403)\b", str(error))
-    return (int(match.group(1)), first_line(error)[:200]) if match else None
 
 
 def in_shard(filters: Filters, root_id: str) -> bool:
