@@ -700,6 +700,52 @@ def test_schedule_yml_creates_the_nightly_incremental_sync(control_plane):
     assert inputs["incremental"].lower() == "true" and inputs["source_name"] == "prod-eu", "the schedule syncs incrementally"
 
 
+def build_context_files() -> set[str]:
+    """What the image build reads: the Dockerfile and every file its COPY lines name (folders walked)."""
+    files = {"Dockerfile"}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in (part for part in line.split()[1:-1] if not part.startswith("--")):
+                found = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+                files |= {p.relative_to(ROOT).as_posix() for p in found if p.is_file() and "__pycache__" not in p.parts}
+    return files
+
+
+def test_environment_create_uploads_only_the_build_context(control_plane, tmp_path, monkeypatch):
+    """`az ml environment create -f environments/replayer.yml` = environments.create_or_update(load_environment(...)):
+    the repository root, filtered by .amlignore, goes to the default datastore (HTTPS Azurite behind the
+    blob proxy), then the version is PUT naming that upload and the Dockerfile."""
+    import hashlib
+
+    from cloud_storage import CloudStorage
+    from fakes.azureml_assets import environments
+    from fakes.azureml_datastores import attach_datastore
+
+    fake, ws, ml = control_plane
+    with CloudStorage(tmp_path / "storage", ca=fake.ca) as storage:
+        storage.apply(monkeypatch)
+        attach_datastore(ws, storage, "acct1", "azureml-blobstore")
+        created = ml.environments.create_or_update(environment())
+        assert (created.name, created.version) == ("replayer", PROJECT["version"]), "environment version must follow pyproject.toml"
+        assert list(environments(ws)) == [("replayer", PROJECT["version"])]
+        build = environments(ws)[("replayer", PROJECT["version"])]["properties"]["build"]
+        assert build["dockerfilePath"] == "Dockerfile"
+        found = re.fullmatch(r"https://acct1\.blob\.core\.windows\.net/azureml-blobstore/(LocalUpload/[0-9a-f]+/[^/]+)/", build["contextUri"])
+        assert found, build
+        prefix = found.group(1) + "/"
+        container = storage.azurite.service("acct1").get_container_client("azureml-blobstore")
+        held = {}
+        for blob in container.list_blobs(name_starts_with=prefix):
+            held[blob.name[len(prefix):]] = hashlib.md5(container.get_blob_client(blob.name).download_blob().readall()).hexdigest()
+        shown = ml.environments.get("replayer", PROJECT["version"])  # `az ml environment show`
+        assert shown.build.path == build["contextUri"] and shown.build.dockerfile_path == "Dockerfile"
+    heavy = [name for name in held if name.split("/")[0] in (".venv", "node_modules", "tests", ".git", "bench", ".local", "logs") or "__pycache__" in name]
+    assert not heavy, f"uploaded with the build context: {heavy[:10]}"
+    assert set(held) == build_context_files(), "the upload must hold exactly what the Dockerfile copies (fix .amlignore)"
+    assert held == {name: hashlib.md5((ROOT / name).read_bytes()).hexdigest() for name in held}, "uploaded bytes differ"
+    assert storage.proxy.by_host["acct1.blob.core.windows.net"]["tunnels"] >= 1 and fake.requests["datastores_secrets"] >= 1
+
+
 def test_submitted_steps_run_a_migration_between_two_mlflow_servers(control_plane, servers, tmp_path, unique):
     """The commands Azure ML would run for the submitted migrate.yml, with the submitted inputs and
     bindings substituted, run through the real CLI: extract -> replay -> verify, twice (incremental)."""

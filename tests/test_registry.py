@@ -8,6 +8,8 @@ read the target with MlflowClient directly; verify is then checked to agree and 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from conftest import run_cli
 from runner.errors import UsageError
 from runner.mapping import load_renames
 from servers import MlflowServer
+from test_azureml_target import target  # noqa: F401 - a workspace whose runs get azureml:// artifact URIs (HTTPS Azurite)
 
 T0 = 1_700_000_000_000
 
@@ -265,10 +268,10 @@ def test_rename_files_in_csv_and_yaml(tmp_path):
 
 
 class LocalArtifactsServer(MlflowServer):
-    """The fake workspace's backing server. Artifact URIs are file:// paths, because this fake does
-    not implement AzureML's artifact service (the real one hands out azureml://.../runs/R/artifacts
-    URIs served through blob SAS). Files therefore go through MLflow's local artifact repository;
-    every registry and tracking call still goes through the AzureML endpoint and azureml-mlflow."""
+    """The fake workspace's backing server with file:// artifact roots: this round trip exercises
+    the registry calls through the AzureML endpoint and azureml-mlflow, and logged models (whose
+    files the fake's artifact service does not serve). Run files through Azure ML's artifact
+    service (azureml://.../runs/R/artifacts, blob SAS) are the last test of this file."""
 
     def artifact_args(self) -> list[str]:
         return ["--default-artifact-root", (self.folder / "artifacts").as_uri(), "--no-serve-artifacts"]
@@ -390,3 +393,68 @@ def stores_uri(folder: str) -> str:
     from runner import stores
 
     return stores.tracking_uri(folder)
+
+
+# -- into an AzureML workspace whose run files go through its artifact service --------------------
+
+
+def test_model_versions_into_azureml_artifact_service(target, tmp_path):
+    """`--models all` into a workspace whose runs' files live in run history's artifact store: each
+    version links to its replayed run, whose files (in Azurite, under that run's prefix) are the
+    version's; verify is clean and a rerun creates nothing."""
+    from fakes.azureml_control_plane import write_fake_az
+
+    source = MlflowServer(tmp_path / "source").start()  # its own: `all` must mean this test's models only
+    try:
+        client, name = MlflowClient(source.uri), f"azart-{uuid.uuid4().hex[:8]}"
+        exp = client.create_experiment(f"{name}-exp")
+        ids = {}
+        for i, key in enumerate(["r1", "r2"]):
+            run = client.create_run(exp, start_time=T0 + i, run_name=key)
+            client.log_artifacts(run.info.run_id, str(model_files(tmp_path / key, key)), "model")
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=T0 + 10 + i)
+            ids[key] = run.info
+        client.create_registered_model(name, tags={"team": "a"}, description="through the artifact service")
+        client.create_model_version(name, f"runs:/{ids['r1'].run_id}/model", ids["r1"].run_id, description="first")
+        client.create_model_version(name, f"runs:/{ids['r2'].run_id}/model", ids["r2"].run_id, tags={"q": "good"})
+        client.create_model_version(name, f"{ids['r2'].artifact_uri}/model", ids["r2"].run_id, description="by URI")
+        client.set_registered_model_alias(name, "champion", "3")
+
+        env = {**target.env, "PATH": f"{write_fake_az(tmp_path / 'az', sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+        args = ["--source", source.uri, "--target", target.uri, "--experiments", f"{name}-exp", "--workspace", f"ws-{name}",
+                "--models", "all", "--credential", "cli"]
+        result = run_cli("migrate", *args, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "versions: created 3, repaired 0, skipped 0, failed 0" in result.stderr, result.stderr[-3000:]
+
+        dst = MlflowClient(target.backing.uri)  # the fake's own server: what the workspace holds
+        assert dst.get_registered_model(name).aliases == {"champion": "3"}
+        copies = versions(dst, name)
+        assert sorted(copies) == ["1", "2", "3"]
+        for number, key in (("1", "r1"), ("2", "r2"), ("3", "r2")):
+            run_id = replayed_run(dst, f"ws-{name}", ids[key].run_id).info.run_id
+            assert copies[number].run_id == run_id
+            prefix = target.store.prefix(run_id) + "model/"
+            blobs = {b.name[len(prefix):] for b in target.store.client().list_blobs(name_starts_with=prefix)}
+            assert blobs == {"MLmodel", "weights.bin", "sub/conf ✓.json"}, blobs
+            weights = target.store.client().download_blob(prefix + "weights.bin").readall()
+            assert weights == (tmp_path / key / "weights.bin").read_bytes()
+        assert copies["3"].source.startswith(f"azureml://127.0.0.1:{target.fake.port}/") and copies["3"].source.endswith(f"/runs/{copies['3'].run_id}/artifacts/model")
+
+        report, read = tmp_path / "verify.json", target.fake.requests["artifact_contentinfo"]
+        check = run_cli("verify", *args, "--report", str(report), cwd=tmp_path, env=env)
+        assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+        data = json.loads(report.read_text())
+        assert data["summary"]["models"] == 1 and data["differences"] == []
+        assert target.fake.requests["artifact_contentinfo"] - read >= 3 * 3, "verify read the versions' files through the service"
+        again = run_cli("migrate", *args, cwd=tmp_path, env=env)
+        assert "models: created 0, updated 0, skipped 1; versions: created 0, repaired 0, skipped 3, failed 0" in again.stderr, again.stderr[-3000:]
+
+        # Changed bytes in the workspace's blob store are seen through the version, not only the run.
+        first = copies["1"].run_id
+        target.store.client().upload_blob(target.store.prefix(first) + "model/weights.bin", b"changed", overwrite=True)
+        changed = run_cli("verify", *args, "--report", str(report), cwd=tmp_path, env=env)
+        assert changed.returncode == 1
+        assert (f"model:{name}/v1", "file:weights.bin") in {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
+    finally:
+        source.stop()
