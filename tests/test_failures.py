@@ -304,7 +304,9 @@ def test_rerun_is_idempotent_and_repairs_source_changes(tmp_path):
 def seed_tree(uri: str, experiment: str, roots: int = 10) -> list[str]:
     """`roots` trees of 6 runs (root -> 4 children, one with a grandchild); 2 x 100 metric points and a file each."""
     client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment(experiment, tags={"purpose": "kill-9 resume test"})
+    root = stores.artifact_root(uri)  # a local store keeps files beside its database, not in ./mlruns of the cwd
+    location = f"{root}/{experiment}" if root else None
+    exp = client.create_experiment(experiment, artifact_location=location, tags={"purpose": "kill-9 resume test"})
     base = 1_730_000_000_000
 
     def make(name: str, start: int, parent: str | None) -> str:
