@@ -30,7 +30,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from servers import free_port, wait_ready
+from servers import free_port, stop_group, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -111,13 +111,7 @@ class Azurite:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # Azurite closes on Ctrl-C, not on SIGTERM
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, signal.SIGINT, 5)  # Azurite closes on Ctrl-C, not on SIGTERM
 
     def __enter__(self):
         return self.start()

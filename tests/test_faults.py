@@ -6,8 +6,6 @@ Nothing may be lost or duplicated, and verify (run without faults) must be clean
 """
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -22,7 +20,7 @@ from runner.model import MetricPoint
 from conftest import run_cli
 from fakes import azureml_seed
 from fakes.azureml_control_plane import FAULT_KINDS as FAKE_FAULT_KINDS
-from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
+from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace, cli_environment
 from fakes.fault_proxy import FAULTS, FaultProxy
 from servers import MlflowServer
 
@@ -102,12 +100,8 @@ def azure(tmp_path_factory):
     source = fake.add(FakeWorkspace(AZ_SUB, AZ_RG, "ws-source"))
     azureml_seed.install(source, specs, builders)
     fake.add(FakeWorkspace(AZ_SUB, AZ_RG, "ws-target"))
-    az = write_fake_az(base / "az", sys.executable)
-    env = {**fake.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}"}
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in env.items():
-                patch.setenv(key, value)
+        with cli_environment(fake, base / "az") as env:
             yield SimpleNamespace(fake=fake, specs=specs, env=env, target=(
                 f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0/subscriptions/{AZ_SUB}/resourceGroups/{AZ_RG}"
                 "/providers/Microsoft.MachineLearningServices/workspaces/ws-target"))

@@ -280,22 +280,15 @@ class LocalArtifactsServer(MlflowServer):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """An AzureML workspace in the fake control plane; the CLI reaches it with `az` (the fake one)."""
-    import os
-    import sys
-
     from fakes import azureml_registry  # noqa: F401 - registers the registry switches
-    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
+    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, cli_environment
 
     base = tmp_path_factory.mktemp("azureml-registry")
     server = LocalArtifactsServer(base / "mlflow").start()
     fake = FakeControlPlane(base / "fake", server.uri).start()
     ws = fake.add(FakeWorkspace("2f1e0c4d-0000-4000-8000-00000000c0de", "rg-models", "ws-models"))
-    az = write_fake_az(base / "az", sys.executable)
-    env = {**fake.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}"}
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in env.items():
-                patch.setenv(key, value)
+        with cli_environment(fake, base / "az") as env:
             # The URI `MLClient.workspaces.get()` reports as the workspace's mlflow_tracking_uri.
             yield {"uri": f"azureml://127.0.0.1:{fake.port}/mlflow/v1.0{ws.scope}", "fake": fake, "ws": ws, "env": env}
     finally:

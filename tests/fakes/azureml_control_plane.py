@@ -39,11 +39,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +146,20 @@ def write_fake_az(folder: Path, python: str, tenant: str = TENANT, fail: bool = 
     script.write_text(FAKE_AZ.format(python=python, tests=str(Path(__file__).parents[1]), tenant=tenant, fail=fail))
     script.chmod(0o755)
     return folder
+
+
+@contextmanager
+def cli_environment(fake: "FakeControlPlane", folder: Path):
+    """The fake's environment with a fake `az` first on PATH, set in this process too (MLClient and
+    azureml-mlflow read it here) for the block; yields the dict for subprocesses."""
+    import pytest
+
+    az = write_fake_az(folder, sys.executable)
+    env = {**fake.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
 
 
 # -- the workspace the fake holds -------------------------------------------------------------
