@@ -478,6 +478,7 @@ class BlobStore:
         self.location = location
         self.auth = auth or BlobAuth.from_env()
         self.uri = location.uri
+        self.copy_key = location.account_url  # what a refused server-side copy or a missing feature is remembered by
         self.service = blob_service(location, self.auth)
         self.container = self.service.get_container_client(location.container)
         self._sas = sas
@@ -566,80 +567,12 @@ class BlobStore:
             shutil.rmtree(folder, ignore_errors=True)
 
     def write(self, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
-        """Stream into a block blob: one block in memory, each block checked in transit by its
-        Content-MD5, blocks already staged by a killed attempt reused, the whole MD5 set on commit."""
-        from azure.core.exceptions import ResourceNotFoundError
-        from azure.storage.blob import BlobBlock, ContentSettings
+        return write_block_blob(self.blob(path), path, reader, size, options, on_bytes)
 
-        blob = self.blob(path)
-        block_size = options.block_size
-        if size and size > block_size * MAX_BLOCKS:
-            block_size = -(-size // MAX_BLOCKS)
-        settings = dict(content_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
-        first = reader.read(block_size)
-        if len(first) < block_size:  # small enough for one request
-            digest = hashlib.md5(first).digest()
-            blob.upload_blob(first, overwrite=True, validate_content=True, content_settings=ContentSettings(content_md5=digest, **settings))
-            on_bytes(len(first))
-            return Written(len(first), digest.hex())
-        try:
-            staged = {b.id: b.size for b in blob.get_block_list("uncommitted")[1]}
-        except ResourceNotFoundError:
-            staged = {}
-        whole, blocks, total, reused = hashlib.md5(), [], 0, 0
-        chunk, index = first, 0
-        while chunk:
-            whole.update(chunk)
-            block_id = f"{index:06d}-{hashlib.md5(chunk).hexdigest()[:16]}"
-            if staged.get(block_id) == len(chunk):
-                reused += 1
-            else:
-                blob.stage_block(block_id, chunk, length=len(chunk), validate_content=True)
-            blocks.append(BlobBlock(block_id))
-            total += len(chunk)
-            on_bytes(len(chunk))
-            index += 1
-            chunk = reader.read(block_size)
-        digest = whole.digest()
-        blob.commit_block_list(blocks, content_settings=ContentSettings(content_md5=digest, **settings))
-        return Written(total, digest.hex(), reused)
-
-    def copy_from(self, src: "BlobStore", src_path: str, path: str, source: Stat, options: ArtifactOptions) -> None:
-        """Server-side copy of one blob. Put Blob From URL first (synchronous, the source's MD5
-        checked by the service in transit, up to 5000 MiB); where the service does not have it
-        (Azurite) or the blob is bigger, Copy Blob, waiting while it is pending (cross-account)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
-
-        blob = self.blob(path)
-        metadata = {**source.metadata, ETAG_KEY: source.etag}
+    def copy_from(self, src, src_path: str, path: str, source: Stat, options: ArtifactOptions) -> None:
+        """Server-side copy of one blob of `src` (a BlobStore or any store with `read_url`)."""
         url = src.read_url(src_path, options.sas_minutes)
-        pair = (src.location.account_url, self.location.account_url)
-        if source.size <= PUT_FROM_URL_MAX and pair not in _no_put_from_url:
-            try:
-                blob.upload_blob_from_url(
-                    url, overwrite=True, metadata=metadata, include_source_blob_properties=True,
-                    source_content_md5=bytes.fromhex(source.md5) if source.md5 else None,
-                    source_etag=f'"{source.etag}"' if source.etag else None,
-                    source_match_condition=MatchConditions.IfNotModified if source.etag else None,
-                )
-                return
-            except HttpResponseError as error:
-                if not (getattr(error, "status_code", None) == 501 or error_code(error) in ("NotImplemented", "FeatureNotSupported")):
-                    raise
-                logger.debug("{} has no Put Blob From URL ({}); using Copy Blob", self.location.account_url, redact_error(error))
-                _no_put_from_url.add(pair)
-        started = blob.start_copy_from_url(url, metadata=metadata)
-        status, delay, deadline = started.get("copy_status"), 0.05, time.monotonic() + options.copy_timeout
-        while status == "pending":
-            if time.monotonic() > deadline:
-                blob.abort_copy(started["copy_id"])
-                raise ArtifactCopyError(f"server-side copy still pending after {options.copy_timeout:.0f}s; aborted")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            status = blob.get_blob_properties().copy.status
-        if status != "success":
-            raise ArtifactCopyError(f"server-side copy ended {status}")
+        copy_into_blob(self.blob(path), url, source, options, (src.copy_key, self.copy_key))
 
     def abort_pending(self, path: str, have: Stat) -> None:
         """A copy left pending by a killed run: abort it, the caller starts a fresh one."""
@@ -661,6 +594,84 @@ class BlobStore:
             content_language=current.content_language, content_disposition=current.content_disposition,
             cache_control=current.cache_control, content_md5=bytes.fromhex(md5_hex_value),
         ))
+
+
+
+def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
+    """Stream into a block blob (a BlobClient, by credential or by SAS URL): one block in memory,
+    each block checked in transit by its Content-MD5, blocks already staged by a killed attempt
+    reused, the whole MD5 set on commit."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    block_size = options.block_size
+    if size and size > block_size * MAX_BLOCKS:
+        block_size = -(-size // MAX_BLOCKS)
+    settings = dict(content_type=mimetypes.guess_type(path)[0] or "application/octet-stream")
+    first = reader.read(block_size)
+    if len(first) < block_size:  # small enough for one request
+        digest = hashlib.md5(first).digest()
+        blob.upload_blob(first, overwrite=True, validate_content=True, content_settings=ContentSettings(content_md5=digest, **settings))
+        on_bytes(len(first))
+        return Written(len(first), digest.hex())
+    try:
+        staged = {b.id: b.size for b in blob.get_block_list("uncommitted")[1]}
+    except ResourceNotFoundError:
+        staged = {}
+    whole, blocks, total, reused = hashlib.md5(), [], 0, 0
+    chunk, index = first, 0
+    while chunk:
+        whole.update(chunk)
+        block_id = f"{index:06d}-{hashlib.md5(chunk).hexdigest()[:16]}"
+        if staged.get(block_id) == len(chunk):
+            reused += 1
+        else:
+            blob.stage_block(block_id, chunk, length=len(chunk), validate_content=True)
+        blocks.append(BlobBlock(block_id))
+        total += len(chunk)
+        on_bytes(len(chunk))
+        index += 1
+        chunk = reader.read(block_size)
+    digest = whole.digest()
+    blob.commit_block_list(blocks, content_settings=ContentSettings(content_md5=digest, **settings))
+    return Written(total, digest.hex(), reused)
+
+
+def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str]) -> None:
+    """Server-side copy into `blob` (a BlobClient) from `url` (a source blob with a read SAS).
+    Put Blob From URL first (synchronous, the source's MD5 checked by the service in transit, up
+    to 5000 MiB); where the service does not have it (Azurite) or the blob is bigger, Copy Blob,
+    waiting while it is pending (cross-account). `pair` names the two accounts, so a destination
+    without Put Blob From URL is asked once."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import HttpResponseError
+
+    metadata = {**source.metadata, ETAG_KEY: source.etag}
+    if source.size <= PUT_FROM_URL_MAX and pair not in _no_put_from_url:
+        try:
+            blob.upload_blob_from_url(
+                url, overwrite=True, metadata=metadata, include_source_blob_properties=True,
+                source_content_md5=bytes.fromhex(source.md5) if source.md5 else None,
+                source_etag=f'"{source.etag}"' if source.etag else None,
+                source_match_condition=MatchConditions.IfNotModified if source.etag else None,
+            )
+            return
+        except HttpResponseError as error:
+            if not (getattr(error, "status_code", None) == 501 or error_code(error) in ("NotImplemented", "FeatureNotSupported")):
+                raise
+            logger.debug("{} has no Put Blob From URL ({}); using Copy Blob", pair[1], redact_error(error))
+            _no_put_from_url.add(pair)
+    started = blob.start_copy_from_url(url, metadata=metadata)
+    status, delay, deadline = started.get("copy_status"), 0.05, time.monotonic() + options.copy_timeout
+    while status == "pending":
+        if time.monotonic() > deadline:
+            blob.abort_copy(started["copy_id"])
+            raise ArtifactCopyError(f"server-side copy still pending after {options.copy_timeout:.0f}s; aborted")
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+        status = blob.get_blob_properties().copy.status
+    if status != "success":
+        raise ArtifactCopyError(f"server-side copy ended {status}")
 
 
 def blob_stat(props) -> Stat:
@@ -876,12 +887,22 @@ def open_store(root: "str | Path | Store", tracking_uri: str | None = None, auth
     parts = urlsplit(text)
     if isinstance(root, Path) or parts.scheme in ("", "file"):
         return LocalStore(unquote(parts.path) if parts.scheme == "file" else text)
+    if parts.scheme.lower() == "azureml":
+        from runner import run_history
+
+        store = run_history.open_run_root(text)  # a run's root in run history: blob-backed, server-side copies
+        if store is not None:
+            return store
     return MlflowStore(text, tracking_uri)
 
 
 def source_store(source, job, scratch: str | Path | None = None, auth: BlobAuth | None = None):
-    """A job's files as a store: its artifact root when the source names one (so a blob root can
-    be copied server-side), else through the source's own `fetch_artifact`."""
+    """A job's files as a store: the source's own store for it (Azure ML: run history), else its
+    artifact root when it names one (so a blob root can be copied server-side), else through the
+    source's `fetch_artifact`."""
+    own = getattr(source, "artifact_store", None)
+    if callable(own):
+        return own(job)
     root = getattr(source, "artifact_uri", None)
     uri = root(job) if callable(root) else None
     if uri:
@@ -902,12 +923,13 @@ class _Engine:
         self.stats = CopyStats()
         self.lock = threading.Lock()
         self.server_side = bool(options.server_side and getattr(src, "server_side", False) and getattr(dst, "server_side", False))
-        self.pair = (getattr(getattr(src, "location", None), "account_url", ""), getattr(getattr(dst, "location", None), "account_url", ""))
+        self.pair = (getattr(src, "copy_key", ""), getattr(dst, "copy_key", ""))
         if self.pair in _no_server_side:
             self.server_side = False
-        # One listing instead of a lookup per file: blob stores answer size, MD5, etag and copy state.
-        self.have = {} if fresh else (dst.listing() if isinstance(dst, BlobStore) else None)
-        self.sources = src.listing() if isinstance(src, BlobStore) else None
+        # One listing instead of a lookup per file: blob stores (and run history, through its blobs)
+        # answer size, MD5, etag and copy state.
+        self.have = {} if fresh else (dst.listing() if hasattr(dst, "listing") else None)
+        self.sources = src.listing() if hasattr(src, "listing") else None
         self.expected: dict[str, tuple[str, ArtifactRef, str]] = {}  # dst path -> (source path, landed ref, how)
 
     def bytes_done(self, count: int) -> None:
@@ -947,7 +969,7 @@ class _Engine:
         """Count what was copied, after checking it: a blob destination is listed once and every
         copied file must hold the size and MD5 expected (the source's, or the one computed while
         streaming). Other destinations were checked while writing (local) or cannot tell (MLflow)."""
-        landed = self.dst.listing() if isinstance(self.dst, BlobStore) and self.expected else None
+        landed = self.dst.listing() if hasattr(self.dst, "listing") and self.expected else None
         s = self.stats
         for dst_path, (path, ref, how) in sorted(self.expected.items()):
             if landed is not None:
@@ -1223,7 +1245,7 @@ def digests(store, refs: Iterable[ArtifactRef] | None = None, deep: bool = False
     out = {}
     for ref in store.list() if refs is None else refs:
         size, md5 = ref.size, "" if deep else ref.md5
-        if not md5 and not deep and isinstance(store, BlobStore) and refs is not None:
+        if not md5 and not deep and hasattr(store, "listing") and refs is not None:
             found = store.stat(ref.path)
             if found is None:
                 continue

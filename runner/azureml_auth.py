@@ -69,6 +69,14 @@ def use_credential(tracking_uri: str, credential=None, name: str | None = None) 
             _contexts[key] = context
 
 
+def opened_context(uri: str):
+    """azureml-mlflow's ServiceContext (host_url, cloud, our credential as `auth`) for the workspace
+    an `azureml://` URI names, when this process opened it through `use_credential`; else None."""
+    key = workspace_key(uri)
+    with _lock:
+        return _contexts.get(key) if key else None
+
+
 def shared_credential():
     """The process's chosen credential (runner.credentials) behind one CachedCredential."""
     global _shared

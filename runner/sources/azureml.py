@@ -367,34 +367,25 @@ class AzuremlSource:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _artifact_paths(self, job: JobRecord) -> Iterator[str]:
-        """Every file path of a job, page by page (run history pages with a continuationToken)."""
-        from azure.ai.ml._restclient.runhistory.operations._operations import (
-            build_run_artifacts_list_in_container_by_experiment_name_request as build,
-        )
+    def artifact_store(self, job: JobRecord):
+        """The job's files as a copy store (runner.run_history): blob-backed, so a copy into another
+        workspace's run history or a blob container happens server-side."""
+        from runner.run_history import RunHistoryStore
 
-        token = None
-        while True:
-            request = build(self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name, job.experiment, job.source_id,
-                            continuation_token_parameter=token)
-            body = self._history_json(request, f"list the files of job {job.source_id}")
-            for artifact in body.get("value") or []:
-                if artifact.get("path"):
-                    yield artifact["path"]
-            token = body.get("continuationToken")
-            if not token:
-                return
+        return RunHistoryStore(self._run_history(), job.experiment, job.source_id, f"{self._where} job {job.source_id}")
+
+    def _run_history(self):
+        from runner.run_history import RunHistory
+
+        return RunHistory(self._history_client, self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name,
+                          self._azure_errors, self._retry)
+
+    def _artifact_paths(self, job: JobRecord) -> Iterator[str]:
+        """Every file path of a job, page by page."""
+        return self._run_history().paths(job.experiment, job.source_id)
 
     def _content_uri(self, job: JobRecord, path: str) -> str:
-        from azure.ai.ml._restclient.runhistory.operations._operations import (
-            build_run_artifacts_get_content_information_by_experiment_name_request as build,
-        )
-
-        request = build(self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name, job.experiment, job.source_id, path=path)
-        uri = self._history_json(request, f"locate {path} of job {job.source_id}").get("contentUri")
-        if not uri:
-            raise EndpointError(f"run history gave no content URI for {path} of job {job.source_id}")
-        return uri
+        return self._run_history().content_uri(job.experiment, job.source_id, path)
 
     def _history_json(self, request, doing: str) -> dict:
         client = self._history_client()
