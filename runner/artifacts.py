@@ -640,9 +640,10 @@ def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, option
 def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str]) -> None:
     """Server-side copy into `blob` (a BlobClient) from `url` (a source blob with a read SAS).
     Put Blob From URL first (synchronous, the source's MD5 checked by the service in transit, up
-    to 5000 MiB); where the service does not have it (Azurite) or the blob is bigger, Copy Blob,
-    waiting while it is pending (cross-account). `pair` names the two accounts, so a destination
-    without Put Blob From URL is asked once."""
+    to 5000 MiB), asked once without retries; where the service does not have it (Azurite answers
+    501 with a key, 500 with a SAS), fails on its side, or the blob is bigger: Copy Blob, waiting
+    while it is pending (cross-account). `pair` names the two accounts: a pair where Put Blob From
+    URL failed so uses Copy Blob from then on."""
     from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError
 
@@ -654,10 +655,12 @@ def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair:
                 source_content_md5=bytes.fromhex(source.md5) if source.md5 else None,
                 source_etag=f'"{source.etag}"' if source.etag else None,
                 source_match_condition=MatchConditions.IfNotModified if source.etag else None,
+                retry_total=0,  # a failure here has Copy Blob to fall back on, not minutes of retries
             )
             return
         except HttpResponseError as error:
-            if not (getattr(error, "status_code", None) == 501 or error_code(error) in ("NotImplemented", "FeatureNotSupported")):
+            status = getattr(error, "status_code", None) or 0
+            if not (status >= 500 or error_code(error) in ("NotImplemented", "FeatureNotSupported")):
                 raise
             logger.debug("{} has no Put Blob From URL ({}); using Copy Blob", pair[1], redact_error(error))
             _no_put_from_url.add(pair)

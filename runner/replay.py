@@ -89,6 +89,9 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     sync_deleted_experiments(source, target, options.mapping)
+    files = getattr(target, "artifact_stats", None)
+    if files is not None and files.files:
+        logger.info("artifacts: {}", files.line())  # how many went server-side, streamed, or were already there
     summary.overflowed = getattr(target, "overflowed", 0)
     summary.seconds = time.monotonic() - started
     return summary

@@ -99,14 +99,14 @@ class ArtifactStore:
         return f"{self.public or f'{self.endpoint}/{self.account}'}/{self.container}/{quote(name)}?{sas}"
 
 
-def attach(ws: FakeWorkspace, azurite, account: str = "acct1") -> ArtifactStore:
+def attach(ws: FakeWorkspace, azurite, account: str = "acct1", container: str = "azureml") -> ArtifactStore:
     """Give a fake workspace an artifact store in `azurite` (tests/azurite.py) or on a CloudStorage
     (tests/cloud_storage.py, whose production URLs then appear in the SAS URLs); returns it."""
     inner = getattr(azurite, "azurite", None)  # a CloudStorage wraps its Azurite
     if inner is not None:
-        store = ArtifactStore(inner.endpoint, account, azurite.key(account), public=azurite.endpoint(account), verify=str(inner.ca_file))
+        store = ArtifactStore(inner.endpoint, account, azurite.key(account), container, public=azurite.endpoint(account), verify=str(inner.ca_file))
     else:
-        store = ArtifactStore(azurite.endpoint, account, azurite.accounts[account])
+        store = ArtifactStore(azurite.endpoint, account, azurite.accounts[account], container)
     from azure.core.exceptions import ResourceExistsError
 
     try:

@@ -94,7 +94,8 @@ def make_token(tenant: str = TENANT, aud: str = "https://ml.azure.com", oid: str
     """A JWT-shaped token (unsigned): header.payload.signature, like AAD's, with aud/tid/oid/exp."""
     now = int(time.time())
     header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
-    payload = b64url(json.dumps({"aud": aud, "tid": tenant, "oid": oid, "iat": now, "nbf": now, "exp": now + expires_in, "upn": "ada@contoso.test"}).encode())
+    payload = b64url(json.dumps({"aud": aud, "iss": f"https://sts.windows.net/{tenant}/", "tid": tenant, "oid": oid, "iat": now, "nbf": now,
+                                 "exp": now + expires_in, "upn": "ada@contoso.test"}).encode())
     return f"{header}.{payload}.{b64url(b'not-a-signature')}"
 
 
@@ -135,7 +136,9 @@ if {fail!r}:
     sys.stderr.write("ERROR: Please run 'az login' to set up an account.\\n")
     sys.exit(1)
 tenant = args[args.index("--tenant") + 1] if "--tenant" in args else {tenant!r}
-print(json.dumps({{"accessToken": make_token(tenant), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
+resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://ml.azure.com")
+aud = resource.removesuffix("/.default").rstrip("/") if "storage.azure.com" in resource else "https://ml.azure.com"
+print(json.dumps({{"accessToken": make_token(tenant, aud=aud), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
 """
 
 
@@ -180,6 +183,7 @@ class FakeWorkspace:
     components: dict[tuple[str, str], Any] = field(default_factory=dict)  # (name, version) -> ComponentVersion
     submitted: dict[str, dict] = field(default_factory=dict)  # job name -> the JSON body of its PUT, as sent
     status_plan: dict[str, list[str]] = field(default_factory=dict)  # job name -> next statuses, one per GET
+    mlflow_uri: str | None = None  # the mlflow server behind this workspace's MLflow routes (default: the fake's)
 
     @property
     def scope(self) -> str:
@@ -575,7 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
         for route in MLFLOW_ROUTES:
             if route(self, ws, match.group("rest"), query, body):
                 return
-        url = fake.mlflow_uri + match.group("rest") + (f"?{query}" if query else "")
+        url = (ws.mlflow_uri or fake.mlflow_uri).rstrip("/") + match.group("rest") + (f"?{query}" if query else "")
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
         answer = fake.mlflow_session().request(self.command, url, data=body or None, headers=headers, timeout=120)
         content = answer.content

@@ -1,0 +1,186 @@
+"""Direct migration from one Azure ML workspace into another: run files go blob to blob.
+
+Both workspaces live in the HTTPS fake of the control plane (tests/fakes/): the source holds the
+seeded jobs (tests/fakes/azureml_seed.py) and their files in its run history artifact store; the
+target's MLflow routes are a second, empty `mlflow server`, and its runs' files live in run
+history too (`azureml://.../runs/R/artifacts` roots). The tool lists the source files through run
+history, registers each path in the target run (batch/metadata, which answers a write SAS) and
+has the target blob pull the bytes from the source blob's read SAS (runner/run_history.py).
+
+- Both workspaces' containers on one storage account (plain Azurite): every file is copied
+  server-side; no byte goes through the tool.
+- Two accounts on HTTPS Azurite behind the CONNECT proxy (https://ACCOUNT.blob.core.windows.net):
+  Azurite refuses a copy source on another host, so the files stream through the tool, in blocks,
+  into the same write SAS; a path registered by an interrupted attempt (its blob missing) is written
+  straight to its blob with the credential on the rerun.
+Either way: files byte-identical under the new runs, `verify` clean, a rerun copies nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import re
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from azurite import Azurite
+from cloud_storage import CloudStorage
+from conftest import run_cli
+from fakes import azureml_artifacts
+from fakes import azureml_seed as seed
+from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
+from servers import MlflowServer
+
+SUB, RG = "3c6a0b1e-0000-4000-8000-00000000a2a2", "rg-move"
+EXPERIMENTS = "fraud-baseline,fraud-pipelines"  # the experiments whose jobs hold files
+BIG = ("bright_kiwi_01", "outputs/big/checkpoint.bin", 9 << 20)  # staged in 1 MiB blocks: no Content-MD5
+
+
+def big_bytes() -> bytes:
+    return bytes((i * 7919) % 251 for i in range(1 << 16)) * (BIG[2] >> 16)
+
+
+@pytest.fixture(scope="module")
+def move(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ws-to-ws")
+    specs, builders = seed.build_specs()
+    seed.seed_mlflow(base / "source-mlflow", specs)
+    source_mlflow = MlflowServer(base / "source-mlflow").start()
+    target_mlflow = MlflowServer(base / "target-mlflow").start()
+    fake = FakeControlPlane(base / "fake", source_mlflow.uri).start()
+    azurite = Azurite(base / "azurite")
+    storage = CloudStorage(base / "storage", ca=fake.ca)
+    pairs = {}
+    try:
+        azurite.start()
+        storage.start()
+        for name, where, accounts in (("same", azurite, ("acct1", "acct1")), ("cross", storage, ("acct1", "acct2"))):
+            src = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-src"))
+            seed.install(src, specs, builders)
+            src_store = azureml_artifacts.attach(src, where, accounts[0], container=f"{name}-src")
+            seed.upload_files(src_store, specs)
+            src_store.client().get_blob_client(src_store.prefix(BIG[0]) + BIG[1]).upload_blob(
+                big_bytes(), overwrite=True, max_concurrency=1)  # over the client's single-put size: blocks, no MD5
+            dst = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-dst", mlflow_uri=target_mlflow.uri))
+            dst_store = azureml_artifacts.attach(dst, where, accounts[1], container=f"{name}-dst")
+            azureml_artifacts.serve_run_artifacts(dst)
+            pairs[name] = SimpleNamespace(
+                source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}", src_store=src_store,
+                target=f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0{dst.scope}", dst=dst, dst_store=dst_store,
+            )
+        az = write_fake_az(base / "az", sys.executable)
+        env = {**fake.environ(), **storage.env, "PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "AZUREML_LOG_LEVEL": "ERROR"}
+        yield SimpleNamespace(fake=fake, specs=specs, pairs=pairs, env=env, target_mlflow=target_mlflow)
+    finally:
+        for pair in pairs.values():
+            azureml_artifacts.STORES.pop(pair.dst.scope, None)
+        for ws in list(fake.workspaces.values()):
+            azureml_artifacts.STORES.pop(ws.scope, None)
+        storage.stop()
+        azurite.stop()
+        fake.stop()
+        target_mlflow.stop()
+        source_mlflow.stop()
+
+
+def expected_files(specs) -> dict[str, dict[str, bytes]]:
+    """job name -> {path: bytes} for the migrated experiments."""
+    wanted = set(EXPERIMENTS.split(","))
+    out = {s.name: dict(s.files) for s in specs if s.experiment in wanted}
+    out[BIG[0]][BIG[1]] = big_bytes()
+    return out
+
+
+def copies(move, workspace: str) -> dict[str, str]:
+    """original_job_id -> target run id, read from the target's mlflow server."""
+    client = MlflowClient(move.target_mlflow.uri)
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(ids, f"tags.original_workspace = '{workspace}'", ViewType.ALL, max_results=1000)
+    return {r.data.tags["original_job_id"]: r.info.run_id for r in runs}
+
+
+def landed(store, run_id: str) -> dict[str, tuple[bytes, str]]:
+    """path -> (bytes, Content-MD5 hex) of a target run's blobs."""
+    prefix = store.prefix(run_id)
+    out = {}
+    for blob in store.client().list_blobs(name_starts_with=prefix):
+        md5 = blob.content_settings.content_md5
+        out[blob.name[len(prefix):]] = (store.client().download_blob(blob.name).readall(), bytes(md5).hex() if md5 else "")
+    return out
+
+
+def migrate(move, pair, workspace: str, tmp_path, *more):
+    return run_cli("migrate", "--source", pair.source, "--target", pair.target, "--experiments", EXPERIMENTS, "--workspace", workspace,
+                   "--credential", "cli", "--parallel", "4", *more, cwd=tmp_path, env=move.env, timeout=600)
+
+
+def verify(move, pair, workspace: str, tmp_path):
+    return run_cli("verify", "--source", pair.source, "--target", pair.target, "--experiments", EXPERIMENTS, "--workspace", workspace,
+                   "--credential", "cli", cwd=tmp_path, env=move.env, timeout=600)
+
+
+def artifact_line(stderr: str) -> str:
+    found = re.findall(r"artifacts: (.*)", stderr)
+    assert found, stderr[-3000:]
+    return found[-1]
+
+
+def check_files(move, pair, workspace: str) -> dict[str, str]:
+    want = expected_files(move.specs)
+    found = copies(move, workspace)
+    assert len(found) == 15, sorted(found)
+    for job, files in want.items():
+        blobs = landed(pair.dst_store, found[job])
+        assert {p: b for p, (b, _) in blobs.items()} == files, (job, sorted(blobs), sorted(files))
+        assert all(md5 for _, md5 in blobs.values()), (job, {p: m for p, (_, m) in blobs.items()})  # every copy carries its MD5
+        assert azureml_artifacts.registered(pair.dst, found[job]) == set(files)  # run history knows each path
+    return found
+
+
+def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
+    pair, workspace = move.pairs["same"], f"same-{unique}"
+    total = sum(len(f) for f in expected_files(move.specs).values())
+    result = migrate(move, pair, workspace, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "created 15, repaired 0, skipped 0, failed 0" in result.stderr
+    line = artifact_line(result.stderr)
+    assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
+    check_files(move, pair, workspace)
+
+    check = verify(move, pair, workspace, tmp_path)
+    assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
+
+    made = move.fake.requests["artifact_create"]
+    rerun = migrate(move, pair, workspace, tmp_path)
+    assert rerun.returncode == 0 and "skipped 15" in rerun.stderr, rerun.stderr[-3000:]
+    assert move.fake.requests["artifact_create"] == made  # nothing registered twice
+
+
+def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_path(move, unique, tmp_path):
+    pair, workspace = move.pairs["cross"], f"cross-{unique}"
+    total = sum(len(f) for f in expected_files(move.specs).values())
+    result = migrate(move, pair, workspace, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "created 15, repaired 0, skipped 0, failed 0" in result.stderr
+    assert "server-side copy from" in result.stderr and "streaming instead" in result.stderr  # said once, not per file
+    assert result.stderr.count("streaming instead") == 1, result.stderr[-3000:]
+    line = artifact_line(result.stderr)
+    assert re.match(rf"{total} copied \(\d+ server-side, \d+ streamed", line), line
+    assert "sig=" not in result.stderr and "sig%3D" not in result.stderr  # no SAS in any line
+    found = check_files(move, pair, workspace)
+
+    # An attempt killed between registering a path and its bytes landing: the path stays registered
+    # (run history hands out its write SAS once); the rerun writes the blob with the credential.
+    job = BIG[0]
+    run_id = found[job]
+    pair.dst_store.client().delete_blob(pair.dst_store.prefix(run_id) + BIG[1])
+    MlflowClient(move.target_mlflow.uri).delete_tag(run_id, "replay.complete")
+    repair = migrate(move, pair, workspace, tmp_path)
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    assert "repaired 1, skipped 14" in repair.stderr, repair.stderr[-3000:]
+    assert landed(pair.dst_store, run_id)[BIG[1]][0] == big_bytes()
+    check = verify(move, pair, workspace, tmp_path)
+    assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
