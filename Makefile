@@ -36,6 +36,7 @@ bench: venv $(AZURITE)
 	$(BIN)/python bench/bench_migrate.py --workers 1  # one worker per server: the servers' CPU is the limit
 	$(BIN)/python bench/bench_registry.py
 	$(BIN)/python bench/bench_artifacts.py
+	$(BIN)/python bench/bench_workspace_artifacts.py
 	$(BIN)/python bench/bench_long_metric.py
 	$(BIN)/python bench/bench_azureml_extract.py --jobs 2000 --parallel 1,8
 	$(BIN)/python bench/image_size.py

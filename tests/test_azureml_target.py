@@ -225,12 +225,15 @@ def test_migration_into_azureml_uses_our_cached_cli_token_and_writes_artifacts_t
     rerun = run_cli("migrate", *args, cwd=tmp_path, env=env)
     assert rerun.returncode == 0 and f"skipped {total}" in rerun.stderr, rerun.stderr[-3000:]
 
-    # A run cut short after its files (no completion tag) is repaired: Azure ML lists its files
-    # without sizes and refuses a second upload, so the files it has are kept as they are.
+    # A run cut short after its files (no completion tag) is repaired: its files are read through
+    # run history (size and MD5 from each blob), found equal, and not registered again (Azure ML
+    # refuses a second upload of a path).
     cut = next(iter(found.values()))
     MlflowClient(target.backing.uri).delete_tag(cut, "replay.complete")
+    registered = target.fake.requests["artifact_create"]
     repair = run_cli("migrate", *args, cwd=tmp_path, env=env)
     assert repair.returncode == 0 and f"repaired 1, skipped {total - 1}" in repair.stderr, repair.stderr[-3000:]
+    assert target.fake.requests["artifact_create"] == registered and f"{len(FILES)} already there" in repair.stderr
     check = run_cli("verify", "--source", source.uri, "--target", target.uri, "--experiments", experiment, "--workspace", workspace,
                     "--credential", "cli", cwd=tmp_path, env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
