@@ -144,10 +144,11 @@ class RunHistoryStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _blob(self, url: str):
+    def _blob(self, url: str, credential=None):
         from azure.storage.blob import BlobClient
 
-        return BlobClient.from_blob_url(url, **self.history.retry)
+        return BlobClient.from_blob_url(url, credential=credential, transport=shared_transport(), max_single_get_size=4 << 20,
+                                        max_chunk_get_size=4 << 20, **self.history.retry)  # downloads: 4 MiB in memory
 
     def stat(self, path: str):
         """Size, MD5 and etag from a HEAD on the blob; None when run history or the blob lacks it."""
@@ -220,14 +221,12 @@ class RunHistoryStore:
             return self._blob(self.history.upload_uri(self.experiment, self.run, path)), False
         except AlreadyRegistered:
             pass
-        from azure.storage.blob import BlobClient
-
         address = self.history.content_uri(self.experiment, self.run, path).split("?", 1)[0]
         if self._credential is None:
             raise RegisteredWithoutBytes(path, self.run, "no Azure credential is at hand to write it")
         if urlsplit(address).scheme != "https":
             raise RegisteredWithoutBytes(path, self.run, "its blob is not on HTTPS, where a token may be sent")
-        return BlobClient.from_blob_url(address, credential=self._credential(), **self.history.retry), True
+        return self._blob(address, self._credential()), True
 
     @contextmanager
     def _writing(self, path: str):
@@ -300,6 +299,27 @@ def storage_reason(error) -> str:
     status = getattr(error, "status_code", None)
     code = getattr(error, "error_code", None)
     return f"HTTP {status} {code or ''}".strip() if status else type(error).__name__
+
+
+_transport = None
+_transport_lock = threading.Lock()
+
+
+def shared_transport():
+    """One connection pool for every SAS-URL blob client of the process: a client per file would
+    open a connection (a TLS handshake) per file."""
+    global _transport
+    with _transport_lock:
+        if _transport is None:
+            import requests
+            from azure.core.pipeline.transport import RequestsTransport
+
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=64)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            _transport = RequestsTransport(session=session, session_owner=False)
+        return _transport
 
 
 # -- opening a store from an azureml:// run root ----------------------------------------------------

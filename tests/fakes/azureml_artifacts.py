@@ -59,11 +59,15 @@ class ArtifactStore:
     verify: str | None = None  # the CA file of an HTTPS Azurite
 
     def client(self):
-        from azure.storage.blob import ContainerClient
+        """One ContainerClient per store (its connections reused across requests)."""
+        found = self.__dict__.get("_client")
+        if found is None:
+            from azure.storage.blob import ContainerClient
 
-        verify = {"connection_verify": self.verify} if self.verify else {}
-        return ContainerClient(f"{self.endpoint}/{self.account}", self.container,
-                               credential={"account_name": self.account, "account_key": self.key}, **verify)
+            verify = {"connection_verify": self.verify} if self.verify else {}
+            found = self.__dict__["_client"] = ContainerClient(f"{self.endpoint}/{self.account}", self.container,
+                                                               credential={"account_name": self.account, "account_key": self.key}, **verify)
+        return found
 
     @staticmethod
     def prefix(run: str) -> str:
@@ -87,6 +91,9 @@ class ArtifactStore:
     def paths(self, run: str) -> list[str]:
         prefix = self.prefix(run)
         return sorted(b.name[len(prefix):] for b in self.client().list_blobs(name_starts_with=prefix))
+
+    def has(self, run: str, path: str) -> bool:
+        return self.client().get_blob_client(self.prefix(run) + path).exists()
 
     def content_uri(self, run: str, path: str, write: bool = False) -> str:
         """The blob's URL with a SAS valid for an hour, as the service hands out: read, or create/write for an upload."""
@@ -168,15 +175,15 @@ def history_route(handler, ws: FakeWorkspace, rest: str, query: dict, body: byte
         handler._error(404, "UserError", f"Run {run} was not found")
         return True
     store = STORES.get(ws.scope)
-    paths = sorted(set(store.paths(run) if store else []) | registered(ws, run))
+    known = lambda path: path in registered(ws, run) or (store is not None and store.has(run, path))  # noqa: E731
     if what == "/batch/metadata":
         handler.fake.requests["artifact_create"] += 1
-        return _create_empty(handler, ws, store, run, json.loads(body or b"{}"), paths)
+        return _create_empty(handler, ws, store, run, json.loads(body or b"{}"), known)
     if what:
         handler.fake.requests["artifact_contentinfo"] += 1
-        return _content_info(handler, store, run, (query.get("path") or [""])[0], paths)
+        return _content_info(handler, store, run, (query.get("path") or [""])[0], known)
     handler.fake.requests["artifact_list"] += 1
-    return _listing(handler, run, paths, query)
+    return _listing(handler, run, sorted(set(store.paths(run) if store else []) | registered(ws, run)), query)
 
 
 def _listing(handler, run: str, paths: list[str], query: dict) -> bool:
@@ -194,10 +201,10 @@ def _listing(handler, run: str, paths: list[str], query: dict) -> bool:
     return True
 
 
-def _content_info(handler, store: ArtifactStore | None, run: str, path: str, paths: list[str]) -> bool:
+def _content_info(handler, store: ArtifactStore | None, run: str, path: str, known) -> bool:
     from azure.ai.ml._restclient.runhistory.models._models_py3 import ArtifactContentInformation
 
-    if store is None or path not in paths:
+    if store is None or not known(path):
         handler._error(404, "UserError", f"Artifact {path} of run {run} was not found")
         return True
     answer = ArtifactContentInformation(content_uri=store.content_uri(run, path), origin="ExperimentRun", container=f"dcid.{run}", path=path)
@@ -205,7 +212,7 @@ def _content_info(handler, store: ArtifactStore | None, run: str, path: str, pat
     return True
 
 
-def _create_empty(handler, ws: FakeWorkspace, store: ArtifactStore | None, run: str, body: dict, paths: list[str]) -> bool:
+def _create_empty(handler, ws: FakeWorkspace, store: ArtifactStore | None, run: str, body: dict, known) -> bool:
     from azure.ai.ml._restclient.runhistory.models._models_py3 import (
         Artifact,
         ArtifactContentInformation,
@@ -221,7 +228,7 @@ def _create_empty(handler, ws: FakeWorkspace, store: ArtifactStore | None, run: 
     for entry in body.get("paths") or []:
         path = entry["path"]
         artifact_id = f"ExperimentRun/dcid.{run}/{path}"
-        if path in paths:
+        if known(path):
             errors[path] = ErrorResponse(error=RootError(code="UserError", message=f"Resource Conflict: ArtifactId {artifact_id} already exists."))
             continue
         registered(ws, run).add(path)
