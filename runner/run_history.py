@@ -278,7 +278,18 @@ class RunHistoryStore:
         ))
 
     def abort_pending(self, path: str, have) -> None:
-        """A copy left pending by a killed run: nothing to do, the new copy overwrites it."""
+        """A copy left pending by a killed run (cross-account copies run on after the tool is gone):
+        aborted with the credential, as a new copy onto a pending one is refused. Best effort: it may
+        have finished meanwhile, and without the credential the new copy's error says what is needed."""
+        from azure.core.exceptions import AzureError
+
+        if self._credential is None or not have.copy_id:
+            return
+        try:
+            address = self.history.content_uri(self.experiment, self.run, path).split("?", 1)[0]
+            self._blob(address, self._credential()).abort_copy(have.copy_id)
+        except (AzureError, EndpointError):
+            pass
 
 
 class RegisteredWithoutBytes(EndpointError):

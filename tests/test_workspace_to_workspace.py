@@ -158,6 +158,16 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
     assert rerun.returncode == 0 and "skipped 15" in rerun.stderr, rerun.stderr[-3000:]
     assert move.fake.requests["artifact_create"] == made  # nothing registered twice
 
+    # A path registered without its bytes that the tool may not write (no token over plain HTTP
+    # here; on Azure: no Storage Blob Data Contributor) fails that run with one line saying so.
+    run_id = copies(move, workspace)["bright_kiwi_01"]
+    pair.dst_store.client().delete_blob(pair.dst_store.prefix(run_id) + "outputs/model.pkl")
+    MlflowClient(move.target_mlflow.uri).delete_tag(run_id, "replay.complete")
+    stuck = migrate(move, pair, workspace, tmp_path, "--retries", "0")
+    assert stuck.returncode == 1, stuck.stderr[-3000:]
+    assert "outputs/model.pkl of run " + run_id + " is registered in run history without its bytes" in stuck.stderr
+    assert "Storage Blob Data Contributor" in stuck.stderr and "sig=" not in stuck.stderr
+
 
 def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_path(move, unique, tmp_path):
     pair, workspace = move.pairs["cross"], f"cross-{unique}"
@@ -184,3 +194,19 @@ def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_
     assert landed(pair.dst_store, run_id)[BIG[1]][0] == big_bytes()
     check = verify(move, pair, workspace, tmp_path)
     assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
+
+
+def test_only_a_runs_root_in_a_workspace_is_a_run_history_store():
+    from runner.run_history import parse_run_root
+
+    scope = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/ws-a"
+    root = parse_run_root(f"azureml://westeurope.api.azureml.ms/mlflow/v2.0{scope}/experiments/7/runs/abc-1/artifacts")
+    assert root is not None and (root["host"], root["ws"], root["experiment"], root["run"]) == ("westeurope.api.azureml.ms", "ws-a", "7", "abc-1")
+    assert parse_run_root(f"azureml://h/mlflow/v2.0{scope.lower()}/experiments/7/runs/abc-1/artifacts/") is not None
+    for other in (
+        f"azureml://h/mlflow/v2.0{scope}/experiments/7/runs/abc-1/artifacts/outputs",  # a folder: azureml-mlflow's repository
+        "azureml://h/mlflow/v2.0/subscriptions/s/resourceGroups/r/providers/Microsoft.MachineLearningServices/registries/reg/models/m",
+        "azureml://experiments/7/runs/abc-1/artifacts",  # no workspace in it (inside a job)
+        "mlflow-artifacts:/7/abc-1/artifacts",
+    ):
+        assert parse_run_root(other) is None, other
