@@ -4,7 +4,8 @@ Two workspaces in the HTTPS fake of the control plane (tests/fakes/), their run 
 stores in one Azurite account (containers `src` and `dst`: Azurite copies server-side within an
 account only). The source run holds SMALL files of 1-16 KB and LARGE files of 100 MiB (Content-MD5
 set, as an upload in one piece leaves it). Each contender copies them into a fresh run of the
-target workspace, as a separate process timed from launch to exit, its peak RSS its own (VmHWM):
+target workspace, as a separate process timed from launch to exit and around the copy call alone
+(the goal is on the latter), its peak RSS its own (VmHWM):
 
   server-side     runner.run_history: each path registered in the target run (write SAS), its blob
                   pulls the bytes from the source blob's read SAS (Copy Blob here; Put Blob From
@@ -59,11 +60,13 @@ def worker(mode: str, src_root: str, dst_root: str, parallel: int) -> None:
     src = artifacts.open_store(src_root)
     dst = artifacts.MlflowStore(dst_root, tracking) if mode == "azureml-mlflow" else artifacts.open_store(dst_root)
     options = artifacts.ArtifactOptions(parallel=parallel, server_side=mode == "server-side")
+    started = time.monotonic()
     stats = artifacts.copy_artifacts(src, dst, None, options)
+    copy_seconds = round(time.monotonic() - started, 2)
     print(json.dumps({"files": stats.copied + stats.skipped_existing, "copied": stats.copied, "skipped": stats.skipped_existing,
                       "server_side": stats.server_side, "bytes": stats.bytes_copied, "bytes_through_tool": stats.bytes_streamed,
                       "failed": len(stats.failed), "first_failure": stats.failed[0] if stats.failed else None,
-                      "rss_mb": round(peak_rss_mb(), 1), "cpu_s": cpu_seconds()}))
+                      "copy_seconds": copy_seconds, "rss_mb": round(peak_rss_mb(), 1), "cpu_s": cpu_seconds()}))
 
 
 def timed(mode: str, src: str, dst: str, parallel: int, env: dict) -> dict:
@@ -169,7 +172,7 @@ def main() -> None:
                     row["registered"] = fake.requests["artifact_create"] - before
                     row["equal"] = held(dst_store, run) == want
                     results["runs"][f"{name}/{mode}"] = row
-                    print(f"  {name:<6} {mode:<15} {row['seconds']:>7.2f}s  {row['bytes'] / 1e6:>8.1f} MB  through tool {row['bytes_through_tool'] / 1e6:>7.1f} MB"
+                    print(f"  {name:<6} {mode:<15} {row['seconds']:>7.2f}s (copy {row['copy_seconds']:>6.2f}s)  {row['bytes'] / 1e6:>8.1f} MB  through tool {row['bytes_through_tool'] / 1e6:>7.1f} MB"
                           f"  rss {row['rss_mb']:>6.1f} MB  cpu {row['cpu_s']:>5.1f}s  {'equal' if row['equal'] else 'DIFFERENT'}"
                           f"{'  failed ' + str(row['failed']) if row['failed'] else ''}", flush=True)
                 before = fake.requests["artifact_create"]
@@ -183,10 +186,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     runs = results["runs"]
-    speed = {n: round(runs[f"{n}/azureml-mlflow"]["seconds"] / max(runs[f"{n}/server-side"]["seconds"], 1e-3), 1) for n in ("small", "large")}
+    # The copy itself (store opening, listing, copying, checking), timed inside each process: a
+    # process's start-up (~3 s of imports) is paid once per migration, not per run.
+    speed = {n: round(runs[f"{n}/azureml-mlflow"]["copy_seconds"] / max(runs[f"{n}/server-side"]["copy_seconds"], 1e-3), 1) for n in ("small", "large")}
+    end_to_end = {n: round(runs[f"{n}/azureml-mlflow"]["seconds"] / max(runs[f"{n}/server-side"]["seconds"], 1e-3), 1) for n in ("small", "large")}
     growth = round(max(runs[f"large/{m}"]["rss_mb"] - runs[f"small/{m}"]["rss_mb"] for m in ("server-side", "streamed")), 1)
     results["summary"] = {
         "speedup_vs_azureml_mlflow": speed,
+        "speedup_vs_azureml_mlflow_process_end_to_end": end_to_end,
         "rss_growth_mb_small_to_large": growth,
         "goals": GOALS,
         "met": {
