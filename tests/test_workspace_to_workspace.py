@@ -180,6 +180,8 @@ def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_
     line = artifact_line(result.stderr)
     assert re.match(rf"{total} copied \(\d+ server-side, \d+ streamed", line), line
     assert "sig=" not in result.stderr and "sig%3D" not in result.stderr  # no SAS in any line
+    logs = [f for f in (tmp_path / "logs").rglob("*") if f.is_file()]
+    assert logs and not any("sig=" in f.read_text(errors="replace") or "sig%3D" in f.read_text(errors="replace") for f in logs)
     found = check_files(move, pair, workspace)
 
     # An attempt killed between registering a path and its bytes landing: the path stays registered
