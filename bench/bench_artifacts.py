@@ -89,10 +89,11 @@ def worker(mode: str, src: str, dst: str, parallel: int) -> None:
     print(json.dumps({"files": len(refs), "copied": len(refs), "skipped": 0, "server_side": 0, "bytes": copied, "failed": 0, "rss_mb": round(peak_rss_mb(), 1), "cpu_s": cpu_seconds()}))
 
 
-def timed(mode: str, src: str, dst: str, parallel: int, env: dict) -> dict:
+def timed(mode: str, src: str, dst: str, parallel: int, env: dict, script: str = __file__) -> dict:
+    """One contender as `script --worker ...`, timed from launch to exit; its JSON line plus seconds."""
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, __file__, "--worker", mode, src, dst, str(parallel)],
+        [sys.executable, script, "--worker", mode, src, dst, str(parallel)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
     )
     out, err = process.communicate()
@@ -123,14 +124,19 @@ def seed(folder: Path, small: int, large: int, large_mb: int) -> None:
                 out.write(block)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=2000)
+def arguments(doc: str, small: int) -> argparse.Namespace:
+    """--small N --large N --large-mb N --parallel N, and the hidden --worker MODE SRC DST PARALLEL."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--small", type=int, default=small)
     parser.add_argument("--large", type=int, default=5)
     parser.add_argument("--large-mb", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, small=2000)
     if args.worker:
         mode, src, dst, parallel = args.worker
         return worker(mode, src, dst, int(parallel))

@@ -23,13 +23,11 @@ file already there, nothing registered again). Results: a table and bench-result
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_artifacts import cpu_seconds, peak_rss_mb  # noqa: E402
+from bench_artifacts import arguments, cpu_seconds, peak_rss_mb, timed as timed_worker  # noqa: E402
 
 RESULTS = ROOT / "bench-results"
 MB = 1 << 20
@@ -70,13 +68,7 @@ def worker(mode: str, src_root: str, dst_root: str, parallel: int) -> None:
 
 
 def timed(mode: str, src: str, dst: str, parallel: int, env: dict) -> dict:
-    started = time.monotonic()
-    process = subprocess.run([sys.executable, __file__, "--worker", mode, src, dst, str(parallel)],
-                             capture_output=True, env=env, cwd=ROOT)
-    seconds = time.monotonic() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"{mode} failed:\n{process.stderr.decode()[-3000:]}")
-    return {**json.loads(process.stdout.decode().strip().splitlines()[-1]), "seconds": round(seconds, 2)}
+    return timed_worker(mode, src, dst, parallel, env, script=__file__)
 
 
 # -- seeding and checking ----------------------------------------------------------------------------------
@@ -125,13 +117,7 @@ def held(store, run: str) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=500)
-    parser.add_argument("--large", type=int, default=5)
-    parser.add_argument("--large-mb", type=int, default=100)
-    parser.add_argument("--parallel", type=int, default=8)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__, small=500)
     if args.worker:
         mode, src, dst, parallel = args.worker
         return worker(mode, src, dst, int(parallel))

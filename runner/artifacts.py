@@ -555,16 +555,8 @@ class BlobStore:
         download = self.blob(path).download_blob(max_concurrency=1)
         yield ChunkReader(download.chunks())
 
-    @contextmanager
     def local_file(self, path: str, scratch: str | None = None):
-        folder = Path(tempfile.mkdtemp(prefix="replayer-blob-", dir=scratch))
-        try:
-            local = folder / PurePosixPath(path).name
-            with self.open(path) as reader, open(local, "wb") as out:
-                shutil.copyfileobj(reader, out, BLOCK)
-            yield local
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        return downloaded(self, path, scratch)
 
     def write(self, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
         return write_block_blob(self.blob(path), path, reader, size, options, on_bytes)
@@ -585,16 +577,19 @@ class BlobStore:
 
     def set_md5(self, path: str, md5_hex_value: str) -> None:
         """Record an MD5 this process computed on a copy whose source had none."""
-        from azure.storage.blob import ContentSettings
+        set_content_md5(self.blob(path), md5_hex_value)
 
-        blob = self.blob(path)
-        current = blob.get_blob_properties().content_settings
-        blob.set_http_headers(ContentSettings(
-            content_type=current.content_type, content_encoding=current.content_encoding,
-            content_language=current.content_language, content_disposition=current.content_disposition,
-            cache_control=current.cache_control, content_md5=bytes.fromhex(md5_hex_value),
-        ))
 
+def set_content_md5(blob, md5_hex_value: str) -> None:
+    """Set a blob's Content-MD5, keeping its other content headers."""
+    from azure.storage.blob import ContentSettings
+
+    current = blob.get_blob_properties().content_settings
+    blob.set_http_headers(ContentSettings(
+        content_type=current.content_type, content_encoding=current.content_encoding,
+        content_language=current.content_language, content_disposition=current.content_disposition,
+        cache_control=current.cache_control, content_md5=bytes.fromhex(md5_hex_value),
+    ))
 
 
 def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
@@ -675,6 +670,20 @@ def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair:
         status = blob.get_blob_properties().copy.status
     if status != "success":
         raise ArtifactCopyError(f"server-side copy ended {status}")
+
+
+@contextmanager
+def downloaded(store, path: str, scratch: str | None = None):
+    """A store's file in a scratch folder under its own name (MLflow repositories upload files),
+    streamed there one block at a time; removed on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="replayer-download-", dir=scratch))
+    try:
+        local = folder / PurePosixPath(path).name
+        with store.open(path) as reader, open(local, "wb") as out:
+            shutil.copyfileobj(reader, out, BLOCK)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def blob_stat(props) -> Stat:

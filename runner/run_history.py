@@ -30,7 +30,6 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -194,19 +193,10 @@ class RunHistoryStore:
         download = self._blob(self.read_url(path, 0)).download_blob(max_concurrency=1)
         yield ChunkReader(download.chunks())
 
-    @contextmanager
     def local_file(self, path: str, scratch: str | None = None):
-        import shutil
-        import tempfile
+        from runner.artifacts import downloaded
 
-        folder = Path(tempfile.mkdtemp(prefix="replayer-runhistory-", dir=scratch))
-        try:
-            local = folder / PurePosixPath(path).name
-            with self.open(path) as reader, open(local, "wb") as out:
-                shutil.copyfileobj(reader, out, 1 << 20)
-            yield local
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        return downloaded(self, path, scratch)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -264,18 +254,12 @@ class RunHistoryStore:
                 self._writers[path] = (blob, direct)
 
     def set_md5(self, path: str, md5_hex_value: str) -> None:
-        from azure.storage.blob import ContentSettings
+        from runner.artifacts import set_content_md5
 
         with self._lock:
             blob, _ = self._writers.pop(path, (None, False))
-        if blob is None:
-            return  # nothing to write it with; verify hashes the bytes
-        current = blob.get_blob_properties().content_settings
-        blob.set_http_headers(ContentSettings(
-            content_type=current.content_type, content_encoding=current.content_encoding,
-            content_language=current.content_language, content_disposition=current.content_disposition,
-            cache_control=current.cache_control, content_md5=bytes.fromhex(md5_hex_value),
-        ))
+        if blob is not None:  # else nothing to write it with; verify hashes the bytes
+            set_content_md5(blob, md5_hex_value)
 
     def abort_pending(self, path: str, have) -> None:
         """A copy left pending by a killed run (cross-account copies run on after the tool is gone):

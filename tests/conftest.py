@@ -44,3 +44,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "REPLAYER_LOG_DIR": str((cwd or ROOT) / "logs"), **(env or {})},
     )
+
+
+def replayed_runs(tracking_uri: str, workspace: str) -> dict[str, str]:
+    """original_job_id -> run id of every run replayed from `workspace` into the store at `tracking_uri`."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(ids, f"tags.original_workspace = '{workspace}'", ViewType.ALL, max_results=1000)
+    return {r.data.tags["original_job_id"]: r.info.run_id for r in runs}
+

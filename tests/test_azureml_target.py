@@ -30,10 +30,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, ViewType
+from mlflow.entities import Metric, Param
 
 from cloud_storage import CloudStorage
-from conftest import run_cli
+from conftest import replayed_runs, run_cli
 from fakes import azureml_artifacts
 from fakes.azureml_control_plane import HISTORY_ROUTES, MLFLOW_ROUTES, TENANT, FakeControlPlane, FakeWorkspace, b64url, token_claims, write_fake_az
 from servers import MlflowServer
@@ -177,14 +177,6 @@ def seed(uri: str, experiment: str, scratch: Path, roots: int = 2) -> int:
     return count
 
 
-def copies(target, workspace: str) -> dict[str, str]:
-    """original_job_id -> target run id, read straight from the mlflow server behind the fake."""
-    client = MlflowClient(target.backing.uri)
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    runs = client.search_runs(ids, f"tags.original_workspace = '{workspace}'", ViewType.ALL, max_results=1000)
-    return {r.data.tags["original_job_id"]: r.info.run_id for r in runs}
-
-
 def test_migration_into_azureml_uses_our_cached_cli_token_and_writes_artifacts_through_run_history(servers, target, unique, tmp_path):
     source = servers[0]
     experiment, workspace = f"azt-{unique}", f"ws-{unique}"
@@ -204,7 +196,7 @@ def test_migration_into_azureml_uses_our_cached_cli_token_and_writes_artifacts_t
     assert calls and all(n <= 2 for n in calls.values()), calls
     assert made["mlflow"] + made["artifact_create"] > 15 * sum(calls.values()) and made["artifact_create"] >= total, (calls, made)
 
-    found = copies(target, workspace)
+    found = replayed_runs(target.backing.uri, workspace)
     assert len(found) == total
     for run_id in found.values():
         prefix = target.store.prefix(run_id)
@@ -256,7 +248,7 @@ def test_client_id_reaches_every_mlflow_and_artifact_call(servers, target, uniqu
     finally:
         endpoint.stop()
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(copies(target, workspace)) == total
+    assert len(replayed_runs(target.backing.uri, workspace)) == total
     identities = {who for (_, who) in target.callers}
     assert identities == {CLIENT_ID}, target.callers
     assert target.callers[("mlflow", CLIENT_ID)] > 10 and target.callers[("history", CLIENT_ID)] >= total, target.callers

@@ -24,11 +24,10 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
 
 from azurite import Azurite
 from cloud_storage import CloudStorage
-from conftest import run_cli
+from conftest import replayed_runs, run_cli
 from fakes import azureml_artifacts
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
@@ -94,14 +93,6 @@ def expected_files(specs) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def copies(move, workspace: str) -> dict[str, str]:
-    """original_job_id -> target run id, read from the target's mlflow server."""
-    client = MlflowClient(move.target_mlflow.uri)
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    runs = client.search_runs(ids, f"tags.original_workspace = '{workspace}'", ViewType.ALL, max_results=1000)
-    return {r.data.tags["original_job_id"]: r.info.run_id for r in runs}
-
-
 def landed(store, run_id: str) -> dict[str, tuple[bytes, str]]:
     """path -> (bytes, Content-MD5 hex) of a target run's blobs."""
     prefix = store.prefix(run_id)
@@ -130,7 +121,7 @@ def artifact_line(stderr: str) -> str:
 
 def check_files(move, pair, workspace: str) -> dict[str, str]:
     want = expected_files(move.specs)
-    found = copies(move, workspace)
+    found = replayed_runs(move.target_mlflow.uri, workspace)
     assert len(found) == 15, sorted(found)
     for job, files in want.items():
         blobs = landed(pair.dst_store, found[job])
@@ -140,13 +131,17 @@ def check_files(move, pair, workspace: str) -> dict[str, str]:
     return found
 
 
-def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
-    pair, workspace = move.pairs["same"], f"same-{unique}"
-    total = sum(len(f) for f in expected_files(move.specs).values())
+def first_migration(move, pair, workspace: str, tmp_path) -> tuple:
+    """(the process, its artifacts line, the number of files) of a migration into an empty target."""
     result = migrate(move, pair, workspace, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "created 15, repaired 0, skipped 0, failed 0" in result.stderr
-    line = artifact_line(result.stderr)
+    return result, artifact_line(result.stderr), sum(len(f) for f in expected_files(move.specs).values())
+
+
+def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
+    pair, workspace = move.pairs["same"], f"same-{unique}"
+    result, line, total = first_migration(move, pair, workspace, tmp_path)
     assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
     check_files(move, pair, workspace)
 
@@ -160,7 +155,7 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
 
     # A path registered without its bytes that the tool may not write (no token over plain HTTP
     # here; on Azure: no Storage Blob Data Contributor) fails that run with one line saying so.
-    run_id = copies(move, workspace)["bright_kiwi_01"]
+    run_id = replayed_runs(move.target_mlflow.uri, workspace)["bright_kiwi_01"]
     pair.dst_store.client().delete_blob(pair.dst_store.prefix(run_id) + "outputs/model.pkl")
     MlflowClient(move.target_mlflow.uri).delete_tag(run_id, "replay.complete")
     stuck = migrate(move, pair, workspace, tmp_path, "--retries", "0")
@@ -171,13 +166,9 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
 
 def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_path(move, unique, tmp_path):
     pair, workspace = move.pairs["cross"], f"cross-{unique}"
-    total = sum(len(f) for f in expected_files(move.specs).values())
-    result = migrate(move, pair, workspace, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "created 15, repaired 0, skipped 0, failed 0" in result.stderr
+    result, line, total = first_migration(move, pair, workspace, tmp_path)
     assert "server-side copy from" in result.stderr and "streaming instead" in result.stderr  # said once, not per file
     assert result.stderr.count("streaming instead") == 1, result.stderr[-3000:]
-    line = artifact_line(result.stderr)
     assert re.match(rf"{total} copied \(\d+ server-side, \d+ streamed", line), line
     assert "sig=" not in result.stderr and "sig%3D" not in result.stderr  # no SAS in any line
     logs = [f for f in (tmp_path / "logs").rglob("*") if f.is_file()]

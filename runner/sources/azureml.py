@@ -48,6 +48,7 @@ from runner.errors import EndpointError, ReplayerError, UsageError, first_line
 from runner.filters import Filters
 from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.sources.mlflow import list_experiments, metric_history
+from runner.run_history import storage_reason
 
 URI_RE = re.compile(
     r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
@@ -827,13 +828,6 @@ def blob_properties(uri: str, what: str, retry: dict) -> tuple[int, str]:
         raise EndpointError(f"cannot read the size and md5 of {what}: {storage_reason(error)}") from None
     md5 = props.content_settings.content_md5 if props.content_settings else None
     return int(props.size or 0), bytes(md5).hex() if md5 else ""
-
-
-def storage_reason(error) -> str:
-    """A storage error without its message, which may quote the SAS URL: status and error code."""
-    status = getattr(error, "status_code", None)
-    code = getattr(error, "error_code", None)
-    return f"HTTP {status} {code or ''}".strip() if status else type(error).__name__
 
 
 def _quiet_sdk_loggers() -> None:
