@@ -126,6 +126,22 @@ def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
     return EXIT_DIFFERENCES if summary.failed else EXIT_OK
 
 
+def verify_models(src, dst, models: list[str]):
+    """`verify --models-only`: the selected registered models against the target, runs left out."""
+    import tempfile
+
+    from runner.registry import compare_models
+    from runner.verify import Difference, VerifyReport
+
+    report = VerifyReport(source=src.describe(), target=dst.describe())
+    if dst.client is None:
+        report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
+        return report
+    with tempfile.TemporaryDirectory(prefix="replayer-verify-") as scratch:
+        report.models, report.differences = compare_models(src, dst, dst.ledger(src.workspace), models, Path(scratch))
+    return report
+
+
 class Replayer:
     """Replay AzureML / MLflow run history into another workspace or tracking store."""
 
@@ -224,17 +240,20 @@ class Replayer:
         """Compare source (URI or manifest folder) and target run by run; exit 1 on any difference.
 
         --source URI|DIR|config.yml  --target URI|config.yml  [--report verify-report.json] [filters]
-        [--models NAME,GLOB|all] [--rename-file F]
+        [--models NAME,GLOB|all [--models-only]] [--rename-file F]
         """
 
         def body():
             from runner.sources import open_source
             from runner.verify import print_table, verify, write_report
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "rename_file") + ARTIFACT_FLAGS)
+            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
-            report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
+            if s.models_only:  # the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
+                report = verify_models(src, dst, s.models)
+            else:
+                report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
             path = Path(s.report or "verify-report.json")
             write_report(report, path)
             print_table(report)

@@ -33,6 +33,7 @@ PIPELINES = ["migrate.yml", "migrate-sharded.yml"]
 INPUT = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
 OUTPUT = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]")
+RUNNER = re.compile(r"python -m runner (\w+)")  # each tool command a component's command line runs
 ORDERING_ONLY = "Ordering only"  # an input that only binds a step after another; never read
 PENDING_COMMANDS: dict[str, str] = {}  # command -> the issue it waits for
 
@@ -251,7 +252,9 @@ def test_component_loads_and_validates(name):
 def test_command_components_share_the_environment_and_authenticate_alike(name):
     component, env = load_component(name), environment()
     assert component.environment == f"{env.name}:{env.version}", "every step runs on the one replayer environment"
-    assert component.command.startswith("python -m runner ")
+    commands = RUNNER.findall(component.command)
+    assert commands and component.command.count("python ") == len(commands), "every python call is the tool's CLI"
+    assert component.command.startswith("python -m runner ") or ";" in component.command, "one command, or a shell guard"
     assert component.inputs["credential"].enum == list(credentials.NAMES) and component.inputs["credential"].default == "managed"
     assert component.inputs["client_id"].optional
 
@@ -291,6 +294,7 @@ EXPECT = {
     "max_depth": ("2", lambda s: s.filters.max_depth == 2),
     "exclude": ("tmp-*,debug run", lambda s: s.filters.exclude == ["tmp-*", "debug run"]),
     "parallel": ("3", lambda s: s.parallel == 3),
+    "models": ("churn,fraud-*", lambda s: s.models == ["churn", "fraud-*"] and s.models_only is True),
     "dry_run": ("false", lambda s: s.dry_run is False),
     "rename_file": (None, lambda s: s.mapping.renames == {"old-exp": "new-exp"}),
     "import_source_tags": ("True", lambda s: s.mapping.source_tags is True),
@@ -330,19 +334,50 @@ def parse(args: list[str], monkeypatch):
     raise AssertionError(f"the CLI never reached its settings for {args}")
 
 
-def render(component, values: dict, outputs: Path) -> list[str]:
-    """The component's command as Azure ML would run it with `values` (optional blocks kept when set)."""
+def render_text(command: str, values: dict, outputs: Path) -> str:
+    """A component's command line as Azure ML would hand it to the step's shell (optional blocks kept when set)."""
 
     def block(match):
         names = INPUT.findall(match.group(1))
         return match.group(1) if all(values.get(n) is not None for n in names) else ""
 
-    text = OPTIONAL_BLOCK.sub(block, component.command)
+    text = OPTIONAL_BLOCK.sub(block, command)
     text = INPUT.sub(lambda m: str(values[m.group(1)]), text)
-    text = OUTPUT.sub(lambda m: str(outputs / m.group(1)), text)
-    args = shlex.split(text)
-    assert args[:3] == ["python", "-m", "runner"], args
-    return args[3:]
+    return OUTPUT.sub(lambda m: str(outputs / m.group(1)), text)
+
+
+RECORDER = """#!{python}
+# Stands in for `python` when a component's command line runs in sh: records its arguments, succeeds.
+import json, sys
+with open({log!r}, "a") as out:
+    out.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def shell_calls(text: str, folder: Path) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run a rendered command line in sh with a recording `python`: the arguments of every call it made."""
+    bin_dir, log = folder / "recorder", folder / "recorder.jsonl"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(RECORDER.format(python=sys.executable, log=str(log)))
+    (bin_dir / "python").chmod(0o755)
+    log.unlink(missing_ok=True)
+    done = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    return done, [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def render(component, values: dict, outputs: Path) -> list[list[str]]:
+    """The arguments of each `python -m runner` the component's command runs with `values`: a plain
+    command split as the shell would, one behind a shell guard run in sh with a recording `python`."""
+    text = render_text(component.command, values, outputs)
+    if text.startswith("python -m runner ") and not re.search(r"[;&|]", text):
+        calls = [shlex.split(text)[1:]]
+    else:
+        done, calls = shell_calls(text, outputs)
+        assert done.returncode == 0, done.stderr
+    for call in calls:
+        assert call[:2] == ["-m", "runner"], call
+    return [call[2:] for call in calls]
 
 
 def test_pending_commands_are_really_pending():
@@ -352,15 +387,15 @@ def test_pending_commands_are_really_pending():
 
 
 def implemented(name: str) -> bool:
-    return load_component(name).command.split()[3] not in PENDING_COMMANDS
+    return not set(RUNNER.findall(load_component(name).command)) & set(PENDING_COMMANDS)
 
 
 @pytest.mark.parametrize("name", [n for n in COMMAND_COMPONENTS if implemented(n)])
 def test_component_command_parses_with_the_real_cli(name, tmp_path, monkeypatch):
     """Fails when a component's inputs drift from the CLI's flags, or a value lands in the wrong place."""
     component = load_component(name)
-    command = component.command.split()[3]
-    assert hasattr(cli.Replayer, command), f"{name} calls `replayer {command}`, which does not exist"
+    for command in RUNNER.findall(component.command):
+        assert hasattr(cli.Replayer, command), f"{name} calls `replayer {command}`, which does not exist"
     include_file = tmp_path / "ids.txt"
     include_file.write_text("# runs\nfrom-file\n")
     renames = tmp_path / "renames.csv"
@@ -374,10 +409,12 @@ def test_component_command_parses_with_the_real_cli(name, tmp_path, monkeypatch)
             continue
         assert input_name in EXPECT, f"{name}: input {input_name} has no expectation in this test; add one"
         values[input_name] = {"include_file": include_file, "rename_file": renames}.get(input_name) or EXPECT[input_name][0]
-    settings = parse(render(component, values, tmp_path), monkeypatch)
+    calls = render(component, values, tmp_path)
+    assert [call[0] for call in calls] == RUNNER.findall(component.command), "every command of the line runs"
+    parsed = [parse(call, monkeypatch) for call in calls]
     for input_name in values:
-        if input_name not in POSITIONAL:
-            assert EXPECT[input_name][1](settings), f"{name}: input {input_name}={values[input_name]!r} did not reach its flag"
+        if input_name not in POSITIONAL:  # on a line of several commands, at least one takes it
+            assert any(EXPECT[input_name][1](s) for s in parsed), f"{name}: input {input_name}={values[input_name]!r} did not reach its flag"
 
 
 def test_an_unknown_flag_on_a_command_line_is_caught(tmp_path, monkeypatch):
@@ -390,6 +427,72 @@ def test_extract_component_exposes_every_cli_filter():
     extract = load_component("extract.yml")
     flags = {m.replace("-", "_") for m in re.findall(r"--([a-z][a-z-]*)", extract.command)}
     assert set(config.FILTER_KEYS) <= flags, f"filters missing from components/extract.yml: {set(config.FILTER_KEYS) - flags}"
+
+
+def test_models_component_migrates_then_verifies_the_same_models(tmp_path, monkeypatch):
+    """Both commands of components/models.yml get the same source, target, source name and models, each
+    with --models-only (verify then compares the registry alone), and write into the step's output."""
+    component = load_component("models.yml")
+    values = {name: spec.default for name, spec in component.inputs.items()}
+    values.update(source="azureml://subscriptions/s/resourceGroups/r/workspaces/w", target="https://t:5000",
+                  models="churn,fraud-*", source_name="prod eu")
+    calls = render(component, values, tmp_path)
+    assert [call[0] for call in calls] == ["migrate", "verify"]
+    for call, report in zip(calls, ("models-summary.json", "verify-report.json")):
+        settings = parse(call, monkeypatch)
+        assert settings.endpoints == {"source": values["source"], "target": "https://t:5000"} and settings.workspace == "prod eu"
+        assert settings.models == ["churn", "fraud-*"] and settings.models_only is True
+        assert settings.report == str(tmp_path / "report" / report), "reports go into the step's output folder"
+        assert settings.filters == Filters(), "models are selected by name, not by the run filters"
+
+
+@pytest.mark.parametrize("unset", ["not set", "empty"])
+def test_models_component_with_no_models_succeeds_and_runs_nothing(unset, tmp_path):
+    """An optional input Azure ML leaves out (its $[[...]] block dropped) or passes empty: one line, exit 0,
+    no `replayer` call, nothing in the output folder."""
+    component = load_component("models.yml")
+    values = {name: spec.default for name, spec in component.inputs.items()}
+    values.update(source="http://s:5000", target="http://t:5000", models=None if unset == "not set" else "")
+    (tmp_path / "report").mkdir()
+    done, calls = shell_calls(render_text(component.command, values, tmp_path), tmp_path)
+    assert done.returncode == 0 and calls == [], (done.stderr, calls)
+    assert done.stdout.strip().splitlines() == ["models: the models input is empty; no registered model copied or verified"]
+    assert not list((tmp_path / "report").iterdir())
+
+
+def test_verify_models_only_compares_the_registry_alone(tmp_path):
+    """`verify --models-only` (the models step's check): models compared, runs left to the verify step."""
+    from mlflow import MlflowClient
+
+    from conftest import run_cli
+    from runner import stores
+
+    source, target = str(tmp_path / "source"), str(tmp_path / "target")
+    client = stores.open_client(source, create=True)
+    exp = client.create_experiment("e", artifact_location=(Path(stores.artifact_root(stores.tracking_uri(source))) / "e").as_uri())
+    run = client.create_run(exp).info.run_id
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    client.log_artifacts(run, str(tmp_path / "model"), "model")
+    client.set_terminated(run, "FINISHED")
+    client.create_registered_model("m")
+    client.create_model_version("m", f"runs:/{run}/model", run)
+    client.set_registered_model_alias("m", "live", "1")
+    common = ("--source", source, "--target", target, "--models", "m", "--workspace", "ws")
+    assert run_cli("migrate", *common, cwd=tmp_path).returncode == 0
+    client.set_tag(run, "edited", "later")  # the run now differs; the registry does not
+
+    def check(*extra):
+        done = run_cli("verify", *common, *extra, "--report", str(tmp_path / "report.json"), cwd=tmp_path)
+        return done.returncode, json.loads((tmp_path / "report.json").read_text())
+
+    code, report = check()
+    assert code == 1 and [d["field"] for d in report["differences"]] == ["tags"], "the control: a full verify sees the run"
+    code, report = check("--models-only")
+    assert (code, report["summary"]["compared"], report["summary"]["models"], report["differences"]) == (0, 0, 1, [])
+    MlflowClient(stores.tracking_uri(target)).delete_registered_model_alias("m", "live")
+    code, report = check("--models-only")
+    assert code == 1 and [d["field"] for d in report["differences"]] == ["aliases"]
 
 
 # -- pipelines and schedule ---------------------------------------------------------------
@@ -417,21 +520,27 @@ def test_migrate_runs_extract_then_replay_then_verify():
     from azure.ai.ml import load_job
 
     job = load_job(ROOT / "migrate.yml")
-    assert list(job.jobs) == ["extract", "replay", "verify"]
-    replay, verify = job.jobs["replay"], job.jobs["verify"]
+    assert list(job.jobs) == ["extract", "replay", "verify", "models"]
+    replay, verify, models = job.jobs["replay"], job.jobs["verify"], job.jobs["models"]
     assert str(replay.inputs["manifest"]._data) == "${{parent.jobs.extract.outputs.manifest}}"
     assert str(verify.inputs["manifest"]._data) == "${{parent.jobs.extract.outputs.manifest}}"
     assert str(verify.inputs["replayed"]._data) == "${{parent.jobs.replay.outputs.summary}}", "verify must wait for replay"
-    assert set(job.outputs) == {"manifest", "replay_summary", "verify_report"}
+    assert str(models.inputs["replayed"]._data) == "${{parent.jobs.replay.outputs.summary}}", "models link to replayed runs"
+    assert str(models.inputs["source_name"]._data) == "${{parent.inputs.source_name}}", "the same ledger key as the runs"
+    assert job.inputs["models"]._data == "", "no models unless asked"
+    assert set(job.outputs) == {"manifest", "replay_summary", "verify_report", "models_report"}
 
 
 def test_sharded_pipeline_covers_every_shard_exactly_once():
     from azure.ai.ml import load_job
 
     job = load_job(ROOT / "migrate-sharded.yml")
-    shards = sorted(parse_shard(node.inputs["shard"]._data) for node in job.jobs.values())
+    nodes = {name: node for name, node in job.jobs.items() if name != "models"}
+    shards = sorted(parse_shard(node.inputs["shard"]._data) for node in nodes.values())
     count = shards[0][1]
     assert shards == [(i, count) for i in range(count)], f"shards must be 0/N .. N-1/N, got {shards}"
+    waits = {str(value._data) for name, value in job.jobs["models"].inputs.items() if name.startswith("replayed")}
+    assert waits == {f"${{{{parent.jobs.{name}.outputs.replay_summary}}}}" for name in nodes}, "models once, after every shard's replay"
     shard = load_component("shard.yml")
     assert list(shard.jobs) == ["extract", "replay", "verify"]
     assert str(shard.jobs["extract"].inputs["shard"]._data) == "${{parent.inputs.shard}}"
@@ -444,7 +553,7 @@ def test_schedule_loads_validates_and_runs_migrate_on_a_cron():
     passed(schedule)
     assert schedule.trigger.type.lower() == "cron" and len(schedule.trigger.expression.split()) == 5
     job = schedule.create_job
-    assert type(job).__name__ == "PipelineJob" and list(job.jobs) == ["extract", "replay", "verify"]
+    assert type(job).__name__ == "PipelineJob" and list(job.jobs) == ["extract", "replay", "verify", "models"]
     assert job.identity.type == "managed_identity", "the scheduled job keeps migrate.yml's managed identity"
     assert "source_name" in job.inputs, "a recurring sync needs a fixed source name (the ledger key)"
     assert str(job.inputs["incremental"]._data).lower() == "true", "the nightly sync continues from the watermark"
@@ -631,14 +740,17 @@ def registered(ws, node: dict) -> dict:
     return ws.components[(match.group(1), match.group(2))]["properties"]["componentSpec"]
 
 
-def check_steps(ws, jobs: dict) -> None:
-    """extract -> replay -> verify, bound to each other, every step on the one replayer environment."""
+def check_steps(ws, jobs: dict, models: bool = True) -> None:
+    """extract -> replay -> verify (and models after replay), bound to each other, every step on the one
+    replayer environment."""
     env = environment()
-    assert list(jobs) == ["extract", "replay", "verify"]
+    assert list(jobs) == ["extract", "replay", "verify"] + (["models"] if models else [])
     for name, node in jobs.items():
         spec = registered(ws, node)
-        assert spec["command"].startswith(f"python -m runner {name} "), spec["command"]
+        assert RUNNER.findall(spec["command"]) == (["migrate", "verify"] if name == "models" else [name]), spec["command"]
         assert spec["environment"].endswith(f"/environments/{env.name}/versions/{env.version}"), spec["environment"]
+    if models:
+        assert jobs["models"]["inputs"]["replayed"]["value"] == "${{parent.jobs.replay.outputs.summary}}"
     assert jobs["replay"]["inputs"]["manifest"]["value"] == "${{parent.jobs.extract.outputs.manifest}}"
     assert jobs["verify"]["inputs"]["manifest"]["value"] == "${{parent.jobs.extract.outputs.manifest}}"
     assert jobs["verify"]["inputs"]["replayed"]["value"] == "${{parent.jobs.replay.outputs.summary}}"
@@ -671,11 +783,16 @@ def test_migrate_sharded_yml_submits_every_shard(control_plane):
     job = load_job(ROOT / "migrate-sharded.yml", params_override=overrides(source="http://s:5000", target="http://t:5000", source_name="prod-eu"))
     body = ws.submitted[ml.jobs.create_or_update(job).name]["properties"]
     shards = []
-    for name, node in body["jobs"].items():
+    nodes = dict(body["jobs"])
+    models = nodes.pop("models")
+    for name, node in nodes.items():
         assert node["type"] == "pipeline" and node["inputs"]["source"]["value"] == "${{parent.inputs.source}}"
         shards.append(node["inputs"]["shard"]["value"])
-        check_steps(ws, registered(ws, node)["jobs"])
+        check_steps(ws, registered(ws, node)["jobs"], models=False)
     assert sorted(shards) == ["0/4", "1/4", "2/4", "3/4"]
+    assert RUNNER.findall(registered(ws, models)["command"]) == ["migrate", "verify"]
+    waits = {value["value"] for name, value in models["inputs"].items() if name.startswith("replayed")}
+    assert waits == {f"${{{{parent.jobs.{name}.outputs.replay_summary}}}}" for name in nodes}
 
 
 def test_schedule_yml_creates_the_nightly_incremental_sync(control_plane):
@@ -746,29 +863,43 @@ def test_environment_create_uploads_only_the_build_context(control_plane, tmp_pa
     assert storage.proxy.by_host["acct1.blob.core.windows.net"]["tunnels"] >= 1 and fake.requests["datastores_secrets"] >= 1
 
 
-def test_submitted_steps_run_a_migration_between_two_mlflow_servers(control_plane, servers, tmp_path, unique):
+def test_submitted_steps_run_a_migration_between_two_mlflow_servers(control_plane, servers, tmp_path, unique, monkeypatch):
     """The commands Azure ML would run for the submitted migrate.yml, with the submitted inputs and
-    bindings substituted, run through the real CLI: extract -> replay -> verify, twice (incremental)."""
+    bindings substituted, run in sh through the real CLI: extract -> replay -> verify, then the models
+    step; twice (incremental), then once more with no models."""
+    import mlflow
     from azure.ai.ml import load_job
     from mlflow import MlflowClient
 
-    from conftest import run_cli
-
     fake, ws, ml = control_plane
     source, target = servers
-    src = MlflowClient(source.uri)
+    src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
     experiment = f"deploy-{unique}"
     exp = src.create_experiment(experiment)
     root = src.create_run(exp, run_name="root").info.run_id
     src.create_run(exp, run_name="child", tags={"mlflow.parentRunId": root})  # still running: stays open
     src.log_metric(root, "loss", 0.5, step=1)
+    files = {"MLmodel": f"flavors: {{}}\nrun_id: {root}\n".encode(), "weights.bin": bytes(range(256)) * 40}
+    (tmp_path / "model").mkdir()
+    for name, data in files.items():
+        (tmp_path / "model" / name).write_bytes(data)
+    src.log_artifacts(root, str(tmp_path / "model"), "model")
     src.set_terminated(root, "FINISHED")
-    job = load_job(ROOT / "migrate.yml", params_override=overrides(
-        source=source.uri, target=target.uri, source_name=f"deploy-{unique}", experiments=experiment, incremental="true", parallel="2"))
-    body = ws.submitted[ml.jobs.create_or_update(job).name]["properties"]
-    pipeline_inputs = {key: value["value"] for key, value in body["inputs"].items()}
+    model = f"deploy-model-{unique}"
+    src.create_registered_model(model, tags={"team": "risk"})
+    src.create_model_version(model, f"runs:/{root}/model", root, description="first")
+    src.create_model_version(model, f"{src.get_run(root).info.artifact_uri}/model", root, tags={"quality": "good"})
+    src.set_registered_model_alias(model, "champion", "2")
 
-    def run_pipeline(folder: Path) -> dict:
+    def submit(**inputs) -> dict:
+        job = load_job(ROOT / "migrate.yml", params_override=overrides(
+            source=source.uri, target=target.uri, source_name=f"deploy-{unique}", experiments=experiment, incremental="true",
+            parallel="2", **inputs))
+        return ws.submitted[ml.jobs.create_or_update(job).name]["properties"]
+
+    def run_pipeline(folder: Path, body: dict) -> dict:
+        folder.mkdir()
+        pipeline_inputs = {key: value["value"] for key, value in body["inputs"].items()}
         outputs: dict[str, Path] = {}
         for step, node in body["jobs"].items():
             spec = registered(ws, node)
@@ -781,23 +912,51 @@ def test_submitted_steps_run_a_migration_between_two_mlflow_servers(control_plan
                 elif match:
                     bound = outputs[match.group(2)]
                 values[name] = bound if bound not in (None, "") else declared.get("default")
-            text = OPTIONAL_BLOCK.sub(lambda m: m.group(1) if all(values.get(n) is not None for n in INPUT.findall(m.group(1))) else "", spec["command"])
-            text = INPUT.sub(lambda m: str(values[m.group(1)]), text)
-            for name in OUTPUT.findall(text):
+            for name in OUTPUT.findall(spec["command"]):
                 outputs[f"{step}.outputs.{name}"] = folder / step / name
                 (folder / step / name).mkdir(parents=True, exist_ok=True)
-            text = OUTPUT.sub(lambda m: str(folder / step / m.group(1)), text)
-            args = shlex.split(text)
-            done = run_cli(*args[3:], cwd=folder)
-            assert done.returncode == 0, f"{step}: {args}\n{done.stderr[-3000:]}"
+            text = render_text(spec["command"], values, folder / step)
+            done = subprocess.run(["sh", "-c", text], cwd=folder, capture_output=True, text=True, timeout=300, env={
+                **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "REPLAYER_LOG_DIR": str(folder / "logs")})
+            assert done.returncode == 0, f"{step}: {text}\n{done.stderr[-3000:]}"
+            (folder / step / "stdout.txt").write_text(done.stdout)
         return json.loads((folder / "replay" / "summary" / "replay-summary.json").read_text())
 
-    (tmp_path / "first").mkdir()
-    first = run_pipeline(tmp_path / "first")
+    def report(folder: Path, step: str, name: str) -> dict:
+        return json.loads((folder / step / "report" / name).read_text())
+
+    def registry() -> dict:
+        return {v.version: (v.run_id, v.tags.get("original_model_version"), v.current_stage) for v in dst.search_model_versions(f"name='{model}'")}
+
+    body = submit(models=model)
+    first = run_pipeline(tmp_path / "first", body)
     assert (first["created"], first["failed"]) == (2, 0)
-    report = json.loads((tmp_path / "first" / "verify" / "report" / "verify-report.json").read_text())
-    assert report["differences"] == [] and report["summary"]["compared"] == 2
+    checked = report(tmp_path / "first", "verify", "verify-report.json")
+    assert checked["differences"] == [] and checked["summary"]["compared"] == 2
+    copied = report(tmp_path / "first", "models", "models-summary.json")["models"]
+    assert (copied["models_created"], copied["versions_created"], copied["versions_failed"]) == (1, 2, 0)
+    checked = report(tmp_path / "first", "models", "verify-report.json")
+    assert checked["differences"] == [] and checked["summary"]["models"] == 1 and checked["summary"]["compared"] == 0
+    replayed = dst.search_runs([dst.get_experiment_by_name(experiment).experiment_id], f"tags.original_job_id = '{root}'")
+    assert len(replayed) == 1
+    assert registry() == {"1": (replayed[0].info.run_id, "1", "None"), "2": (replayed[0].info.run_id, "2", "None")}, "linked to the replayed run"
+    assert dst.get_registered_model(model).aliases == {"champion": "2"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", target.uri)
+    for version in ("1", "2"):
+        where = mlflow.artifacts.download_artifacts(artifact_uri=dst.get_model_version_download_uri(model, version),
+                                                    dst_path=str(tmp_path / f"v{version}"), tracking_uri=target.uri)
+        assert {p.name: p.read_bytes() for p in Path(where).iterdir()} == files, f"v{version}'s files"
+
     src.set_terminated(src.search_runs([exp], "tags.mlflow.parentRunId != ''")[0].info.run_id, "FINISHED")
-    (tmp_path / "second").mkdir()
-    second = run_pipeline(tmp_path / "second")
+    second = run_pipeline(tmp_path / "second", body)
     assert (second["created"], second["repaired"], second["failed"]) == (0, 1, 0), "the second run syncs the finished child"
+    again = report(tmp_path / "second", "models", "models-summary.json")["models"]
+    assert (again["models_created"], again["versions_created"], again["versions_repaired"], again["versions_skipped"]) == (0, 0, 0, 2)
+    assert report(tmp_path / "second", "models", "verify-report.json")["differences"] == []
+    held = registry()
+    assert len(held) == 2, "a second run creates no version"
+
+    run_pipeline(tmp_path / "none", submit())  # models left empty: the step succeeds, writes nothing
+    assert (tmp_path / "none" / "models" / "stdout.txt").read_text().strip() == "models: the models input is empty; no registered model copied or verified"
+    assert not list((tmp_path / "none" / "models" / "report").iterdir())
+    assert registry() == held and dst.get_registered_model(model).aliases == {"champion": "2"}
