@@ -5,14 +5,17 @@ holding one metric of that many points (steps 0..N-1, distinct timestamps and va
 straight into the source's sqlite database (an insert of N rows: seconds, where log_batch over
 HTTP would take minutes). Two real `mlflow server` processes serve the source and an empty
 target; `python -m runner migrate --experiments long-N` copies the run between them as a separate
-process, whose peak RSS (VmHWM, polled from /proc) and wall time are measured.
+process, whose peak RSS (VmHWM, polled from /proc) and wall time are measured; then
+`python -m runner verify` compares the two runs, measured the same way.
 
 The target's history is then checked exactly against the source's, read from both sqlite
 databases: the point count and a SHA-256 over every (step, timestamp, value) in order.
 
 Flat memory means the 1M-point migration peaks within a few MB of the 100k one: the history
 streams page by page from the source (25,000 points a page) into 1,000-row log_batch requests,
-and nothing holds a whole history. Results: a table on stdout and bench-results/long_metric.json.
+and nothing holds a whole history. Verify is flat the same way: each side's history streams into
+an order-independent digest (runner.verify). Results: a table on stdout and
+bench-results/long_metric.json.
 
     python bench/bench_long_metric.py [--points 100000,1000000] [--keep]
 """
@@ -109,6 +112,9 @@ def main() -> int:
             argv = [sys.executable, "-m", "runner", "migrate", "--source", source.uri, "--target", target.uri, "--experiments", f"long-{size}"]
             env = {"REPLAYER_LOG_DIR": str(logs)}
             measured = run_process(argv, logs / f"long_metric_{size}.log", env=env, timeout=3600)
+            argv = [sys.executable, "-m", "runner", "verify", "--source", source.uri, "--target", target.uri, "--experiments", f"long-{size}",
+                    "--report", str(work / f"verify_{size}.json")]
+            checked = run_process(argv, logs / f"long_metric_verify_{size}.log", env=env, timeout=3600)
             want = history_digest(source.folder / "mlflow.db", runs[size])
             copy = replayed_run(target.folder / "mlflow.db", runs[size])
             got = history_digest(target.folder / "mlflow.db", copy) if copy else (0, "")
@@ -116,10 +122,12 @@ def main() -> int:
                 **measured, "points": size, "points_per_s": size / measured["seconds"],
                 "source": {"points": want[0], "sha256": want[1]}, "target": {"points": got[0], "sha256": got[1]},
                 "exact": want == got and want[0] == size,
+                "verify": {**checked, "points_per_s": 2 * size / checked["seconds"]},  # both sides read
             }
-            r = results[str(size)]
+            r, v = results[str(size)], results[str(size)]["verify"]
             print(f"{size:>9,} points: {r['seconds']:.1f}s ({r['points_per_s']:,.0f} points/s), peak RSS {r['rss_mb']:.0f} MB, "
-                  f"exit {r['exit']}, target {got[0]:,} points, {'exact' if r['exact'] else 'DIFFERENT'}", flush=True)
+                  f"exit {r['exit']}, target {got[0]:,} points, {'exact' if r['exact'] else 'DIFFERENT'}; "
+                  f"verify {v['seconds']:.1f}s, peak RSS {v['rss_mb']:.0f} MB, exit {v['exit']}", flush=True)
     finally:
         source.stop()
         target.stop()
@@ -127,10 +135,14 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = large["rss_mb"] - small["rss_mb"]
-    ok = all(r["exact"] and r["exit"] == 0 for r in results.values()) and growth <= FLAT_MB
-    summary = {"rss_growth_mb": growth, "flat_limit_mb": FLAT_MB, "ok": ok}
-    print(f"peak RSS {small['rss_mb']:.0f} MB at {sizes[0]:,} points, {large['rss_mb']:.0f} MB at {sizes[-1]:,}: "
-          f"{growth:+.0f} MB ({'flat' if growth <= FLAT_MB else 'NOT flat'}, limit {FLAT_MB:.0f} MB)")
+    verify_growth = large["verify"]["rss_mb"] - small["verify"]["rss_mb"]
+    ok = (all(r["exact"] and r["exit"] == 0 and r["verify"]["exit"] == 0 for r in results.values())
+          and growth <= FLAT_MB and verify_growth <= FLAT_MB)
+    summary = {"rss_growth_mb": growth, "verify_rss_growth_mb": verify_growth, "flat_limit_mb": FLAT_MB, "ok": ok}
+    for what, key, grew in (("migrate", None, growth), ("verify", "verify", verify_growth)):
+        first, last = (small[key] if key else small), (large[key] if key else large)
+        print(f"{what} peak RSS {first['rss_mb']:.0f} MB at {sizes[0]:,} points, {last['rss_mb']:.0f} MB at {sizes[-1]:,}: "
+              f"{grew:+.0f} MB ({'flat' if grew <= FLAT_MB else 'NOT flat'}, limit {FLAT_MB:.0f} MB)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "long_metric.json").write_text(json.dumps({
         "results": results, "summary": summary, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -8,13 +8,17 @@ full metric histories (every key, step, timestamp and value, NaN equal to NaN) a
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from loguru import logger
@@ -27,6 +31,14 @@ from runner.sources.mlflow import metric_history
 from runner import limits as caps
 from runner.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.progress import Progress
+
+# A metric history may hold millions of points: each side streams into a Digest, and only a key whose
+# digests differ is read again, to count its missing and extra points (count_differences).
+PART_POINTS = 200_000  # points one counting step holds (~25 MB); more are spilled to partitions on disk
+MAX_PARTS = 512  # partition files a side at most (open at once while spilling)
+MASK = (1 << 256) - 1
+COUNTING = threading.Lock()  # one big counting step at a time: verify's threads share its memory bound
+SMALL = PART_POINTS // 8  # a count this small needs no turn: 8 threads of them hold one bound
 
 
 @dataclass
@@ -216,28 +228,45 @@ class JobChecker:
         return parent.run_id if parent else f"(replayed {job.parent_id})"
 
     def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None) -> list[Difference]:
-        wanted: dict[str, Counter] = {}
-        for point in self.source.metrics(job):
-            wanted.setdefault(point.key, Counter())[point.identity()] += 1
+        wanted: dict[str, Digest] = {}
+        for point in self.source.metrics(job):  # one stream over every key, as the source reads it
+            wanted.setdefault(point.key, Digest()).add(point_hash(point))
         spilled = spilled or {}
         out = []
         for key in sorted(set(wanted) | target_keys | set(spilled)):
-            have = Counter(point.identity() for point in metric_history(self.client, run_id, key))
-            have.update(MetricPoint(key, decode_float(v), ts, step).identity() for step, ts, v in spilled.get(key, []))
-            want = wanted.get(key, Counter())
-            if have != want:
-                missing, extra = sum((want - have).values()), sum((have - want).values())
-                out.append(
-                    Difference(job.source_id, job.name, f"metric:{key}", f"{sum(want.values())} points", f"{sum(have.values())} points ({missing} missing, {extra} extra or changed)")
-                )
+            want, have = wanted.get(key, Digest()), Digest()
+            for point in self.target_points(run_id, key, spilled):
+                have.add(point_hash(point))
+            if have == want:
+                continue
+            missing, extra = count_differences(
+                lambda: self.source_points(job, key) if want.count else (), lambda: self.target_points(run_id, key, spilled),
+                want.count + have.count, self.scratch,
+            )
+            out.append(
+                Difference(job.source_id, job.name, f"metric:{key}", f"{want.count} points", f"{have.count} points ({missing} missing, {extra} extra or changed)")
+            )
         return out
 
+    def source_points(self, job: JobRecord, key: str) -> Iterable[MetricPoint]:
+        """The source's points of one key, read again. MLflow and Azure ML sources read the keys
+        named in `latest_metrics`: naming this one alone spares reading the others twice."""
+        if key in job.latest_metrics:
+            job = replace(job, latest_metrics={key: job.latest_metrics[key]})
+        return (point for point in self.source.metrics(job) if point.key == key)
+
+    def target_points(self, run_id: str, key: str, spilled: dict) -> Iterable[MetricPoint]:
+        """The target run's history of `key`, with the points replay/overflow.json holds for it."""
+        yield from metric_history(self.client, run_id, key)
+        for step, timestamp, value in spilled.get(key, []):
+            yield MetricPoint(key, decode_float(value), timestamp, step)
+
     def compare_artifacts(self, job: JobRecord, run_id: str, artifact_uri: str | None = None) -> list[Difference]:
-        from runner import artifacts
+        from runner import artifacts, run_history
 
         options = getattr(self.target, "artifact_options", None) or artifacts.ArtifactOptions()
-        if artifact_uri and artifacts.parse_blob_uri(artifact_uri, options.auth):
-            # A blob root answers size and MD5 per file from one listing, without downloading.
+        if artifact_uri and (artifacts.parse_blob_uri(artifact_uri, options.auth) or run_history.parse_run_root(artifact_uri)):
+            # A blob root (or run history's, through its blobs) answers size and MD5 per file without downloading.
             found = artifacts.compare(
                 artifacts.source_store(self.source, job, self.scratch, options.auth), artifact_uri, None, options,
                 tracking_uri=self.client.tracking_uri,
@@ -267,6 +296,78 @@ class JobChecker:
             if want.get(path) != have.get(path):
                 out.append(Difference(job.source_id, job.name, f"artifact:{path}", show(want.get(path)), show(have.get(path))))
         return out
+
+
+@dataclass
+class Digest:
+    """A multiset of points in O(1) memory: how many, and the sum of their hashes mod 2**256.
+
+    The sum does not depend on the order the points come in, and a duplicate counts twice.
+    """
+
+    count: int = 0
+    total: int = 0
+
+    def add(self, hashed: bytes) -> None:
+        self.count += 1
+        self.total = (self.total + int.from_bytes(hashed, "big")) & MASK
+
+
+def point_hash(point: MetricPoint) -> bytes:
+    """SHA-256 of a point's step, timestamp and value (its key is the digest's), equal where
+    MetricPoint.identity is: NaN equals NaN, -0.0 equals 0.0, 1 equals 1.0."""
+    value = float(point.value)
+    text = "nan" if math.isnan(value) else (value or 0.0).hex()  # `or` turns -0.0 into 0.0
+    return hashlib.sha256(f"{int(point.step)} {int(point.timestamp)} {text}".encode()).digest()
+
+
+def count_differences(
+    want: Callable[[], Iterable[MetricPoint]], have: Callable[[], Iterable[MetricPoint]], points: int, scratch: Path,
+    part_points: int = PART_POINTS,
+) -> tuple[int, int]:
+    """(missing, extra) between two multisets of points that each callable streams afresh.
+
+    `points` (both sides together) sets how many partitions keep one count within `part_points`
+    points: each side's hashes are spilled to partition files by hash (32 bytes a point), then
+    each partition is counted alone. Up to `part_points` points are counted straight from the
+    streams, with no file.
+    """
+    parts = min(MAX_PARTS, -(-points // part_points))
+    if parts <= 1:
+        with COUNTING if points > SMALL else nullcontext():
+            return net_counts(map(point_hash, want()), map(point_hash, have()))
+    folder = Path(tempfile.mkdtemp(prefix="metric-", dir=scratch))
+    try:
+        spill(want(), folder / "want", parts)
+        spill(have(), folder / "have", parts)
+        missing = extra = 0
+        for part in range(parts):
+            with COUNTING:
+                more, less = net_counts(read_hashes(folder / f"want.{part}"), read_hashes(folder / f"have.{part}"))
+            missing, extra = missing + more, extra + less
+        return missing, extra
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def net_counts(want: Iterable[bytes], have: Iterable[bytes]) -> tuple[int, int]:
+    net = Counter(want)
+    net.subtract(have)
+    return sum(n for n in net.values() if n > 0), -sum(n for n in net.values() if n < 0)
+
+
+def spill(points: Iterable[MetricPoint], stem: Path, parts: int) -> None:
+    with ExitStack() as stack:
+        files = [stack.enter_context(open(f"{stem}.{part}", "wb")) for part in range(parts)]
+        for point in points:
+            hashed = point_hash(point)
+            files[int.from_bytes(hashed[:4], "big") % parts].write(hashed)
+
+
+def read_hashes(path: Path) -> Iterable[bytes]:
+    with open(path, "rb") as file:
+        while hashed := file.read(32):
+            yield hashed
 
 
 def user_tags(tags: dict[str, str]) -> dict[str, str]:
