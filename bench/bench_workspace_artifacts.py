@@ -37,9 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_artifacts import arguments, cpu_seconds, peak_rss_mb, timed as timed_worker  # noqa: E402
+from bench_artifacts import RESULTS, arguments, cpu_seconds, peak_rss_mb, publish, timed as timed_worker  # noqa: E402
 
-RESULTS = ROOT / "bench-results"
 MB = 1 << 20
 SUB, RG = "7a1b2c3d-0000-4000-8000-0000000be4c4", "rg-bench"
 CONTENDERS = ("server-side", "streamed", "azureml-mlflow")
@@ -191,11 +190,7 @@ def main() -> None:
                                          for n in ("small", "large")),
         },
     }
-    print(json.dumps(results["summary"], indent=2))
-    (RESULTS / "workspace_artifacts.json").write_text(json.dumps(results, indent=2))
-    print(f"written to {RESULTS / 'workspace_artifacts.json'}")
-    if not all(results["summary"]["met"].values()):
-        sys.exit(1)
+    publish(results, "workspace_artifacts.json")
 
 
 if __name__ == "__main__":
