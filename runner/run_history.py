@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
 
+from loguru import logger
+
 from runner.errors import EndpointError, UsageError, first_line
 from runner.model import ArtifactRef
 
@@ -173,6 +175,9 @@ class RunHistoryStore:
         else:
             with ThreadPoolExecutor(min(HEAD_THREADS, len(paths)), thread_name_prefix="runhistory-head") as pool:
                 found = list(pool.map(self.stat, paths))
+        missing = [path for path, stat in zip(paths, found) if stat is None]
+        if missing:  # registered, never uploaded: a job killed mid-upload, or a copy of ours cut short
+            logger.debug("{} file(s) of run {} are listed without bytes, first {}", len(missing), self.run, missing[0])
         return {path: stat for path, stat in zip(paths, found) if stat is not None}
 
     def list(self) -> Iterator[ArtifactRef]:

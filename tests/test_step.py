@@ -150,7 +150,8 @@ def test_inside_an_azureml_job_the_step_writes_into_the_jobs_own_run(manifest, s
     from mlflow import MlflowClient
 
     client = MlflowClient(server.uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    found = client.get_experiment_by_name(EXPERIMENT)  # made by an earlier step when this module ran in order
+    experiment = found.experiment_id if found else client.create_experiment(EXPERIMENT)
     own = client.create_run(experiment).info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", own)

@@ -343,25 +343,22 @@ class AzuremlSource:
         come from the blob itself: its content URI (`.../artifacts/contentinfo`, what azureml-mlflow
         downloads from) answers a HEAD with Content-Length and Content-MD5 (where the upload set
         one), so no byte is read. That URI carries a SAS: it is used for that one request and kept
-        nowhere, not in the record, a log line or an error message.
+        nowhere, not in the record, a log line or an error message. A listed path without a blob
+        (an upload the job never finished) is left out. (runner.run_history does the reading.)
         """
-        for path in self._artifact_paths(job):
-            size, md5 = blob_properties(self._content_uri(job, path), f"{path} of job {job.source_id}", self._retry)
-            yield ArtifactRef(path=path, size=size, md5=md5)
+        return self.artifact_store(job).list()
 
     @contextmanager
     def fetch_artifact(self, job: JobRecord, ref: ArtifactRef, scratch: Path):
         """The file's bytes, streamed from its blob into a scratch file."""
         from azure.core.exceptions import AzureError
-        from azure.storage.blob import BlobClient
 
         folder = Path(tempfile.mkdtemp(dir=scratch))
         local = folder / "file"
         try:
-            blob = BlobClient.from_blob_url(self._content_uri(job, ref.path), **self._retry)
             try:
-                with open(local, "wb") as out:
-                    blob.download_blob().readinto(out)
+                with self.artifact_store(job).open(ref.path) as reader, open(local, "wb") as out:
+                    shutil.copyfileobj(reader, out, 1 << 20)
             except AzureError as error:  # the message of a storage error can quote the URL: say what failed, not where
                 raise EndpointError(f"cannot download {ref.path} of job {job.source_id}: {storage_reason(error)}") from None
             yield local
@@ -380,13 +377,6 @@ class AzuremlSource:
 
         return RunHistory(self._history_client, self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name,
                           self._azure_errors, self._retry)
-
-    def _artifact_paths(self, job: JobRecord) -> Iterator[str]:
-        """Every file path of a job, page by page."""
-        return self._run_history().paths(job.experiment, job.source_id)
-
-    def _content_uri(self, job: JobRecord, path: str) -> str:
-        return self._run_history().content_uri(job.experiment, job.source_id, path)
 
     def _history_json(self, request, doing: str) -> dict:
         client = self._history_client()
@@ -815,19 +805,6 @@ def asset_io(value) -> dict[str, str]:
     """Run history's TypedAssetReference (assetId, type)."""
     get = value.get if isinstance(value, dict) else lambda k, d=None: getattr(value, {"assetId": "asset_id"}.get(k, k), d)
     return clean({"type": get("type"), "path": get("assetId")})
-
-
-def blob_properties(uri: str, what: str, retry: dict) -> tuple[int, str]:
-    """(size, md5 hex or "") of the blob at a SAS URI, from a HEAD request."""
-    from azure.core.exceptions import AzureError
-    from azure.storage.blob import BlobClient
-
-    try:
-        props = BlobClient.from_blob_url(uri, **retry).get_blob_properties()
-    except AzureError as error:
-        raise EndpointError(f"cannot read the size and md5 of {what}: {storage_reason(error)}") from None
-    md5 = props.content_settings.content_md5 if props.content_settings else None
-    return int(props.size or 0), bytes(md5).hex() if md5 else ""
 
 
 def _quiet_sdk_loggers() -> None:
