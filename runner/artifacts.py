@@ -930,7 +930,7 @@ class _Engine:
     """One copy call: what the destination holds is listed once, files go through a thread pool,
     and what landed is checked at the end against one more listing (blob destinations)."""
 
-    def __init__(self, src, dst, options: ArtifactOptions, progress: Progress | None, fresh: bool):
+    def __init__(self, src, dst, options: ArtifactOptions, progress: Progress | None, fresh: bool, sources: dict | None = None):
         self.src, self.dst, self.options, self.progress, self.fresh = src, dst, options, progress, fresh
         self.stats = CopyStats()
         self.lock = threading.Lock()
@@ -941,7 +941,7 @@ class _Engine:
         # One listing instead of a lookup per file: blob stores (and run history, through its blobs)
         # answer size, MD5, etag and copy state.
         self.have = {} if fresh else (dst.listing() if hasattr(dst, "listing") else None)
-        self.sources = src.listing() if hasattr(src, "listing") else None
+        self.sources = sources if sources is not None else (src.listing() if hasattr(src, "listing") else None)
         self.expected: dict[str, tuple[str, ArtifactRef, str]] = {}  # dst path -> (source path, landed ref, how)
 
     def bytes_done(self, count: int) -> None:
@@ -1147,6 +1147,10 @@ def copy_artifacts(
         return stats
     src = open_store(src, tracking_uri, options.auth)
     dst = open_store(dst, tracking_uri, options.auth)
+    # A store that lists with sizes and MD5 (blob, run history) is listed once, for the refs and the engine.
+    sources = src.listing() if refs is None and hasattr(src, "listing") else None
+    if sources is not None:
+        refs = [ArtifactRef(path=path, size=found.size, md5=found.md5) for path, found in sources.items()]
     chosen = select(src.list() if refs is None else refs, options, stats)
     stats.files = len(chosen)
     for skipped in stats.skipped_too_large:
@@ -1163,7 +1167,7 @@ def copy_artifacts(
     total = sum(r.size for r in chosen)
     if progress is None and total >= PROGRESS_FLOOR:
         progress = BytesProgress(label, total)
-    engine = _Engine(src, dst, options, progress, fresh)
+    engine = _Engine(src, dst, options, progress, fresh, sources)
     mapping = path_map or (lambda p: p)
     if options.parallel == 1 or len(chosen) == 1:
         for ref in chosen:

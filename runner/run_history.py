@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterator
@@ -45,6 +46,7 @@ RUN_ROOT = re.compile(
     re.IGNORECASE,
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
+FRESH_READ_SECONDS = 300  # a read SAS from the listing is reused this long; an older one is asked for again
 DEFAULT_SCOPE = "https://management.azure.com/.default"  # azureml-mlflow's, for the public cloud
 
 
@@ -139,6 +141,9 @@ class RunHistoryStore:
         self._credential = credential  # for a path registered by an interrupted attempt (module docstring)
         self._writers: dict[str, tuple] = {}  # path -> (BlobClient, direct) kept from copy_from for set_md5 or a streamed retry
         self._lock = threading.Lock()
+        # Read SAS URLs the listing just got, kept in memory for the copy that follows (one request
+        # less per file), used once and only while young: never logged, never written anywhere.
+        self._fresh_reads: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"RunHistoryStore({self.uri})"
@@ -161,7 +166,10 @@ class RunHistoryStore:
         if url is None:
             return None
         try:
-            return blob_stat(self._blob(url).get_blob_properties())
+            found = blob_stat(self._blob(url).get_blob_properties())
+            with self._lock:
+                self._fresh_reads[path] = (url, time.monotonic())
+            return found
         except ResourceNotFoundError:
             return None  # registered, but its bytes never landed (an interrupted upload)
         except AzureError as error:
@@ -186,6 +194,10 @@ class RunHistoryStore:
 
     def read_url(self, path: str, minutes: int) -> str:
         """The blob's URL with a read SAS, for the destination to pull from (run history sets its lifetime)."""
+        with self._lock:
+            url, got = self._fresh_reads.pop(path, (None, 0.0))
+        if url is not None and time.monotonic() - got < FRESH_READ_SECONDS:
+            return url
         url = self.history.content_uri(self.experiment, self.run, path, missing_ok=True)
         if url is None:
             raise FileNotFoundError(f"{path} is not a file of run {self.run}")

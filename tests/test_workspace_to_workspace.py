@@ -61,8 +61,7 @@ def move(tmp_path_factory):
             seed.install(src, specs, builders)
             src_store = azureml_artifacts.attach(src, where, accounts[0], container=f"{name}-src")
             seed.upload_files(src_store, specs)
-            src_store.client().get_blob_client(src_store.prefix(BIG[0]) + BIG[1]).upload_blob(
-                big_bytes(), overwrite=True, max_concurrency=1)  # over the client's single-put size: blocks, no MD5
+            upload_in_blocks(src_store, src_store.prefix(BIG[0]) + BIG[1], big_bytes())
             dst = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-dst", mlflow_uri=target_mlflow.uri))
             dst_store = azureml_artifacts.attach(dst, where, accounts[1], container=f"{name}-dst")
             azureml_artifacts.serve_run_artifacts(dst)
@@ -83,6 +82,22 @@ def move(tmp_path_factory):
         fake.stop()
         target_mlflow.stop()
         source_mlflow.stop()
+
+
+def upload_in_blocks(store, name: str, data: bytes) -> None:
+    """Put Block + Put Block List in 1 MiB blocks, as a large upload does: the blob keeps no Content-MD5."""
+    from azure.storage.blob import BlobClient
+
+    verify = {"connection_verify": store.verify} if store.verify else {}
+    blob = BlobClient(f"{store.endpoint}/{store.account}", store.container, name, max_single_put_size=1 << 20, max_block_size=1 << 20,
+                      credential={"account_name": store.account, "account_key": store.key}, **verify)
+    blob.upload_blob(data, overwrite=True, max_concurrency=1)
+    assert not blob.get_blob_properties().content_settings.content_md5
+
+
+def without_md5(store, jobs) -> int:
+    """How many files of these source jobs keep no Content-MD5."""
+    return sum(1 for job in jobs for b in store.client().list_blobs(name_starts_with=store.prefix(job)) if not b.content_settings.content_md5)
 
 
 def expected_files(specs) -> dict[str, dict[str, bytes]]:
@@ -141,7 +156,15 @@ def first_migration(move, pair, workspace: str, tmp_path) -> tuple:
 
 def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
     pair, workspace = move.pairs["same"], f"same-{unique}"
+    before = dict(move.fake.requests)
     result, line, total = first_migration(move, pair, workspace, tmp_path)
+    asked = {k: v - before.get(k, 0) for k, v in move.fake.requests.items()}
+    # Per file: the source's contentinfo once (its read SAS serves the copy), one registration, and
+    # the target's contentinfo once (the check that every copy landed); a source file without an
+    # MD5 is read once more, to hash it and set the MD5 on the copy.
+    unhashed = without_md5(pair.src_store, expected_files(move.specs))
+    assert unhashed == 2
+    assert (asked["artifact_contentinfo"], asked["artifact_create"]) == (2 * total + unhashed, total), asked
     assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
     check_files(move, pair, workspace)
 
