@@ -126,22 +126,6 @@ def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
     return EXIT_DIFFERENCES if summary.failed else EXIT_OK
 
 
-def verify_models(src, dst, models: list[str]):
-    """`verify --models-only`: the selected registered models against the target, runs left out."""
-    import tempfile
-
-    from runner.registry import compare_models
-    from runner.verify import Difference, VerifyReport
-
-    report = VerifyReport(source=src.describe(), target=dst.describe())
-    if dst.client is None:
-        report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
-        return report
-    with tempfile.TemporaryDirectory(prefix="replayer-verify-") as scratch:
-        report.models, report.differences = compare_models(src, dst, dst.ledger(src.workspace), models, Path(scratch))
-    return report
-
-
 class Replayer:
     """Replay AzureML / MLflow run history into another workspace or tracking store."""
 
@@ -250,10 +234,8 @@ class Replayer:
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
-            if s.models_only:  # the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
-                report = verify_models(src, dst, s.models)
-            else:
-                report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models)
+            # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
+            report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only)
             path = Path(s.report or "verify-report.json")
             write_report(report, path)
             print_table(report)

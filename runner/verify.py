@@ -76,19 +76,35 @@ class VerifyReport:
         }
 
 
-def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None) -> VerifyReport:
+def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None,
+           runs: bool = True) -> VerifyReport:
+    """Source against target: every selected run (unless `runs=False`, e.g. the pipeline's models
+    step) and the registered models `models` names."""
     mapping = mapping or Mapping()
     report = VerifyReport(source=source.describe(), target=target.describe())
     if target.client is None:
         report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
         return report
     ledger = target.ledger(source.workspace)
+    checker = JobChecker(source, target, ledger, mapping)
+    if runs:
+        compare_runs(source, target, ledger, checker, report, mapping, parallel)
+    if models:
+        from runner.registry import compare_models
+
+        report.models, found = compare_models(source, target, ledger, models, checker.scratch)
+        report.differences += found
+    checker.close()
+    return report
+
+
+def compare_runs(source, target, ledger, checker: "JobChecker", report: "VerifyReport", mapping: Mapping, parallel: int) -> None:
+    """Every selected run (and the target's duplicates, orphans and runs the source lacks) into `report`."""
     if ledger.duplicates:
         report.differences.append(Difference("", "", "duplicates", "0", str(ledger.duplicates)))
     if ledger.orphans:
         report.differences.append(Difference("", "", "orphans", "0", str(len(ledger.orphans))))
     compare_experiments(source, target, report, mapping)
-    checker = JobChecker(source, target, ledger, mapping)
     progress = Progress("verify", source.count())
     lock = threading.Lock()
     seen: set[str] = set()
@@ -109,13 +125,6 @@ def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, mo
         for original_id, run in ledger.runs.items():
             if original_id not in seen and run.lifecycle_stage == "active":
                 report.differences.append(Difference(original_id, "", "target_only", "", run.run_id))
-    if models:
-        from runner.registry import compare_models
-
-        report.models, found = compare_models(source, target, ledger, models, checker.scratch)
-        report.differences += found
-    checker.close()
-    return report
 
 
 def has_filters(source) -> bool:
