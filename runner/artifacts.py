@@ -444,11 +444,26 @@ _containers: set[tuple[str, str]] = set()  # (account URL, container) known to e
 _no_put_from_url: set[tuple[str, str]] = set()  # account pairs whose destination lacks Put Blob From URL
 
 
+GET_SIZES = {"max_single_get_size": 4 << 20, "max_chunk_get_size": 4 << 20}  # a download holds 4 MiB at a time
+
+
+def pooled_transport(hosts: int):
+    """A requests transport whose connection pool serves many threads at once (64 a host), to be
+    shared by the clients of a process: one client (and connection) per file would pay a TLS
+    handshake per file."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=hosts, pool_maxsize=64)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return RequestsTransport(session=session, session_owner=False)
+
+
 def blob_service(location: BlobLocation, auth: BlobAuth):
     """One BlobServiceClient per account and credential, shared by every thread (the SDK is
     thread-safe), on a connection pool wide enough for many runs copying at once."""
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
     from azure.storage.blob import BlobServiceClient
 
     account_key = auth.keys.get(location.account)
@@ -457,14 +472,7 @@ def blob_service(location: BlobLocation, auth: BlobAuth):
     with _services_lock:
         service = _services.get(cache_key)
         if service is None:
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            service = BlobServiceClient(
-                location.account_url, credential=credential, transport=RequestsTransport(session=session, session_owner=False),
-                max_single_get_size=4 << 20, max_chunk_get_size=4 << 20,
-            )
+            service = BlobServiceClient(location.account_url, credential=credential, transport=pooled_transport(4), **GET_SIZES)
             _services[cache_key] = service
         return service
 

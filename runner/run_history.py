@@ -67,7 +67,8 @@ class RunHistory:
         self.client, self.errors, self.retry = client, errors, retry or {}
         self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
 
-    def _json(self, request, doing: str, missing_ok: bool = False) -> dict | None:
+    def request_json(self, request, doing: str, missing_ok: bool = False) -> dict | None:
+        """Send a run history request; its JSON answer (None for a 404 with missing_ok)."""
         from azure.core.exceptions import HttpResponseError
 
         with self.errors(doing):
@@ -89,7 +90,7 @@ class RunHistory:
 
         token = None
         while True:
-            body = self._json(build(*self._scope(), experiment, run, continuation_token_parameter=token), f"list the files of run {run}")
+            body = self.request_json(build(*self._scope(), experiment, run, continuation_token_parameter=token), f"list the files of run {run}")
             for artifact in body.get("value") or []:
                 if artifact.get("path"):
                     yield artifact["path"]
@@ -103,7 +104,7 @@ class RunHistory:
             build_run_artifacts_get_content_information_by_experiment_name_request as build,
         )
 
-        body = self._json(build(*self._scope(), experiment, run, path=path), f"locate {path} of run {run}", missing_ok)
+        body = self.request_json(build(*self._scope(), experiment, run, path=path), f"locate {path} of run {run}", missing_ok)
         if body is None:
             return None
         if not body.get("contentUri"):
@@ -116,7 +117,7 @@ class RunHistory:
             build_run_artifacts_batch_create_empty_artifacts_by_experiment_name_request as build,
         )
 
-        body = self._json(build(*self._scope(), experiment, run, json={"paths": [{"path": path}]}), f"register {path} in run {run}")
+        body = self.request_json(build(*self._scope(), experiment, run, json={"paths": [{"path": path}]}), f"register {path} in run {run}")
         error = (body.get("errors") or {}).get(path)
         if error:
             message = str((error.get("error") or {}).get("message") or error)
@@ -153,8 +154,18 @@ class RunHistoryStore:
     def _blob(self, url: str, credential=None):
         from azure.storage.blob import BlobClient
 
-        return BlobClient.from_blob_url(url, credential=credential, transport=shared_transport(), max_single_get_size=4 << 20,
-                                        max_chunk_get_size=4 << 20, **self.history.retry)  # downloads: 4 MiB in memory
+        from runner.artifacts import GET_SIZES
+
+        return BlobClient.from_blob_url(url, credential=credential, transport=shared_transport(), **GET_SIZES, **self.history.retry)
+
+    def _direct_blob(self, path: str):
+        """The blob of a registered path at its plain address, with the Azure credential (no SAS)."""
+        address = self.history.content_uri(self.experiment, self.run, path).split("?", 1)[0]
+        if self._credential is None:
+            raise RegisteredWithoutBytes(path, self.run, "no Azure credential is at hand to write it")
+        if urlsplit(address).scheme != "https":
+            raise RegisteredWithoutBytes(path, self.run, "its blob is not on HTTPS, where a token may be sent")
+        return self._blob(address, self._credential())
 
     def stat(self, path: str):
         """Size, MD5 and etag from a HEAD on the blob; None when run history or the blob lacks it."""
@@ -227,13 +238,7 @@ class RunHistoryStore:
         try:
             return self._blob(self.history.upload_uri(self.experiment, self.run, path)), False
         except AlreadyRegistered:
-            pass
-        address = self.history.content_uri(self.experiment, self.run, path).split("?", 1)[0]
-        if self._credential is None:
-            raise RegisteredWithoutBytes(path, self.run, "no Azure credential is at hand to write it")
-        if urlsplit(address).scheme != "https":
-            raise RegisteredWithoutBytes(path, self.run, "its blob is not on HTTPS, where a token may be sent")
-        return self._blob(address, self._credential()), True
+            return self._direct_blob(path), True
 
     @contextmanager
     def _writing(self, path: str):
@@ -287,8 +292,7 @@ class RunHistoryStore:
         if self._credential is None or not have.copy_id:
             return
         try:
-            address = self.history.content_uri(self.experiment, self.run, path).split("?", 1)[0]
-            self._blob(address, self._credential()).abort_copy(have.copy_id)
+            self._direct_blob(path).abort_copy(have.copy_id)
         except (AzureError, EndpointError):
             pass
 
@@ -318,19 +322,13 @@ _transport_lock = threading.Lock()
 
 
 def shared_transport():
-    """One connection pool for every SAS-URL blob client of the process: a client per file would
-    open a connection (a TLS handshake) per file."""
+    """One connection pool for every SAS-URL blob client of the process (runner.artifacts.pooled_transport)."""
     global _transport
     with _transport_lock:
         if _transport is None:
-            import requests
-            from azure.core.pipeline.transport import RequestsTransport
+            from runner.artifacts import pooled_transport
 
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=64)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            _transport = RequestsTransport(session=session, session_owner=False)
+            _transport = pooled_transport(8)
         return _transport
 
 

@@ -378,16 +378,6 @@ class AzuremlSource:
         return RunHistory(self._history_client, self.ref.subscription_id, self.ref.resource_group, self.ref.workspace_name,
                           self._azure_errors, self._retry)
 
-    def _history_json(self, request, doing: str) -> dict:
-        client = self._history_client()
-        with self._azure_errors(doing):
-            answer = client.send_request(request)
-            if answer.status_code != 200:
-                from azure.core.exceptions import HttpResponseError
-
-                raise HttpResponseError(response=answer)
-            return answer.json()
-
     # -- building the plan ---------------------------------------------------------------------
 
     def _build_plan(self) -> list[Node]:
@@ -572,7 +562,7 @@ class AzuremlSource:
                 subscription_id=self.ref.subscription_id, resource_group_name=self.ref.resource_group,
                 workspace_name=self.ref.workspace_name, run_id=name, continuationtoken=token,
             )
-            body = self._history_json(request, f"list the children of {name}")
+            body = self._run_history().request_json(request, f"list the children of {name}")
             for value in body.get("value") or []:
                 yield Run(value)
             token = body.get("continuationToken")
