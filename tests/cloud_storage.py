@@ -32,6 +32,7 @@ Azurite's own check goes through the proxy too (HTTPS_PROXY and NODE_EXTRA_CA_CE
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -132,6 +133,12 @@ class CloudStorage:
 
         return BlobServiceClient(self.endpoint(account), credential=credential or {"account_name": account, "account_key": self.key(account)},
                                  connection_verify=str(self.ca_file))
+
+
+def md5s_under(container, prefix: str) -> dict[str, str]:
+    """name below `prefix` -> md5 hex of the bytes each blob holds (read back, not its Content-MD5)."""
+    return {blob.name[len(prefix):]: hashlib.md5(container.get_blob_client(blob.name).download_blob().readall()).hexdigest()
+            for blob in container.list_blobs(name_starts_with=prefix)}
 
 
 @pytest.fixture(scope="module")

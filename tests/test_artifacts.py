@@ -589,13 +589,20 @@ class RecordedSas:
         return query
 
 
-def captured_logs():
-    """Every loguru line from now on, DEBUG included, as the log file would hold them (redacted)."""
+def watched_copy(cloud_storage, src: str, dst: str, options):
+    """copy_artifacts(src, dst) with every loguru line it wrote (DEBUG included, redacted as the
+    log file holds them) and the bytes the proxy's tunnels carried each way: (stats, lines, moved)."""
     from runner import logs as replayer_logs
 
     lines: list[str] = []
     sink = artifacts.logger.add(lambda message: lines.append(replayer_logs.redact(str(message))), level="DEBUG")
-    return lines, sink
+    before = cloud_storage.proxy.snapshot()
+    try:
+        stats = artifacts.copy_artifacts(src, dst, None, options)
+    finally:
+        artifacts.logger.remove(sink)
+    moved = {k: cloud_storage.proxy.snapshot()[k] - before[k] for k in before}
+    return stats, lines, moved
 
 
 def test_user_delegation_sas_copies_server_side_on_production_urls(cloud_storage, tree, prefix):
@@ -616,13 +623,7 @@ def test_user_delegation_sas_copies_server_side_on_production_urls(cloud_storage
     assert up.ok and up.streamed == len(TREE), up.failed
     total = sum(map(len, TREE.values()))
 
-    lines, sink = captured_logs()
-    before = cloud_storage.proxy.snapshot()
-    try:
-        across = artifacts.copy_artifacts(src, dst, None, options)
-    finally:
-        artifacts.logger.remove(sink)
-    moved = {k: cloud_storage.proxy.snapshot()[k] - before[k] for k in before}
+    across, lines, moved = watched_copy(cloud_storage, src, dst, options)
 
     assert across.ok, across.failed
     assert (across.server_side, across.streamed, across.bytes_streamed, across.bytes_copied) == (len(TREE), 0, 0, total)
@@ -661,13 +662,7 @@ def test_across_accounts_azurite_refuses_the_copy_and_the_bytes_stream_through_t
     dst = cloud_storage.url("acct2", "runs", f"{prefix}/b")
     assert artifacts.copy_artifacts(tree, src, None, options).ok
     total = sum(map(len, TREE.values()))
-    lines, sink = captured_logs()
-    before = cloud_storage.proxy.snapshot()
-    try:
-        stats = artifacts.copy_artifacts(src, dst, None, options)
-    finally:
-        artifacts.logger.remove(sink)
-    moved = {k: cloud_storage.proxy.snapshot()[k] - before[k] for k in before}
+    stats, lines, moved = watched_copy(cloud_storage, src, dst, options)
     assert stats.ok, stats.failed
     assert stats.server_side == 0 and stats.streamed == len(TREE) and stats.bytes_streamed == total
     assert moved["down"] > total and moved["up"] > total, (moved, total)  # downloaded from acct1, uploaded to acct2

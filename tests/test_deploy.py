@@ -834,7 +834,7 @@ def test_environment_create_uploads_only_the_build_context(control_plane, tmp_pa
     blob proxy), then the version is PUT naming that upload and the Dockerfile."""
     import hashlib
 
-    from cloud_storage import CloudStorage
+    from cloud_storage import CloudStorage, md5s_under
     from fakes.azureml_assets import environments
     from fakes.azureml_datastores import attach_datastore
 
@@ -851,9 +851,7 @@ def test_environment_create_uploads_only_the_build_context(control_plane, tmp_pa
         assert found, build
         prefix = found.group(1) + "/"
         container = storage.azurite.service("acct1").get_container_client("azureml-blobstore")
-        held = {}
-        for blob in container.list_blobs(name_starts_with=prefix):
-            held[blob.name[len(prefix):]] = hashlib.md5(container.get_blob_client(blob.name).download_blob().readall()).hexdigest()
+        held = md5s_under(container, prefix)
         shown = ml.environments.get("replayer", PROJECT["version"])  # `az ml environment show`
         assert shown.build.path == build["contextUri"] and shown.build.dockerfile_path == "Dockerfile"
     heavy = [name for name in held if name.split("/")[0] in (".venv", "node_modules", "tests", ".git", "bench", ".local", "logs") or "__pycache__" in name]

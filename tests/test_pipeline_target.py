@@ -271,7 +271,7 @@ def test_cli_submit_without_manifest_uri_uploads_the_manifest_to_the_default_dat
     every submitted job reads it from there."""
     import hashlib
 
-    from cloud_storage import CloudStorage
+    from cloud_storage import CloudStorage, md5s_under
     from fakes.azureml_datastores import attach_datastore
 
     ws, uri = target_workspace(azure)
@@ -289,9 +289,7 @@ def test_cli_submit_without_manifest_uri_uploads_the_manifest_to_the_default_dat
         assert found, inputs
         prefix = found.group(1) + "/"
         container = storage.azurite.service("acct1").get_container_client("azureml-blobstore")
-        held = {}
-        for blob in container.list_blobs(name_starts_with=prefix):
-            held[blob.name[len(prefix):]] = hashlib.md5(container.get_blob_client(blob.name).download_blob().readall()).hexdigest()
+        held = md5s_under(container, prefix)
         local = {p.relative_to(azure.manifest).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in azure.manifest.rglob("*") if p.is_file()}
         assert held == local  # exactly the manifest's files, byte for byte
         assert storage.proxy.by_host["acct1.blob.core.windows.net"]["tunnels"] >= 1 and not storage.proxy.refused
