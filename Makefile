@@ -25,7 +25,9 @@ $(AZURITE): package.json package-lock.json
 # Two test processes (pytest-xdist): most of a test's time is servers and CLI processes starting
 # and answering, so two workers cut the wall time on 2 cores (15 -> about 10 min, 222 tests).
 # A module runs whole in one worker (--dist loadfile): its servers start once, its tests in order.
+# lint-imports first: the layer walls and "no circles" (contracts in pyproject.toml), in seconds.
 test: venv $(AZURITE)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 local-run: venv

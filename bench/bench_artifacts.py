@@ -5,15 +5,15 @@ SMALL files of 1-16 KB in nested folders, and LARGE files of 100 MiB. Each conte
 set into a fresh prefix of account acct2, as a separate process, timed from launch to exit, its
 peak RSS its own (VmHWM; the process alone, not Azurite):
 
-  server-side      runner.artifacts: start_copy_from_url with a read SAS per blob; no bytes here
-  streamed         runner.artifacts with server-side off: the fallback, blocks of 8 MiB through
+  server-side      runner.files: start_copy_from_url with a read SAS per blob; no bytes here
+  streamed         runner.files with server-side off: the fallback, blocks of 8 MiB through
                    this process (stage_block/commit_block_list), MD5 checked
   download-upload  the naive baseline (what copying through MLflow does): each blob downloaded to
                    a local file, then uploaded from it, on the same number of threads
 
 Every destination is compared with the source afterwards (size and MD5 of each file, outside the
 timing), and a rerun of the server-side copy shows the resume path (everything skipped).
-Results: a table on stdout and bench-results/artifacts.json.
+Results: a table on stdout and bench-results/json.
 
     python bench/bench_artifacts.py [--small 2000] [--large 5] [--large-mb 100] [--parallel 8]
 """
@@ -58,18 +58,22 @@ def peak_rss_mb() -> float:
 
 
 def worker(mode: str, src: str, dst: str, parallel: int) -> None:
-    from runner import artifacts
+    import json
+    from runner.files.checks import compare
+    from runner.files.copier import copy_artifacts
+    from runner.files.options import ArtifactOptions
+    from runner.files.roots import open_store
 
-    options = artifacts.ArtifactOptions(parallel=parallel, server_side=mode == "server-side")  # keys from REPLAYER_STORAGE_KEYS
+    options = ArtifactOptions(parallel=parallel, server_side=mode == "server-side")  # keys from REPLAYER_STORAGE_KEYS
     if mode in ("server-side", "streamed"):
-        stats = artifacts.copy_artifacts(src, dst, None, options)
+        stats = copy_artifacts(src, dst, None, options)
         print(json.dumps({"files": stats.copied + stats.skipped_existing, "copied": stats.copied, "skipped": stats.skipped_existing,
                           "server_side": stats.server_side, "bytes": stats.bytes_copied, "failed": len(stats.failed), "rss_mb": round(peak_rss_mb(), 1), "cpu_s": cpu_seconds()}))
         return
     # download-upload: whole files through a scratch folder, like MLflow download_artifacts + log_artifact.
     from concurrent.futures import ThreadPoolExecutor
 
-    source, target = artifacts.open_store(src, auth=options.auth), artifacts.open_store(dst, auth=options.auth)
+    source, target = open_store(src, auth=options.auth), open_store(dst, auth=options.auth)
     target.ensure_container()
     refs = list(source.list())
     scratch = Path(tempfile.mkdtemp(prefix="bench-dl-"))
@@ -141,7 +145,11 @@ def main() -> None:
         mode, src, dst, parallel = args.worker
         return worker(mode, src, dst, int(parallel))
 
-    from runner import artifacts
+    import json
+    from runner.files.checks import compare
+    from runner.files.copier import copy_artifacts
+    from runner.files.options import ArtifactOptions
+    from runner.files.roots import open_store
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REPLAYER_STORAGE_KEYS": ";".join(f"{k}:{v}" for k, v in ACCOUNTS.items())}
     RESULTS.mkdir(exist_ok=True)
@@ -159,7 +167,7 @@ def main() -> None:
             seed(local, args.small, args.large, args.large_mb)
             started = time.monotonic()
             for name in ("small", "large"):
-                stats = artifacts.copy_artifacts(local / name, azurite.url("acct1", "src", name), None, artifacts.ArtifactOptions(auth=auth, parallel=args.parallel))
+                stats = copy_artifacts(local / name, azurite.url("acct1", "src", name), None, ArtifactOptions(auth=auth, parallel=args.parallel))
                 assert stats.ok and stats.copied, stats.line()
             results["seed_seconds"] = round(time.monotonic() - started, 1)
             shutil.rmtree(local)
@@ -168,7 +176,7 @@ def main() -> None:
                 for mode in CONTENDERS:
                     dst = azurite.url("acct2", mode, name)
                     row = timed(mode, src, dst, args.parallel, env)
-                    mismatches = artifacts.compare(src, dst, options=artifacts.ArtifactOptions(auth=auth))
+                    mismatches = compare(src, dst, options=ArtifactOptions(auth=auth))
                     row["equal"] = not mismatches
                     results["runs"][f"{name}/{mode}"] = row
                     print(f"  {name:<6} {mode:<16} {row['seconds']:>7.2f}s  {row['bytes'] / 1e6:>8.1f} MB  rss {row['rss_mb']:>6.1f} MB  cpu {row['cpu_s']:>5.1f}s"
@@ -195,7 +203,7 @@ def main() -> None:
             "resume_skips_all": all(runs[f"{n}/server-side rerun"]["copied"] == 0 for n in ("small", "large")),
         },
     }
-    publish(results, "artifacts.json")
+    publish(results, "json")
 
 
 def publish(results: dict, name: str) -> None:

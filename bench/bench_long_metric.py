@@ -14,7 +14,7 @@ databases: the point count and a SHA-256 over every (step, timestamp, value) in 
 Flat memory means the 1M-point migration peaks within a few MB of the 100k one: the history
 streams page by page from the source (25,000 points a page) into 1,000-row log_batch requests,
 and nothing holds a whole history. Verify is flat the same way: each side's history streams into
-an order-independent digest (runner.verify). Results: a table on stdout and
+an order-independent digest (runner.engine.verify). Results: a table on stdout and
 bench-results/long_metric.json.
 
     python bench/bench_long_metric.py [--points 100000,1000000] [--keep]

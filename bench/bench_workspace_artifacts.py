@@ -7,7 +7,7 @@ set, as an upload in one piece leaves it). Each contender copies them into a fre
 target workspace, as a separate process timed from launch to exit and around the copy call alone
 (the goal is on the latter), its peak RSS its own (VmHWM):
 
-  server-side     runner.run_history: each path registered in the target run (write SAS), its blob
+  server-side     runner.azureml.run_history: each path registered in the target run (write SAS), its blob
                   pulls the bytes from the source blob's read SAS (Copy Blob here; Put Blob From
                   URL on Azure); no bytes through the tool
   streamed        the same store with server-side off: blocks of 4 MiB through the tool into the
@@ -49,16 +49,21 @@ GOALS = {"large_speedup_vs_azureml_mlflow": 5.0, "rss_growth_mb": 100.0}
 
 
 def worker(mode: str, src_root: str, dst_root: str, parallel: int) -> None:
-    from runner import artifacts, credentials, stores
+    from runner.files.copier import copy_artifacts
+    from runner.files.options import ArtifactOptions
+    from runner.files.roots import open_store
+    from runner.mlflow.artifact_store import MlflowStore
+    from runner.azureml import credentials
+    from runner.mlflow import uris
 
     credentials.configure("cli")  # the fake `az` on PATH
     tracking = dst_root.split("/experiments/", 1)[0]
-    stores.open_client(tracking, create=False)  # azureml-mlflow gets our credential for the target workspace
-    src = artifacts.open_store(src_root)
-    dst = artifacts.MlflowStore(dst_root, tracking) if mode == "azureml-mlflow" else artifacts.open_store(dst_root)
-    options = artifacts.ArtifactOptions(parallel=parallel, server_side=mode == "server-side")
+    uris.open_client(tracking, create=False)  # azureml-mlflow gets our credential for the target workspace
+    src = open_store(src_root)
+    dst = MlflowStore(dst_root, tracking) if mode == "azureml-mlflow" else open_store(dst_root)
+    options = ArtifactOptions(parallel=parallel, server_side=mode == "server-side")
     started = time.monotonic()
-    stats = artifacts.copy_artifacts(src, dst, None, options)
+    stats = copy_artifacts(src, dst, None, options)
     copy_seconds = round(time.monotonic() - started, 2)
     print(json.dumps({"files": stats.copied + stats.skipped_existing, "copied": stats.copied, "skipped": stats.skipped_existing,
                       "server_side": stats.server_side, "bytes": stats.bytes_copied, "bytes_through_tool": stats.bytes_streamed,

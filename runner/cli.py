@@ -13,9 +13,12 @@ import fire
 from loguru import logger
 
 from runner import config as config_file
-from runner import logs, retry, watermark
-from runner.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
-from runner.filters import Filters, as_bool, as_list
+from runner import ends  # noqa: F401 - loads both ends: their stores and tracking auth register
+from runner.core import logs
+from runner.core import retry
+from runner.mlflow import sync_state
+from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
+from runner.core.filters import Filters, as_bool, as_list
 
 COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
 
@@ -49,22 +52,22 @@ class Settings:
         if self.retries < 0:
             raise UsageError(f"--retries {self.retries}: expected 0 or more extra passes")
         self.report = options.get("report")
-        from runner.artifacts import ArtifactOptions
+        from runner.files.options import ArtifactOptions
 
         self.artifacts = ArtifactOptions.build(**{k: options.get(k) for k in config_file.ARTIFACT_KEYS})
         self.limits = {k: options.get(k) for k in ("max_tags", "max_metric_keys")}  # None: the target kind's own
-        from runner.mapping import Mapping
+        from runner.engine.mapping import Mapping
 
         self.mapping = Mapping.build(options.get("rename_file"), options.get("import_source_tags"), options.get("use_source_user"))
         self.models = as_list(options.get("models"))  # registered model names or globs, or `all`
         self.models_only = as_bool(options.get("models_only", False), "--models-only")
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
-        # runner.watermark: --incremental continues from the sync state in the target; --full reads all and resets it
+        # runner.mlflow.sync_state: --incremental continues from the sync state in the target; --full reads all and resets it
         self.full = as_bool(flags.get("full", False), "--full")
         self.incremental = as_bool(flags.get("incremental", False), "--incremental") or self.full
         if options.get("credential") or options.get("client_id"):
-            from runner import credentials
+            from runner.azureml import credentials
 
             credentials.configure(options.get("credential"), options.get("client_id"))
 
@@ -79,7 +82,7 @@ FILTER_FLAGS = tuple(config_file.FILTER_KEYS)
 SELECT = COMMON_FLAGS + FILTER_FLAGS
 MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS) + ("max_tags", "max_metric_keys")  # what a target run holds
-SYNC_FLAGS = ("incremental", "full")  # runner.watermark
+SYNC_FLAGS = ("incremental", "full")  # runner.mlflow.sync_state
 
 
 def run(command: str, flags: dict, body) -> None:
@@ -103,12 +106,12 @@ def run(command: str, flags: dict, body) -> None:
 
 
 def open_target(uri: str, dry_run: bool = False, artifacts=None, limits: dict | None = None):
-    from runner import stores
-    from runner.targets.direct import DirectTarget, limits_for
+    from runner.mlflow import uris
+    from runner.mlflow.target import DirectTarget, limits_for
 
     target = DirectTarget(uri, dry_run=dry_run)
-    target.limits = limits_for(stores.tracking_uri(uri), **(limits or {}))
-    if artifacts is not None:  # --artifacts & co. (runner.artifacts.ArtifactOptions), used per run by the target
+    target.limits = limits_for(uris.tracking_uri(uri), **(limits or {}))
+    if artifacts is not None:  # --artifacts & co. (runner.files.options.ArtifactOptions), used per run by the target
         target.artifact_options = artifacts
     return target
 
@@ -141,17 +144,17 @@ class Replayer:
         """
 
         def body():
-            from runner.extract import extract
-            from runner.sources import open_source
+            from runner.engine.extract import extract
+            from runner.ends import open_source
 
             s = Settings(flags, {"source": source, "target": target}, SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS)
             if not out:
                 raise UsageError("missing --out: give an empty folder for the manifest")
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            sync = watermark.begin(src, s.endpoints.get("target"), s.full) if s.incremental else None
+            sync = sync_state.begin(src, s.endpoints.get("target"), s.full) if s.incremental else None
             header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts)
             if sync and not s.dry_run:  # replay writes it into the target once the manifest is in
-                watermark.write_pending(str(out), sync, src)
+                sync_state.write_pending(str(out), sync, src)
             logger.info("summary: {}", header.get("counts"))
             return EXIT_OK
 
@@ -166,9 +169,9 @@ class Replayer:
         """
 
         def body():
-            from runner.extract import require_files
-            from runner.manifest import ManifestSource
-            from runner.replay import ReplayOptions, replay
+            from runner.engine.extract import require_files
+            from runner.engine.manifest import ManifestSource
+            from runner.engine.replay import ReplayOptions, replay
 
             s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS)
             if not manifest:
@@ -182,7 +185,7 @@ class Replayer:
             options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
             code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
             if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
-                watermark.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
+                sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
             return code
 
         run("replay", flags, body)
@@ -197,12 +200,12 @@ class Replayer:
         """
 
         def body():
-            from runner.replay import ReplayOptions, replay
-            from runner.sources import open_source
+            from runner.engine.replay import ReplayOptions, replay
+            from runner.ends import open_source
 
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
-            sync = watermark.begin(src, s.need("target", "target"), s.full) if s.incremental else None
+            sync = sync_state.begin(src, s.need("target", "target"), s.full) if s.incremental else None
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
@@ -210,9 +213,9 @@ class Replayer:
                 options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
                 code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
                 if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
-                    watermark.commit(dst.client, sync.next_state(src))
+                    sync_state.commit(dst.client, sync.next_state(src))
             if s.models:  # after the runs: versions link to the replayed runs
-                from runner.registry import RegistryOptions, finish_models, migrate_models
+                from runner.mlflow.model_copy import RegistryOptions, finish_models, migrate_models
 
                 options = RegistryOptions(s.models, dry_run=s.dry_run, parallel=s.parallel, mapping=s.mapping)
                 code = max(code, finish_models(migrate_models(src, dst, options), s.dry_run, s.report))
@@ -228,8 +231,8 @@ class Replayer:
         """
 
         def body():
-            from runner.sources import open_source
-            from runner.verify import print_table, verify, write_report
+            from runner.ends import open_source
+            from runner.engine.verify import print_table, verify, write_report
 
             s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS)
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
@@ -248,7 +251,7 @@ class Replayer:
         """Print the run hierarchy of a tracking URI or manifest folder.  URI|DIR [filters]"""
 
         def body():
-            from runner.sources import open_source
+            from runner.ends import open_source
             from runner.tree import print_tree
 
             s = Settings(flags, {"source": uri}, SELECT)
@@ -281,7 +284,7 @@ class Replayer:
         """
 
         def body():
-            from runner import step as replay_step
+            from runner.azureml import step as replay_step
 
             s = Settings(flags, {}, COMMON_FLAGS + ("max_tags", "max_metric_keys"))
             if not manifest or not job_id:
@@ -309,8 +312,8 @@ class Replayer:
         """
 
         def body():
-            from runner.manifest import ManifestSource
-            from runner.targets import pipeline
+            from runner.engine.manifest import ManifestSource
+            from runner.azureml import pipeline
 
             s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS)
             if not manifest or not Path(str(manifest)).is_dir():
@@ -340,7 +343,7 @@ class Replayer:
                 Path(s.report).write_text(json.dumps({"dry_run": s.dry_run, **dataclasses.asdict(summary)}, indent=2), encoding="utf-8")
             if not as_bool(wait, "--wait") or s.dry_run or not summary.submitted:
                 return summary.exit_code
-            from runner.wait import azureml_status, print_table, wait_for
+            from runner.azureml.wait import azureml_status, print_table, wait_for
 
             labels = {row["name"]: row["original_job_id"] for row in summary.submitted}
             result = wait_for(list(labels), azureml_status(dst.ml), timeout=float(timeout), labels=labels, parallel=s.parallel)
@@ -358,8 +361,8 @@ class Replayer:
         from_file = flags.pop("from", None)
 
         def body():
-            from runner.targets.pipeline import PipelineTarget
-            from runner.wait import azureml_status, print_table, read_names, wait_for
+            from runner.azureml.pipeline import PipelineTarget
+            from runner.azureml.wait import azureml_status, print_table, read_names, wait_for
 
             s = Settings(flags, {"target": target}, ("verbose", "config", "parallel", "credential", "client_id"))
             names, labels = read_names(str(from_file)) if from_file else ([], {})

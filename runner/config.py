@@ -13,16 +13,16 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.errors import UsageError
+from runner.core.errors import UsageError
 
 TOP_KEYS = ("source", "target", "workspace", "filters", "options")
 FILTER_KEYS = ("experiments", "include", "include_file", "since", "until", "status", "limit", "include_deleted", "shard",
                "tags", "max_depth", "exclude")
 OPTION_KEYS = ("parallel", "dry_run", "report", "verbose", "retries", "credential", "client_id",
                "models", "models_only", "rename_file", "import_source_tags", "use_source_user")
-ARTIFACT_KEYS = ("artifacts", "max_artifact_size", "artifact_include", "artifact_exclude")  # runner.artifacts.ArtifactOptions
+ARTIFACT_KEYS = ("artifacts", "max_artifact_size", "artifact_include", "artifact_exclude")  # runner.files.options.ArtifactOptions
 OPTION_KEYS += ARTIFACT_KEYS
-OPTION_KEYS += ("max_tags", "max_metric_keys")  # override the target kind's caps (runner.targets.direct.Limits)
+OPTION_KEYS += ("max_tags", "max_metric_keys")  # override the target kind's caps (runner.mlflow.target.Limits)
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mlflow.entities import Metric, Param
 
-from runner import stores
-from runner.errors import UsageError
+from runner.mlflow import uris
+from runner.core.errors import UsageError
 
 BASE_TIME = 1_736_935_200_000  # 2025-01-15T10:00:00Z: fixed, so demo stores are comparable
 DEMO_EXPERIMENTS = ("demo-classification", "demo-forecasting")
@@ -22,12 +22,12 @@ DEMO_EXPERIMENTS = ("demo-classification", "demo-forecasting")
 
 def seed(uri: str, seed_value: int = 7) -> dict:
     """Create the demo experiments and runs in `uri`; returns counts."""
-    client = stores.open_client(uri, create=True)
+    client = uris.open_client(uri, create=True)
     for name in DEMO_EXPERIMENTS:
         if client.get_experiment_by_name(name) is not None:
-            raise UsageError(f"{stores.redact(uri)} already has experiment {name!r}; seed the demo into an empty store")
+            raise UsageError(f"{uris.redact(uri)} already has experiment {name!r}; seed the demo into an empty store")
     rng = random.Random(seed_value)
-    demo = Demo(client, rng, stores.artifact_root(stores.tracking_uri(uri)))
+    demo = Demo(client, rng, uris.artifact_root(uris.tracking_uri(uri)))
     with tempfile.TemporaryDirectory() as scratch:
         demo.scratch = Path(scratch)
         demo.classification()

@@ -74,11 +74,11 @@ class Azurite:
                 out.write(blob.bytes())
 
     def url(self, account: str, container: str, prefix: str = "") -> str:
-        """A path-style root URI for `runner.artifacts.open_store`."""
+        """A path-style root URI for `runner.files.stores.open_store`."""
         return f"{self.endpoint}/{account}/{container}" + (f"/{prefix}" if prefix else "")
 
     def auth(self):
-        from runner.artifacts import BlobAuth
+        from runner.azureml.blob import BlobAuth
 
         return BlobAuth(keys=dict(self.accounts))
 

@@ -1,12 +1,12 @@
 """Cloud-style blob storage for tests: HTTPS Azurite (`--oauth basic`) behind tests/fakes/blob_proxy.py,
 so real Azure URLs (https://ACCOUNT.blob.core.windows.net/container/path) work offline, for
-azure-storage-blob, azure-ai-ml's datastore uploads, runner.artifacts and subprocesses alike.
+azure-storage-blob, azure-ai-ml's datastore uploads, runner.files and subprocesses alike.
 
     storage = CloudStorage(folder, ca=None, accounts=None).start()   # or `with CloudStorage(...) as storage:`
     storage.accounts                  name -> base64 key (default acct1, acct2 of tests/azurite.py)
     storage.key(account)              an account key (for listSecrets, REPLAYER_STORAGE_KEYS, a key client)
     storage.endpoint(account)         https://ACCOUNT.blob.core.windows.net
-    storage.url(account, container, prefix="")   a blob root URI for runner.artifacts.open_store
+    storage.url(account, container, prefix="")   a blob root URI for runner.files.stores.open_store
     storage.env                       HTTPS_PROXY, NO_PROXY (loopback bypasses the proxy: mlflow servers,
                                       the AzureML fake), REQUESTS_CA_BUNDLE, SSL_CERT_FILE: pass it to a
                                       subprocess, or `storage.apply(monkeypatch)` in this process
@@ -24,7 +24,7 @@ cloud_storage`) yields a started CloudStorage with `env` applied to os.environ f
 trust the AzureML fake as well, build `CloudStorage(folder, ca=fake.ca)`: Azurite's certificate is then
 issued by the fake's CA and `env`'s bundle trusts both.
 
-Azurite 3.37 limits worth knowing: no Put Blob From URL (501 NotImplemented; runner.artifacts then uses
+Azurite 3.37 limits worth knowing: no Put Blob From URL (501 NotImplemented; runner.files then uses
 Copy Blob), and Copy Blob with a SAS source is checked by a request Azurite makes to the source URL
 itself, allowed only when the source's host equals the destination request's Host: with production
 URLs that means the same account (two containers), never two accounts (CannotVerifyCopySource).

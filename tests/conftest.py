@@ -16,6 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import MlflowServer  # noqa: E402
 
+import runner.ends  # noqa: E402,F401 - both ends loaded, as the CLI loads them: their stores register with runner.files
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

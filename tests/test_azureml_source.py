@@ -22,11 +22,11 @@ from conftest import run_cli
 from fakes import azureml_artifacts
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import TENANT, FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
-from runner.errors import UsageError
-from runner.filters import Filters
-from runner.model import ArtifactRef, JobRecord
-from runner.sources import open_source
-from runner.sources.azureml import AzuremlSource, is_azureml, map_status, parse_workspace
+from runner.core.errors import UsageError
+from runner.core.filters import Filters
+from runner.core.records import ArtifactRef, JobRecord
+from runner.ends import open_source
+from runner.azureml.source import AzuremlSource, is_azureml, map_status, parse_workspace
 from servers import MlflowServer
 
 SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"
@@ -394,9 +394,9 @@ def test_copied_files_arrive_byte_for_byte(azure, tmp_path):
     select = ("--experiments", "fraud-baseline,fraud-pipelines", "--include", "bright_kiwi_01,fit")  # verify checks every selected experiment
     migrate = run_cli("migrate", "--source", URI, "--target", str(target), *select, cwd=tmp_path, env=env)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    from runner import stores
+    from runner.mlflow import uris
 
-    client = stores.open_client(str(target), create=False)
+    client = uris.open_client(str(target), create=False)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.original_job_id = 'bright_kiwi_01'")
     folder = Path(client.download_artifacts(runs[0].info.run_id, "", str(tmp_path / "down")))
     got = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -6,7 +6,7 @@ a real `mlflow server` and whose MLflow answers name AzureML's artifact URIs
 azureml-mlflow's artifact repository, run history's artifact routes and SAS URLs on
 https://ACCOUNT.blob.core.windows.net (HTTPS Azurite behind the CONNECT proxy), as on Azure.
 
-What must hold (runner/azureml_auth.py):
+What must hold (runner/azureml/auth.py):
 - MLflow and artifact calls authenticate with `--credential` (and `--client-id`), through one cached
   token: the Azure CLI runs once or twice per scope, not once per request;
 - artifacts (nested folders, unicode and spaces, an empty file) land in the workspace's artifact
@@ -258,9 +258,9 @@ def test_client_id_reaches_every_mlflow_and_artifact_call(servers, target, uniqu
 def test_inside_an_azureml_job_its_own_workspace_keeps_the_job_token(target, unique, tmp_path):
     """MLFLOW_TRACKING_URI/TOKEN/RUN_ID as Azure ML sets them: `replayer step` writes into the job's run
     with the job's token (azureml-mlflow's own path), even with a credential that cannot sign in."""
-    from runner.filters import Filters
-    from runner.manifest import ManifestWriter
-    from runner.model import Experiment, JobRecord, MetricPoint
+    from runner.core.filters import Filters
+    from runner.engine.manifest import ManifestWriter
+    from runner.core.records import Experiment, JobRecord, MetricPoint
 
     experiment = f"azt-job-{unique}"
     manifest = tmp_path / "manifest"
@@ -284,7 +284,7 @@ def test_inside_an_azureml_job_its_own_workspace_keeps_the_job_token(target, uni
     target.callers.clear()
     result = run_cli("step", "--manifest", str(manifest), "--job-id", "train-1", "--credential", "cli", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    # The same workspace named with --target (runner.stores opens it, runner.azureml_auth leaves it alone).
+    # The same workspace named with --target (runner.mlflow.uris opens it, runner.azureml.auth leaves it alone).
     other = backing.create_run(own.experiment_id).info.run_id
     named = run_cli("step", "--manifest", str(manifest), "--job-id", "train-1", "--target", target.uri, "--run-id", other,
                     "--credential", "cli", cwd=tmp_path, env=env)
@@ -299,8 +299,8 @@ def test_an_artifact_uri_of_a_workspace_never_opened_fails_clearly_without_a_def
     """No global tracking URI, no registered workspace: one clear error, and MLflow's default
     `./mlflow.db` is never created (azureml-mlflow alone would open `MlflowClient()`)."""
     code = (
-        "from runner import azureml_auth\n"
-        "azureml_auth.use_credential('azureml://h.example/mlflow/v2.0/subscriptions/s/resourceGroups/r/providers/"
+        "from runner.azureml import auth\n"
+        "auth.use_credential('azureml://h.example/mlflow/v2.0/subscriptions/s/resourceGroups/r/providers/"
         "Microsoft.MachineLearningServices/workspaces/opened', credential=object())\n"
         "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository\n"
         "try:\n"
@@ -331,7 +331,7 @@ def test_a_credential_that_cannot_sign_in_is_one_line_and_nothing_is_written(ser
 
 
 def test_changed_azureml_mlflow_internals_stop_the_cli_with_one_line(servers, target, tmp_path):
-    """If azureml-mlflow no longer has the lookup runner.azureml_auth replaces, the command stops before
+    """If azureml-mlflow no longer has the lookup runner.azureml.auth replaces, the command stops before
     any request with one line naming the package and the supported version (exit 2)."""
     code = (
         "import sys\n"

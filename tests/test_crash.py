@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from conftest import run_cli
-from runner import stores
+from runner.mlflow import uris
 from test_failures import replayed, seed_tree, start_migrate, verify_clean
 
 SEEDS = [11, 23, 37, 51]
@@ -20,8 +20,8 @@ SEEDS = [11, 23, 37, 51]
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("crash") / "src"
-    stores.open_client(str(folder), create=True)
-    ids = seed_tree(stores.tracking_uri(str(folder)), "crash", roots=12)
+    uris.open_client(str(folder), create=True)
+    ids = seed_tree(uris.tracking_uri(str(folder)), "crash", roots=12)
     return folder, ids
 
 
@@ -41,5 +41,5 @@ def test_kill_at_a_random_moment_then_rerun_is_exact(source, tmp_path, seed):
     rerun = run_cli("migrate", *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     verify_clean("--source", str(folder), "--target", str(target), cwd=tmp_path)
-    client = stores.open_client(str(target), create=False)
+    client = uris.open_client(str(target), create=False)
     assert replayed(client) == Counter({run_id: 1 for run_id in source_ids})

@@ -22,9 +22,11 @@ import fire
 import pytest
 import yaml
 
-from runner import cli, config, credentials
-from runner.errors import UsageError
-from runner.filters import Filters, parse_shard, shard_of
+from runner import cli
+from runner import config
+from runner.azureml import credentials
+from runner.core.errors import UsageError
+from runner.core.filters import Filters, parse_shard, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -465,11 +467,11 @@ def test_verify_models_only_compares_the_registry_alone(tmp_path):
     from mlflow import MlflowClient
 
     from conftest import run_cli
-    from runner import stores
+    from runner.mlflow import uris
 
     source, target = str(tmp_path / "source"), str(tmp_path / "target")
-    client = stores.open_client(source, create=True)
-    exp = client.create_experiment("e", artifact_location=(Path(stores.artifact_root(stores.tracking_uri(source))) / "e").as_uri())
+    client = uris.open_client(source, create=True)
+    exp = client.create_experiment("e", artifact_location=(Path(uris.artifact_root(uris.tracking_uri(source))) / "e").as_uri())
     run = client.create_run(exp).info.run_id
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
@@ -490,7 +492,7 @@ def test_verify_models_only_compares_the_registry_alone(tmp_path):
     assert code == 1 and [d["field"] for d in report["differences"]] == ["tags"], "the control: a full verify sees the run"
     code, report = check("--models-only")
     assert (code, report["summary"]["compared"], report["summary"]["models"], report["differences"]) == (0, 0, 1, [])
-    MlflowClient(stores.tracking_uri(target)).delete_registered_model_alias("m", "live")
+    MlflowClient(uris.tracking_uri(target)).delete_registered_model_alias("m", "live")
     code, report = check("--models-only")
     assert code == 1 and [d["field"] for d in report["differences"]] == ["aliases"]
 
@@ -649,8 +651,8 @@ def test_shards_deal_every_root_to_exactly_one_shard():
 def demo_manifest(tmp_path_factory):
     """The demo store and a full manifest of it (embedded sqlite; no server needed)."""
     from runner.demo import seed
-    from runner.extract import extract
-    from runner.sources.mlflow import MlflowSource
+    from runner.engine.extract import extract
+    from runner.mlflow.source import MlflowSource
 
     base = tmp_path_factory.mktemp("shards")
     seed(str(base / "store"))
@@ -666,8 +668,8 @@ def trees(jobs) -> dict[str, set[str]]:
 
 
 def test_sharded_extract_and_manifest_partition_whole_trees(demo_manifest):
-    from runner.manifest import ManifestSource
-    from runner.sources.mlflow import MlflowSource
+    from runner.engine.manifest import ManifestSource
+    from runner.mlflow.source import MlflowSource
 
     store, manifest = str(demo_manifest / "store"), demo_manifest / "manifest"
     everything = trees(MlflowSource(store, Filters()).jobs())
@@ -683,12 +685,12 @@ def test_sharded_extract_and_manifest_partition_whole_trees(demo_manifest):
 
 def test_verify_of_a_shard_manifest_does_not_call_other_shards_target_only(demo_manifest, tmp_path):
     """Each sharded pipeline verifies its own manifest against the one shared target."""
-    from runner.extract import extract
-    from runner.manifest import ManifestSource
-    from runner.replay import ReplayOptions, replay
-    from runner.sources.mlflow import MlflowSource
-    from runner.targets.direct import DirectTarget
-    from runner.verify import verify
+    from runner.engine.extract import extract
+    from runner.engine.manifest import ManifestSource
+    from runner.engine.replay import ReplayOptions, replay
+    from runner.mlflow.source import MlflowSource
+    from runner.mlflow.target import DirectTarget
+    from runner.engine.verify import verify
 
     store, target = str(demo_manifest / "store"), str(tmp_path / "target")
     manifests = []

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from runner import logs, stores
+from runner.core import logs
+from runner.mlflow import uris
 from runner.cli import Replayer
-from runner.model import JobRecord, MetricPoint
-from runner.targets.direct import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, batches
+from runner.core.records import JobRecord, MetricPoint
+from runner.mlflow.target import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, batches
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 COMMANDS = [name for name, _ in inspect.getmembers(Replayer, inspect.isfunction) if not name.startswith("_")]
@@ -54,7 +55,7 @@ def test_redaction_of_secrets_in_logs():
 
 
 def test_uri_redaction_keeps_location_only():
-    assert stores.redact("https://u:secret@host:5000/path?sig=abc&x=1") == "https://host:5000/path?sig=REDACTED&x=1"
+    assert uris.redact("https://u:secret@host:5000/path?sig=abc&x=1") == "https://host:5000/path?sig=REDACTED&x=1"
 
 
 def test_fingerprint_changes_with_state_and_treats_nan_as_equal():

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from conftest import run_cli
-from runner import stores
+from runner.mlflow import uris
 from runner.demo import seed as seed_demo  # in-process: the same data as `replayer demo`, without a CLI start
 from servers import free_port
 
@@ -304,7 +304,7 @@ def test_rerun_is_idempotent_and_repairs_source_changes(tmp_path):
 def seed_tree(uri: str, experiment: str, roots: int = 10) -> list[str]:
     """`roots` trees of 6 runs (root -> 4 children, one with a grandchild); 2 x 100 metric points and a file each."""
     client = MlflowClient(tracking_uri=uri)
-    root = stores.artifact_root(uri)  # a local store keeps files beside its database, not in ./mlruns of the cwd
+    root = uris.artifact_root(uri)  # a local store keeps files beside its database, not in ./mlruns of the cwd
     location = f"{root}/{experiment}" if root else None
     exp = client.create_experiment(experiment, artifact_location=location, tags={"purpose": "kill-9 resume test"})
     base = 1_730_000_000_000
@@ -407,14 +407,14 @@ def test_incomplete_target_run_is_repaired(tmp_path, terminated):
     assert len(loss) == 100 and fold.data.tags.get("mlflow.parentRunId")
 
     # What an interrupted copy leaves: lineage tags, one param, half of one metric, no completion tag.
-    dst = stores.open_client(str(target), create=True)
+    dst = uris.open_client(str(target), create=True)
     exp = dst.create_experiment("demo-classification")
     half = dst.create_run(
         exp, start_time=fold.info.start_time, run_name="fold-0",
         tags={"original_job_id": fold.info.run_id, "original_workspace": "ws-demo", "original_experiment": "demo-classification"},
     ).info.run_id
     dst.log_batch(half, metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in loss[:50]], params=[Param("fold", "0")])
-    if terminated:  # a new run gets its status and end time before its data (runner/targets/direct.py)
+    if terminated:  # a new run gets its status and end time before its data (runner/mlflow/target.py)
         dst.set_terminated(half, "FINISHED", end_time=fold.info.end_time)
 
     args = ["--source", str(source), "--target", str(target), "--workspace", "ws-demo"]

@@ -13,9 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, ViewType
 
-from runner import retry, stores
-from runner.filters import Filters
-from runner.model import MetricPoint
+from runner.core import retry
+from runner.mlflow import uris
+from runner.core.filters import Filters
+from runner.core.records import MetricPoint
 
 from conftest import run_cli
 from fakes import azureml_seed
@@ -124,7 +125,7 @@ def test_direct_migration_into_azureml_through_faults_is_exact(azure, unique, tm
     """429, 503, resets and lost answers (done, then a 500 or a dropped connection) on the AzureML
     endpoint: one copy per source run, verify clean (the target's caps apply: azureml:// URI)."""
     source = tmp_path / "src"
-    total = seed(stores.open_client(str(source), create=True), f"az-faults-{unique}", tmp_path, roots=4, children=3)
+    total = seed(uris.open_client(str(source), create=True), f"az-faults-{unique}", tmp_path, roots=4, children=3)
     args = ["--workspace", f"ws-{unique}", "--parallel", "4"]
     with injected(azure.fake, 0.6, FAKE_FAULT_KINDS, unique) as faults:
         result = run_cli("migrate", "--source", str(source), "--target", azure.target, *args, cwd=tmp_path, env=FAST_RETRIES)
@@ -140,7 +141,7 @@ def test_direct_migration_into_azureml_through_faults_is_exact(azure, unique, tm
 def test_extraction_through_lost_answers_and_resets_is_exact(azure):
     """Every ARM, run history and MLflow request may be reset unanswered or answered after a lost
     reply: the records and every metric point still equal the fixture's."""
-    from runner.sources.azureml import AzuremlSource
+    from runner.azureml.source import AzuremlSource
 
     uri = f"azureml://subscriptions/{AZ_SUB}/resourcegroups/{AZ_RG}/workspaces/ws-source"
 

@@ -7,10 +7,10 @@ import pytest
 from mlflow.entities import ViewType
 
 from conftest import run_cli
-from runner import stores
-from runner.errors import UsageError
-from runner.filters import Filters
-from runner.sources.mlflow import MlflowSource
+from runner.mlflow import uris
+from runner.core.errors import UsageError
+from runner.core.filters import Filters
+from runner.mlflow.source import MlflowSource
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -23,7 +23,7 @@ def store(tmp_path_factory) -> dict:
     Tags: a1 team=risk; a2 team=risk, stage=prod; a2-child stage=prod (a child's tags select nothing).
     """
     folder = tmp_path_factory.mktemp("filters") / "store"
-    client = stores.open_client(str(folder), create=True)
+    client = uris.open_client(str(folder), create=True)
     ids = {}
 
     def run(exp, name, day, parent=None, status="FINISHED", **user_tags):
@@ -112,8 +112,8 @@ def test_exclude_drops_trees_and_subtrees(store):
 
 
 def test_new_filters_read_the_same_from_a_manifest(store, tmp_path):
-    from runner.extract import extract
-    from runner.manifest import ManifestSource
+    from runner.engine.extract import extract
+    from runner.engine.manifest import ManifestSource
 
     out = tmp_path / "manifest"
     extract(MlflowSource(store["uri"], Filters()), str(out), parallel=2)
@@ -157,7 +157,7 @@ def test_dry_run_on_partly_copied_target_shows_skips(store, tmp_path):
     target = tmp_path / "target"
     first = run_cli("migrate", "--source", store["uri"], "--target", str(target), "--experiments", "beta-*", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    client = stores.open_client(str(target), create=False)
+    client = uris.open_client(str(target), create=False)
     before = len(client.search_runs([e.experiment_id for e in client.search_experiments()], "", ViewType.ALL))
     plan = run_cli("migrate", "--source", store["uri"], "--target", str(target), "--dry-run", cwd=tmp_path)
     assert "= beta-eval / b1" in plan.stdout and "would create 5, repair 0, skip 1" in plan.stderr

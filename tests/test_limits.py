@@ -7,8 +7,8 @@ import json
 from mlflow.entities import Metric, Param
 
 from conftest import run_cli
-from runner import stores
-from runner.limits import AZUREML_LIMITS, OVERFLOW_PATH, limits_for
+from runner.mlflow import uris
+from runner.engine.limits import AZUREML_LIMITS, OVERFLOW_PATH, limits_for
 
 
 def test_azureml_targets_get_azureml_caps():
@@ -19,7 +19,7 @@ def test_azureml_targets_get_azureml_caps():
 
 def test_tags_metrics_and_long_params_beyond_caps_overflow_and_verify(tmp_path):
     source, target = tmp_path / "src", tmp_path / "dst"
-    client = stores.open_client(str(source), create=True)
+    client = uris.open_client(str(source), create=True)
     exp = client.create_experiment("capped")
     tags = {f"tag{i:02d}": f"value {i}" for i in range(30)}
     run_id = client.create_run(exp, run_name="wide", tags=tags).info.run_id
@@ -31,7 +31,7 @@ def test_tags_metrics_and_long_params_beyond_caps_overflow_and_verify(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 runs over the target's limits" in result.stderr
 
-    copy = stores.open_client(str(target), create=False)
+    copy = uris.open_client(str(target), create=False)
     exps = [e.experiment_id for e in copy.search_experiments()]
     [run] = copy.search_runs(exps, "tags.original_job_id != ''")
     assert len(run.data.tags) <= 20

@@ -4,15 +4,15 @@ from __future__ import annotations
 from mlflow.entities import Metric
 
 from conftest import run_cli
-from runner import stores
-from runner.sources.mlflow import metric_history
+from runner.mlflow import uris
+from runner.mlflow.source import metric_history
 
 POINTS = 60_000
 
 
 def test_history_across_pages_is_copied_exactly(tmp_path):
     source, target = tmp_path / "src", tmp_path / "dst"
-    client = stores.open_client(str(source), create=True)
+    client = uris.open_client(str(source), create=True)
     exp = client.create_experiment("long")
     run_id = client.create_run(exp, run_name="long-run").info.run_id
     for start in range(0, POINTS, 1000):

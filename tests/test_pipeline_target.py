@@ -1,4 +1,4 @@
-"""Pipeline replay into Azure ML (runner/targets/pipeline.py) and `replayer wait` (runner/wait.py).
+"""Pipeline replay into Azure ML (runner/azureml/pipeline.py) and `replayer wait` (runner/azureml/wait.py).
 
 The manifest is a real extraction of the fixture workspace (tests/fakes/azureml_seed.py: nested
 pipelines with edges, a failed pipeline, a sweep with 8 trials, AutoML with 12) through the HTTPS
@@ -22,14 +22,14 @@ import yaml
 from conftest import run_cli
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
-from runner.errors import UsageError
-from runner.extract import extract
-from runner.filters import Filters
-from runner.manifest import ManifestSource
-from runner.sources.azureml import AzuremlSource
-from runner.targets import pipeline
-from runner.targets.pipeline import PipelineOptions, PipelineTarget
-from runner.wait import EXIT_CANCELED, EXIT_FAILED, EXIT_TIMED_OUT, azureml_status, read_names, wait_for
+from runner.core.errors import UsageError
+from runner.engine.extract import extract
+from runner.core.filters import Filters
+from runner.engine.manifest import ManifestSource
+from runner.azureml.source import AzuremlSource
+from runner.azureml import pipeline, pipeline_jobs, pipeline_plan
+from runner.azureml.pipeline import PipelineOptions, PipelineTarget
+from runner.azureml.wait import EXIT_CANCELED, EXIT_FAILED, EXIT_TIMED_OUT, azureml_status, read_names, wait_for
 from servers import MlflowServer
 
 SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"
@@ -146,12 +146,12 @@ def test_dry_run_prints_the_tree_edges_trials_and_cost_and_emits_valid_yaml(azur
 
 def test_step_names_are_mapped_deterministically():
     taken: set[str] = set()
-    assert pipeline.safe_name("Prep Data!", taken) == "prep_data"
-    assert pipeline.safe_name("prep-data", taken) == "prep_data_2", "a clash gets a numbered suffix"
-    assert pipeline.safe_name("3rd step") == "s_3rd_step" and pipeline.safe_name("") == "step"
-    long = pipeline.safe_name("x" * 200)
-    assert len(long) <= pipeline.MAX_NAME and NAME.match(long) and long == pipeline.safe_name("x" * 200)
-    assert pipeline.port_name("manifest") == "orig_manifest" and pipeline.port_name("in-data") == "in_data"
+    assert pipeline_plan.safe_name("Prep Data!", taken) == "prep_data"
+    assert pipeline_plan.safe_name("prep-data", taken) == "prep_data_2", "a clash gets a numbered suffix"
+    assert pipeline_plan.safe_name("3rd step") == "s_3rd_step" and pipeline_plan.safe_name("") == "step"
+    long = pipeline_plan.safe_name("x" * 200)
+    assert len(long) <= pipeline_plan.MAX_NAME and NAME.match(long) and long == pipeline_plan.safe_name("x" * 200)
+    assert pipeline_plan.port_name("manifest") == "orig_manifest" and pipeline_plan.port_name("in-data") == "in_data"
 
 
 def test_trial_sampling_best_first_and_seeded_random(azure):
@@ -159,7 +159,7 @@ def test_trial_sampling_best_first_and_seeded_random(azure):
     root, trials = jobs[0], jobs[1:]
 
     def picked(**options):
-        plan = pipeline.Planner(PipelineOptions(expand_trials=True, **options)).plan(root, jobs)
+        plan = pipeline_plan.Planner(PipelineOptions(expand_trials=True, **options)).plan(root, jobs)
         return [(s.record.source_id, s.tags) for s in plan.tree.children if s.role == "trial"]
 
     best = picked(max_trials=2)
@@ -169,9 +169,9 @@ def test_trial_sampling_best_first_and_seeded_random(azure):
     assert [t for t, _ in picked(trial_sampling="first", max_trials=3)] == ["gentle_gale_06_0", "gentle_gale_06_1", "gentle_gale_06_2"]
     first, again = picked(trial_sampling="random", max_trials=3, seed=5), picked(trial_sampling="random", max_trials=3, seed=5)
     assert first == again and len(first) == 3, "random sampling is seeded"
-    by_loss = pipeline.trial_metric(root, trials, "loss")
+    by_loss = pipeline_plan.trial_metric(root, trials, "loss")
     assert by_loss == ("loss", "minimize")
-    parent = pipeline.Planner(PipelineOptions()).plan(root, jobs).tree.children
+    parent = pipeline_plan.Planner(PipelineOptions()).plan(root, jobs).tree.children
     assert [s.role for s in parent] == ["parent"] and parent[0].tags["automl_expanded_trials_count"] == "0"
     assert parent[0].tags["automl_best_trial"] == "gentle_gale_06_6"
     with pytest.raises(UsageError, match="--trial-sampling"):
@@ -324,7 +324,7 @@ def render(spec: dict, node: dict, values: dict, outputs: Path) -> list[str]:
         if given.get(name) is None and declared.get("default") is not None:
             given[name] = declared["default"]
 
-    text = pipeline.resolve_optional(spec["command"], given)
+    text = pipeline_jobs.resolve_optional(spec["command"], given)
     text = re.sub(r"\$\{\{\s*inputs\.(\w+)\s*\}\}", lambda m: str(given[m.group(1)]), text)
     text = re.sub(r"\$\{\{\s*outputs\.(\w+)\s*\}\}", lambda m: str(outputs / m.group(1)), text)
     args = shlex.split(text)
@@ -445,7 +445,7 @@ def test_rename_file_source_tags_and_source_user_reach_every_submitted_job(azure
     """--rename-file renames the submitted jobs' experiments; --import-source-tags and
     --use-source-user put original_src.* and mlflow.user (Azure ML's own "Created by" is whoever
     submits) on the root job and on every node, nested ones included."""
-    from runner.mapping import Mapping
+    from runner.engine.mapping import Mapping
 
     ws, uri = target_workspace(azure)
     renames = tmp_path / "renames.yml"
@@ -536,7 +536,7 @@ def test_an_installed_replayer_finds_its_shipped_component_from_any_folder(azure
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import runner.targets.pipeline as p; print(p.default_component())"],
+    where = subprocess.run([sys.executable, "-c", "import runner.azureml.pipeline_jobs as p; print(p.default_component())"],
                            cwd=elsewhere, env={**os.environ, **env}, capture_output=True, text=True)
     assert where.stdout.strip() == str(site / "runner" / "components" / "replay_step.yml"), where.stderr[-2000:]
     done = run_cli("submit", "--manifest", str(azure.manifest), "--dry-run", "--emit", "jobs", "--include", "bright_kiwi_01", cwd=elsewhere, env=env)

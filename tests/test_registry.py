@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from conftest import run_cli
-from runner.errors import UsageError
-from runner.mapping import load_renames
+from runner.core.errors import UsageError
+from runner.engine.mapping import load_renames
 from servers import MlflowServer
 from test_azureml_target import target  # noqa: F401 - a workspace whose runs get azureml:// artifact URIs (HTTPS Azurite)
 
@@ -383,9 +383,9 @@ def user_only(tags: dict[str, str]) -> dict[str, str]:
 
 
 def stores_uri(folder: str) -> str:
-    from runner import stores
+    from runner.mlflow import uris
 
-    return stores.tracking_uri(folder)
+    return uris.tracking_uri(folder)
 
 
 # -- into an AzureML workspace whose run files go through its artifact service --------------------

@@ -1,4 +1,4 @@
-"""`replayer step` (runner/step.py), the body of the replay_step component, run locally.
+"""`replayer step` (runner/azureml/step.py), the body of the replay_step component, run locally.
 
 A manifest written with the project's own writer holds a failed pipeline step (a 2,500-point
 history with NaN, repeated steps and out-of-order timestamps, artifacts and logs of every
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from runner import step as replay_step
-from runner.errors import UsageError
-from runner.filters import Filters
-from runner.manifest import ManifestSource, ManifestWriter
-from runner.model import ArtifactRef, Experiment, JobRecord, MetricPoint
+from runner.azureml import step as replay_step
+from runner.core.errors import UsageError
+from runner.core.filters import Filters
+from runner.engine.manifest import ManifestSource, ManifestWriter
+from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from servers import MlflowServer
 
 T0 = 1_709_251_200_000
@@ -184,12 +184,12 @@ def test_cli_exit_codes_tags_and_mirror_switch(manifest, server, tmp_path):
 
 
 def test_paths_leaving_the_output_folder_are_refused(tmp_path):
-    from runner import artifacts
+    from runner.files.options import clean_path, log_family
 
     with pytest.raises(Exception, match="not a plain relative path"):
-        artifacts.clean_path("../../etc/passwd")
-    assert artifacts.log_family("user_logs/a/b.txt") == ("user_logs", "a/b.txt")
-    assert artifacts.log_family("outputs/user_logs.txt") is None and artifacts.log_family("logs") is None
+        clean_path("../../etc/passwd")
+    assert log_family("user_logs/a/b.txt") == ("user_logs", "a/b.txt")
+    assert log_family("outputs/user_logs.txt") is None and log_family("logs") is None
     assert replay_step.parse_tags('{"a": 1}') == {"a": "1"} and replay_step.parse_tags({"b": "x"}) == {"b": "x"}
     with pytest.raises(UsageError, match="JSON object"):
         replay_step.parse_tags("[1, 2]")
@@ -204,7 +204,7 @@ def test_a_record_over_the_runs_limits_overflows_and_verifies_clean(server, tmp_
 
     from mlflow import MlflowClient
 
-    from runner.limits import OVERFLOW_PATH
+    from runner.engine.limits import OVERFLOW_PATH
 
     token = uuid.uuid4().hex[:8]
     experiment, workspace = f"step-limits-{token}", f"ws-limits-{token}"

@@ -1,4 +1,4 @@
-"""Incremental sync (runner/watermark.py) between two real mlflow servers, through the real CLI.
+"""Incremental sync (runner/sync_state.py) between two real mlflow servers, through the real CLI.
 
 Sync 1 copies everything and leaves a watermark and the open (running) runs in the target. Then
 the source gets a new tree, a run that was RUNNING finishes, an old-start-time run appears
@@ -19,9 +19,10 @@ from mlflow.entities import Metric
 
 from conftest import run_cli
 from test_failures import all_runs, replayed, start_migrate, verify_clean
-from runner import stores, watermark
-from runner.filters import Filters
-from runner.sources.mlflow import MlflowSource
+from runner.mlflow import uris
+from runner.mlflow import sync_state
+from runner.core.filters import Filters
+from runner.mlflow.source import MlflowSource
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 
@@ -53,8 +54,8 @@ def counts(summary: dict) -> tuple[int, int, int, int]:
     return summary["created"], summary["repaired"], summary["skipped"], summary["failed"]
 
 
-def state(target, workspace: str) -> watermark.SyncState:
-    found = watermark.read_state(target.uri, watermark.state_key(workspace, Filters()))
+def state(target, workspace: str) -> sync_state.SyncState:
+    found = sync_state.read_state(target.uri, sync_state.state_key(workspace, Filters()))
     assert found is not None, "no sync state in the target"
     return found
 
@@ -151,8 +152,8 @@ def test_extract_replay_verify_through_a_manifest_commits_only_into_its_target(s
     assert json.loads((first / "manifest.json").read_text())["counts"]["jobs"] == 2
     other = tmp_path / "elsewhere"
     assert counts(replay(first, str(other))) == (2, 0, 0, 0)
-    assert watermark.read_state(str(other), workspace) is None, "a manifest extracted for another target leaves no state here"
-    assert watermark.read_state(target.uri, workspace) is None, "extract itself writes nothing into the target"
+    assert sync_state.read_state(str(other), workspace) is None, "a manifest extracted for another target leaves no state here"
+    assert sync_state.read_state(target.uri, workspace) is None, "extract itself writes nothing into the target"
     assert counts(replay(first, target.uri)) == (2, 0, 0, 0)
     assert state(target, workspace).open == [running]
 
@@ -171,41 +172,41 @@ def test_extract_replay_verify_through_a_manifest_commits_only_into_its_target(s
 
 def test_window_state_fallbacks_and_errors(tmp_path):
     """In-process, embedded stores: many open runs, other filters, a source that cannot window."""
-    from runner.errors import UsageError
-    from runner.manifest import ManifestSource
+    from runner.core.errors import UsageError
+    from runner.engine.manifest import ManifestSource
 
     store, target = str(tmp_path / "src"), str(tmp_path / "dst")
-    client = stores.open_client(store, create=True)
+    client = uris.open_client(store, create=True)
     exp = client.create_experiment("many")
     t = now_ms()
     ids = [make(client, exp, f"r{i}", t - DAY + i * MINUTE, status=None, points=1) for i in range(160)]  # all RUNNING
     source = MlflowSource(store, Filters(), workspace="many")
-    sync = watermark.begin(source, target)
+    sync = sync_state.begin(source, target)
     assert sync.window.since is None, "no state yet: everything"
     pending = sync.next_state(source)
     assert sorted(pending.open) == sorted(ids) and pending.open_since == t - DAY
-    stored = watermark.SyncState.from_json(pending.to_json())
+    stored = sync_state.SyncState.from_json(pending.to_json())
     assert stored.open is None and stored.open_since == t - DAY, "160 ids do not fit one tag: the oldest start stands for them"
-    watermark.commit(stores.open_client(target, create=True), pending)
+    sync_state.commit(uris.open_client(target, create=True), pending)
 
     again = MlflowSource(store, Filters(), workspace="many")
-    window = watermark.begin(again, target).window
+    window = sync_state.begin(again, target).window
     assert window.since == t - DAY and window.open == [], "the window opens at the oldest open run"
     assert again.count() == 160
 
     narrower = MlflowSource(store, Filters(experiments=["many"]), workspace="many")
-    assert watermark.begin(narrower, target).window.since is None, "other filters than the state's: read everything"
+    assert sync_state.begin(narrower, target).window.since is None, "other filters than the state's: read everything"
 
     client.set_terminated(ids[0], "FINISHED")
     limited = MlflowSource(store, Filters(limit=1), workspace="many")
-    next_state = watermark.begin(limited, target).next_state(limited)
+    next_state = sync_state.begin(limited, target).next_state(limited)
     assert limited.count() == 1 and sorted(next_state.open) == sorted(ids[1:]), "roots past --limit stay open for the next sync"
 
     manifest = tmp_path / "m"
-    from runner.extract import extract
+    from runner.engine.extract import extract
 
     extract(MlflowSource(store, Filters()), str(manifest), parallel=2)
     with pytest.raises(UsageError, match="--incremental reads MLflow tracking stores"):
-        watermark.begin(ManifestSource(manifest, Filters()), target)
+        sync_state.begin(ManifestSource(manifest, Filters()), target)
     with pytest.raises(UsageError, match="needs --target"):
-        watermark.begin(MlflowSource(store, Filters()), None)
+        sync_state.begin(MlflowSource(store, Filters()), None)

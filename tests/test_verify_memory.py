@@ -1,7 +1,7 @@
 """Verify compares metric histories as multisets in flat memory, and still counts what differs.
 
 Equal histories cost a digest per key; a key whose digests differ is read again to count the
-missing and extra points exactly (runner.verify.count_differences), in bounded memory.
+missing and extra points exactly (runner.engine.metric_digest.count_differences), in bounded memory.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from conftest import run_cli
-from runner.model import JobRecord, MetricPoint
-from runner.sources import open_source
-from runner.targets.direct import DirectTarget
-from runner.verify import JobChecker, count_differences
+from runner.core.records import JobRecord, MetricPoint
+from runner.ends import open_source
+from runner.mlflow.target import DirectTarget
+from runner.engine.metric_digest import count_differences
+from runner.mlflow.check import JobChecker
 
 T0 = 1_700_000_000_000
 LONG = 100_000  # points a side

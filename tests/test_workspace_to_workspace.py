@@ -5,7 +5,7 @@ seeded jobs (tests/fakes/azureml_seed.py) and their files in its run history art
 target's MLflow routes are a second, empty `mlflow server`, and its runs' files live in run
 history too (`azureml://.../runs/R/artifacts` roots). The tool lists the source files through run
 history, registers each path in the target run (batch/metadata, which answers a write SAS) and
-has the target blob pull the bytes from the source blob's read SAS (runner/run_history.py).
+has the target blob pull the bytes from the source blob's read SAS (runner/azureml/run_history.py).
 
 - Both workspaces' containers on one storage account (plain Azurite): every file is copied
   server-side; no byte goes through the tool.
@@ -213,7 +213,7 @@ def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_
 
 
 def test_only_a_runs_root_in_a_workspace_is_a_run_history_store():
-    from runner.run_history import parse_run_root
+    from runner.azureml.run_history import parse_run_root
 
     scope = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/ws-a"
     root = parse_run_root(f"azureml://westeurope.api.azureml.ms/mlflow/v2.0{scope}/experiments/7/runs/abc-1/artifacts")

@@ -1,0 +1,1 @@
+"""Core: records, errors and exit codes, retry policy, logging, progress, filters. Imports nothing of ours."""

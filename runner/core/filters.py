@@ -1,0 +1,189 @@
+"""Which runs a migration takes: one object, applied to roots; children follow their root."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from runner.core.errors import UsageError
+
+
+@dataclass
+class Filters:
+    experiments: list[str] = field(default_factory=list)  # names or globs; empty = all
+    include: list[str] = field(default_factory=list)  # run ids or run names
+    since: int | None = None  # start time, epoch ms, inclusive
+    until: int | None = None  # start time, epoch ms, exclusive
+    status: list[str] = field(default_factory=list)
+    limit: int | None = None  # number of roots
+    include_deleted: bool = False
+    shard: tuple[int, int] | None = None  # (index, count): only roots whose id hashes to index
+    tags: dict[str, str] = field(default_factory=dict)  # the root must carry every one of these tags
+    max_depth: int | None = None  # descendants deeper than this are left out; 0 = roots only
+    exclude: list[str] = field(default_factory=list)  # globs on run id or name: a match drops its subtree
+
+    @classmethod
+    def build(
+        cls,
+        experiments=None,
+        include=None,
+        include_file=None,
+        since=None,
+        until=None,
+        status=None,
+        limit=None,
+        include_deleted=False,
+        shard=None,
+        tags=None,
+        max_depth=None,
+        exclude=None,
+    ) -> "Filters":
+        """Build from CLI/YAML values: comma strings or lists, dates as ISO text."""
+        ids = as_list(include)
+        if include_file:
+            path = Path(include_file)
+            if not path.is_file():
+                raise UsageError(f"--include-file {include_file}: no such file; give a file with one run id or name per line")
+            ids += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise UsageError(f"--limit {limit!r}: expected a positive whole number of root runs")
+        return cls(
+            experiments=as_list(experiments),
+            include=ids,
+            since=parse_time(since, "--since"),
+            until=parse_time(until, "--until"),
+            status=[s.upper() for s in as_list(status)],
+            limit=limit,
+            include_deleted=as_bool(include_deleted, "--include-deleted"),
+            shard=parse_shard(shard),
+            tags=parse_tags(tags),
+            max_depth=parse_depth(max_depth),
+            exclude=as_list(exclude),
+        )
+
+    def wants_experiment(self, name: str) -> bool:
+        return not self.experiments or any(fnmatch.fnmatchcase(name, pattern) for pattern in self.experiments)
+
+    def named(self, run_id: str, name: str) -> bool:
+        """Whether --include names this run (always true without --include)."""
+        return not self.include or run_id in self.include or name in self.include
+
+    def in_shard(self, root_id: str) -> bool:
+        """Whether this root tree belongs to `--shard i/N` (always true without --shard).
+
+        Roots are dealt out by a stable hash of the root's source id, so N parallel steps
+        given 0/N .. N-1/N take every tree exactly once, whichever machine runs them.
+        """
+        if self.shard is None:
+            return True
+        index, count = self.shard
+        return shard_of(root_id, count) == index
+
+    def wants_tags(self, tags: dict[str, str]) -> bool:
+        """Whether a root carries every `--tags k=v` (always true without --tags)."""
+        return all(tags.get(key) == value for key, value in self.tags.items())
+
+    def excludes(self, run_id: str, *names: str) -> bool:
+        """Whether `--exclude` matches this run's id or one of its names: the run and its subtree are left out."""
+        return any(fnmatch.fnmatchcase(text, pattern) for pattern in self.exclude for text in (run_id, *names) if text)
+
+    def within_depth(self, depth: int) -> bool:
+        """Whether a run at this depth (0 = root) is taken under `--max-depth`."""
+        return self.max_depth is None or depth <= self.max_depth
+
+    def wants_root(self, start_time: int | None, status: str) -> bool:
+        if self.status and status.upper() not in self.status:
+            return False
+        if self.since is not None and (start_time is None or start_time < self.since):
+            return False
+        if self.until is not None and (start_time is None or start_time >= self.until):
+            return False
+        return True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def shard_of(root_id: str, count: int) -> int:
+    return int.from_bytes(hashlib.sha256(root_id.encode("utf-8")).digest()[:8], "big") % count
+
+
+def parse_shard(value) -> tuple[int, int] | None:
+    """`i/N` (0 <= i < N) -> (i, N); nothing or `0/1` -> None (no sharding)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected i/N, like 0/4 for the first of four shards") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard {text!r}: expected 0 <= i < N, like 0/4 .. 3/4")
+    return None if shard[1] == 1 else shard
+
+
+def parse_tags(value) -> dict[str, str]:
+    """`k=v,k2=v2`, a list of `k=v`, or a YAML mapping -> {k: v}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    tags = {}
+    for item in as_list(value):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--tags {item!r}: expected KEY=VALUE, several separated by commas (team=risk,stage=prod)")
+        tags[key.strip()] = text.strip()
+    return tags
+
+
+def parse_depth(value) -> int | None:
+    """`--max-depth N`: N >= 0 (0 = roots only); nothing -> no limit."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise UsageError(f"--max-depth {value!r}: expected a whole number >= 0 (0 = root runs only, 1 = their children too, ...)")
+    return int(text)
+
+
+def as_bool(value, flag: str) -> bool:
+    """True/False from a flag or YAML; Azure ML renders boolean inputs as text, in either case."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise UsageError(f"{flag} {value!r}: expected true or false")
+
+
+def as_list(value) -> list[str]:
+    """Accept `a,b`, ['a', 'b'] or a tuple (python-fire turns `a,b` into a tuple)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def parse_time(value, flag: str) -> int | None:
+    """ISO date or datetime (UTC when no zone is given), or epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: not a date; use ISO form like 2024-05-01 or 2024-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)

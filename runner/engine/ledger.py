@@ -1,0 +1,93 @@
+"""What the target already holds, found again through the tags we write on every run.
+
+The target itself is the ledger: no local state file can be lost or disagree with it.
+- `original_job_id` + `original_workspace` find a replayed run again (run ids cannot be kept).
+- `replay.complete` is written last and holds the source fingerprint at copy time: a run
+  without it was interrupted and is repaired; a run whose fingerprint differs changed at the
+  source since (new metric points, finished, re-tagged) and is brought up to date.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runner.core.records import JobRecord
+
+ORIGINAL_JOB_ID = "original_job_id"
+ORIGINAL_PARENT = "original_parent_job_id"
+ORIGINAL_EXPERIMENT = "original_experiment"
+ORIGINAL_WORKSPACE = "original_workspace"
+ORIGINAL_DEPTH = "original_pipeline_depth"
+COMPLETE = "replay.complete"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+# Tags the tool owns; everything else on a run is the user's and is copied exactly.
+OWN_PREFIXES = ("original_", "replay.")
+
+
+def is_own_tag(key: str) -> bool:
+    return key.startswith(OWN_PREFIXES)
+
+
+def lineage_tags(job: JobRecord, workspace: str) -> dict[str, str]:
+    tags = {
+        ORIGINAL_JOB_ID: job.source_id,
+        ORIGINAL_EXPERIMENT: job.experiment,
+        ORIGINAL_WORKSPACE: workspace,
+        ORIGINAL_DEPTH: str(job.depth),
+    }
+    if job.parent_id:
+        tags[ORIGINAL_PARENT] = job.parent_id
+    return tags
+
+
+@dataclass
+class TargetRun:
+    run_id: str
+    experiment_id: str
+    fingerprint: str  # "" while incomplete
+    lifecycle_stage: str = "active"
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.fingerprint)
+
+
+@dataclass
+class Ledger:
+    """original_job_id -> the target run that holds it, for one source workspace."""
+
+    runs: dict[str, TargetRun]
+    duplicates: int = 0  # complete target runs claiming an already-seen original id
+    # Incomplete extra copies: what a retried create_run leaves when its first response was
+    # lost. Nothing else ever writes to them, so they are safe to delete.
+    orphans: list[TargetRun] = field(default_factory=list)
+
+    def find(self, source_id: str) -> TargetRun | None:
+        return self.runs.get(source_id)
+
+    def add(self, source_id: str, run: TargetRun) -> None:
+        known = self.runs.get(source_id)
+        if known is None:
+            self.runs[source_id] = run
+            return
+        if run.complete and not known.complete:  # keep the one that finished
+            self.runs[source_id], run = run, known
+        if run.complete:
+            self.duplicates += 1
+        else:
+            self.orphans.append(run)
+
+
+def action_for(job: JobRecord, existing: TargetRun | None) -> str:
+    """The march: one decision shared by dry-run, replay and the summary.
+
+    create: source only; repair: in the target but interrupted or changed since; skip: equal.
+    """
+    if existing is None:
+        return "create"
+    if existing.fingerprint != job.fingerprint():
+        return "repair"
+    if existing.lifecycle_stage != job.lifecycle_stage:
+        return "repair"
+    return "skip"

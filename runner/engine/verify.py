@@ -1,0 +1,169 @@
+"""Verify: compare source and target record by record; any difference is a failure.
+
+Compared for every selected source job: presence and completion in the target, experiment,
+name, status, start/end time, lifecycle, params, user tags (tool tags excluded), parent link,
+full metric histories (every key, step, timestamp and value, NaN equal to NaN) and artifacts
+(path, size, md5 of the bytes on both sides). With `--models`, registered models too (see
+the target's `compare_models`). With a rename file, experiments are expected under their new names.
+
+The march is here; reading the target is the target's (`target.checker(...)`, a `Checker`: for
+MLflow-compatible targets runner.mlflow.check.JobChecker).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from runner.core.progress import Progress
+from runner.core.records import Experiment, JobRecord
+from runner.engine.ledger import PARENT_TAG, is_own_tag
+from runner.engine.mapping import USER_TAG, Mapping, source_user
+
+
+@dataclass
+class Difference:
+    job: str
+    name: str
+    field: str
+    source: str
+    target: str
+
+
+@dataclass
+class VerifyReport:
+    source: dict
+    target: dict
+    compared: int = 0
+    equal: int = 0
+    models: int = 0  # registered models compared (with --models)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_json(self) -> dict:
+        kinds = Counter(d.field for d in self.differences)
+        return {
+            "source": self.source,
+            "target": self.target,
+            "summary": {
+                "compared": self.compared, "equal": self.equal, "differing": self.compared - self.equal,
+                "models": self.models, "by_field": dict(kinds),
+            },
+            "differences": [asdict(d) for d in self.differences],
+        }
+
+
+class Checker(Protocol):
+    """What verify asks a target: the differences of one job, and of the experiments."""
+
+    scratch: Path  # a folder for downloads, removed by close()
+
+    def compare(self, job: JobRecord) -> list["Difference"]: ...
+
+    def compare_experiments(self, experiments: Iterable[Experiment], mapping: Mapping) -> list["Difference"]: ...
+
+    def close(self) -> None: ...
+
+
+def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None,
+           runs: bool = True) -> VerifyReport:
+    """Source against target: every selected run (unless `runs=False`, e.g. the pipeline's models
+    step) and the registered models `models` names."""
+    mapping = mapping or Mapping()
+    report = VerifyReport(source=source.describe(), target=target.describe())
+    if target.client is None:
+        report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
+        return report
+    ledger = target.ledger(source.workspace)
+    checker = target.checker(source, ledger, mapping)
+    if runs:
+        compare_runs(source, target, ledger, checker, report, mapping, parallel)
+    if models:
+        report.models, found = target.compare_models(source, ledger, models, checker.scratch)
+        report.differences += found
+    checker.close()
+    return report
+
+
+def compare_runs(source, target, ledger, checker: "Checker", report: "VerifyReport", mapping: Mapping, parallel: int) -> None:
+    """Every selected run (and the target's duplicates, orphans and runs the source lacks) into `report`."""
+    if ledger.duplicates:
+        report.differences.append(Difference("", "", "duplicates", "0", str(ledger.duplicates)))
+    if ledger.orphans:
+        report.differences.append(Difference("", "", "orphans", "0", str(len(ledger.orphans))))
+    report.differences += checker.compare_experiments(source.experiments(), mapping)
+    progress = Progress("verify", source.count())
+    lock = threading.Lock()
+    seen: set[str] = set()
+
+    def one(job: JobRecord) -> None:
+        found = checker.compare(job)
+        with lock:
+            report.compared += 1
+            report.equal += not found
+            report.differences += found
+        progress.tick()
+
+    with ThreadPoolExecutor(parallel) as pool:
+        for job in source.jobs():
+            seen.add(job.source_id)
+            pool.submit(one, job)
+    if not has_filters(source):
+        for original_id, run in ledger.runs.items():
+            if original_id not in seen and run.lifecycle_stage == "active":
+                report.differences.append(Difference(original_id, "", "target_only", "", run.run_id))
+
+
+def has_filters(source) -> bool:
+    """Whether the source is a selection (then target runs outside it are not "target only").
+
+    A manifest extracted with filters or `--shard` is a selection too, whatever the flags now.
+    """
+    f = getattr(source, "filters", None)
+    if f and (f.experiments or f.include or f.since or f.until or f.status or f.limit or f.shard):
+        return True
+    if ((getattr(source, "header", None) or {}).get("source") or {}).get("window"):  # an incremental extract (runner.mlflow.sync_state)
+        return True
+    recorded = (getattr(source, "header", None) or {}).get("filters") or {}
+    return any(recorded.get(key) for key in ("experiments", "include", "since", "until", "status", "limit", "shard"))
+
+
+def user_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if not is_own_tag(k) and k != PARENT_TAG}
+
+
+def expected_user_tags(job: JobRecord, target_tags: dict[str, str]) -> dict[str, str]:
+    """The target's user tags, less an `mlflow.user` that --use-source-user added (the source's user)."""
+    tags = user_tags(target_tags)
+    if USER_TAG not in job.tags and source_user(job) and tags.get(USER_TAG) == source_user(job):
+        del tags[USER_TAG]
+    return tags
+
+
+def show(value) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def write_report(report: VerifyReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def print_table(report: VerifyReport, limit: int = 50) -> None:
+    models = f", {report.models} models" if report.models else ""
+    print(f"verify: {report.compared} runs compared, {report.equal} equal{models}, {len(report.differences)} differences")
+    if not report.differences:
+        return
+    print(f"{'job':<34} {'field':<24} {'source':<30} target")
+    for d in report.differences[:limit]:
+        print(f"{d.job[:34]:<34} {d.field[:24]:<24} {d.source[:30]:<30} {d.target[:60]}")
+    if len(report.differences) > limit:
+        print(f"... {len(report.differences) - limit} more in the JSON report")

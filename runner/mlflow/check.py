@@ -1,0 +1,190 @@
+"""Verify's reading of an MLflow-compatible target (an MLflow server, a local store, an Azure ML
+workspace's MLflow endpoint): one job's run, metric histories and files against the source's."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+from loguru import logger
+
+from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
+from runner.engine import limits as caps
+from runner.engine.ledger import PARENT_TAG, is_own_tag
+from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
+from runner.engine.mapping import Mapping
+from runner.engine.metric_digest import Digest, count_differences, point_hash
+from runner.engine.verify import Difference, expected_user_tags, show, user_tags
+from runner.files.checks import compare
+from runner.files.copier import select
+from runner.files.hashing import md5_file
+from runner.files.options import REFS_FILE, ArtifactOptions
+from runner.files.roots import open_store, source_store
+from runner.files.stats import CopyStats
+from runner.mlflow.source import metric_history
+
+
+class JobChecker:
+    def __init__(self, source, target, ledger, mapping: Mapping | None = None):
+        self.source, self.target, self.ledger = source, target, ledger
+        self.mapping = mapping or Mapping()
+        self.client = target.client
+        self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
+        self._experiment_names: dict[str, str] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def compare_experiments(self, experiments: Iterable, mapping: Mapping) -> list[Difference]:
+        out = []
+        for experiment in experiments:
+            found = self.client.get_experiment_by_name(mapping.experiment_name(experiment.name))
+            if found is None:
+                out.append(Difference("", experiment.name, "experiment", "present", "missing"))
+                continue
+            if found.lifecycle_stage != experiment.lifecycle_stage:
+                out.append(Difference("", experiment.name, "experiment_lifecycle", experiment.lifecycle_stage, found.lifecycle_stage))
+            mine = {k: v for k, v in found.tags.items() if not is_own_tag(k)}
+            theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
+            if mine != theirs:
+                out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
+        return out
+
+    def compare(self, job: JobRecord) -> list[Difference]:
+        try:
+            return self._compare(job)
+        except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash
+            logger.opt(exception=error).debug("verify failed on {}", job.source_id)
+            return [Difference(job.source_id, job.name, "error", "", f"{type(error).__name__}: {error}")]
+
+    def _compare(self, job: JobRecord) -> list[Difference]:
+        found = self.ledger.find(job.source_id)
+        diff = lambda what, a, b: Difference(job.source_id, job.name, what, show(a), show(b))  # noqa: E731
+        if found is None:
+            return [diff("run", "present", "missing")]
+        if not found.complete:
+            return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
+        run = self.client.get_run(found.run_id)
+        info, data = run.info, run.data
+        # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
+        overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow()
+        params, tags = {**data.params, **overflow["params"]}, {**data.tags, **overflow["tags"]}
+        out = []
+        pairs = [
+            ("experiment", self.mapping.experiment_name(job.experiment), self.experiment_name(info.experiment_id)),
+            ("name", job.name, info.run_name or ""),
+            ("status", job.status, info.status),
+            ("start_time", job.start_time, info.start_time),
+            ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
+            ("params", job.params, params),
+            ("tags", user_tags(job.tags), expected_user_tags(job, tags)),
+            ("parent", self.expected_parent(job), data.tags.get(PARENT_TAG)),
+        ]
+        if job.status in TERMINAL_STATUSES:
+            pairs.append(("end_time", job.end_time, info.end_time))
+        out += [diff(what, a, b) for what, a, b in pairs if a != b]
+        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
+        out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
+        return out
+
+    def compare_recorded_refs(self, job: JobRecord, run_id: str, chosen) -> list[Difference]:
+        """`--artifacts list` copied no bytes but recorded each file: compare that record."""
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        try:
+            lines = Path(self.client.download_artifacts(run_id, REFS_FILE, str(folder))).read_text(encoding="utf-8").splitlines()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        recorded = {r["path"]: r for r in map(json.loads, lines[1:]) if r}  # line 1 says where they live
+        out = []
+        for ref in chosen:
+            have = recorded.pop(ref.path, None)
+            same = have is not None and have["size"] == ref.size and (not (ref.md5 and have["md5"]) or have["md5"] == ref.md5)
+            if not same:
+                out.append(Difference(job.source_id, job.name, f"artifact:{ref.path}", show([ref.size, ref.md5]), show(have)))
+        out += [Difference(job.source_id, job.name, f"artifact:{path}", "absent", show(r)) for path, r in recorded.items()]
+        return out
+
+    def read_overflow(self, run_id: str) -> dict:
+        return caps.read(self.client, run_id, self.scratch)
+
+    def experiment_name(self, experiment_id: str) -> str:
+        if experiment_id not in self._experiment_names:
+            self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
+        return self._experiment_names[experiment_id]
+
+    def expected_parent(self, job: JobRecord) -> str | None:
+        if not job.parent_id:
+            return None
+        parent = self.ledger.find(job.parent_id)
+        return parent.run_id if parent else f"(replayed {job.parent_id})"
+
+    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None) -> list[Difference]:
+        wanted: dict[str, Digest] = {}
+        for point in self.source.metrics(job):  # one stream over every key, as the source reads it
+            wanted.setdefault(point.key, Digest()).add(point_hash(point))
+        spilled = spilled or {}
+        out = []
+        for key in sorted(set(wanted) | target_keys | set(spilled)):
+            want, have = wanted.get(key, Digest()), Digest()
+            for point in self.target_points(run_id, key, spilled):
+                have.add(point_hash(point))
+            if have == want:
+                continue
+            missing, extra = count_differences(
+                lambda: self.source_points(job, key) if want.count else (), lambda: self.target_points(run_id, key, spilled),
+                want.count + have.count, self.scratch,
+            )
+            out.append(
+                Difference(job.source_id, job.name, f"metric:{key}", f"{want.count} points", f"{have.count} points ({missing} missing, {extra} extra or changed)")
+            )
+        return out
+
+    def source_points(self, job: JobRecord, key: str) -> Iterable[MetricPoint]:
+        """The source's points of one key, read again. MLflow and Azure ML sources read the keys
+        named in `latest_metrics`: naming this one alone spares reading the others twice."""
+        if key in job.latest_metrics:
+            job = replace(job, latest_metrics={key: job.latest_metrics[key]})
+        return (point for point in self.source.metrics(job) if point.key == key)
+
+    def target_points(self, run_id: str, key: str, spilled: dict) -> Iterable[MetricPoint]:
+        """The target run's history of `key`, with the points replay/overflow.json holds for it."""
+        yield from metric_history(self.client, run_id, key)
+        for step, timestamp, value in spilled.get(key, []):
+            yield MetricPoint(key, decode_float(value), timestamp, step)
+
+    def compare_artifacts(self, job: JobRecord, run_id: str, artifact_uri: str | None = None) -> list[Difference]:
+        options = getattr(self.target, "artifact_options", None) or ArtifactOptions()
+        if artifact_uri and open_store(artifact_uri, self.client.tracking_uri, options.auth).server_side:
+            # A blob root (or run history's, through its blobs) answers size and MD5 per file without downloading.
+            found = compare(
+                source_store(self.source, job, self.scratch, options.auth), artifact_uri, None, options,
+                tracking_uri=self.client.tracking_uri,
+            )
+            return [Difference(job.source_id, job.name, f"artifact:{m.path}", m.source, m.target) for m in found]
+        chosen = select(self.source.artifacts(job), options, CopyStats())  # as replay chose
+        listing = [info for info in self.target.list_artifacts(run_id) if info.path != OVERFLOW_PATH]
+        if any(info.path == REFS_FILE for info in listing):
+            return self.compare_recorded_refs(job, run_id, chosen)
+        want = {}
+        for ref in chosen:
+            md5 = ref.md5
+            if not md5:
+                with self.source.fetch_artifact(job, ref, self.scratch) as local:
+                    size, md5 = md5_file(local)
+                ref = type(ref)(ref.path, size, md5)
+            want[ref.path] = (ref.size, md5)
+        have = {}
+        for info in listing:  # replay/overflow.json left out above: compared through what it holds
+            folder = Path(tempfile.mkdtemp(dir=self.scratch))
+            try:
+                have[info.path] = md5_file(Path(self.client.download_artifacts(run_id, info.path, str(folder))))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        out = []
+        for path in sorted(set(want) | set(have)):
+            if want.get(path) != have.get(path):
+                out.append(Difference(job.source_id, job.name, f"artifact:{path}", show(want.get(path)), show(have.get(path))))
+        return out

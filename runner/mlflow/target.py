@@ -1,0 +1,345 @@
+"""Write runs straight into an MLflow-compatible tracking store (no compute needed).
+
+A plain MLflow server, sqlite, an embedded folder, or an AzureML workspace's MLflow endpoint.
+Every run keeps its original start/end time, status, name, params, tags and full metric
+history; parents are created first and children point at the new parent run id.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+from uuid import uuid4
+
+from loguru import logger
+
+from runner.files.copier import copy_run_artifacts
+from runner.files.options import ArtifactOptions
+from runner.files.stats import CopyStats
+from runner.files.roots import source_store
+from runner.mlflow import artifact_store  # noqa: F401 - registers MLflow artifact roots with runner.files
+from runner.mlflow import uris
+from runner.core.errors import ReplayerError, UsageError
+from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
+from runner.engine import limits as caps
+from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, limits_for, new_overflow
+from runner.core.records import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
+from runner.mlflow.source import metric_history
+
+MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
+PAGE = 1000
+
+
+class DirectTarget:
+    def __init__(self, uri: str, dry_run: bool = False):
+        self.uri = uri
+        self.dry_run = dry_run
+        resolved = uris.tracking_uri(uri)
+        # A dry run never creates a store; an absent local store simply holds nothing yet.
+        self.client = None if dry_run and not uris.exists(resolved) else uris.open_client(uri, create=not dry_run)
+        if self.client is None and uris.is_remote(resolved):
+            uris.check_reachable(resolved)
+        self._artifact_root = uris.artifact_root(resolved)
+        self._experiments: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._artifact_uris: dict[str, str] = {}  # runs created by this process, until finished
+        self.limits = limits_for(resolved)  # cli.open_target applies --max-tags / --max-metric-keys
+        self.overflowed = 0  # runs that needed replay/overflow.json
+        self._tag_overflow: dict[str, dict[str, str]] = {}  # run id -> tags create_run could not hold
+        self.artifact_options = ArtifactOptions()  # cli.open_target sets the --artifacts flags
+        self.artifact_stats = CopyStats()  # totals over all runs, for the summary
+        # Plain MLflow stores apply a log_batch's params, then metrics, then tags (SqlAlchemyStore and
+        # FileStore alike), so a new run's completion tag can ride on its last batch: one request
+        # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
+        self.completes_in_batch = not resolved.startswith("azureml")
+        self._completed: set[str] = set()  # runs whose completion tag is written already
+
+    def describe(self) -> dict:
+        return {"kind": "direct", "uri": uris.redact(self.uri)}
+
+    # -- what is there already ----------------------------------------------------------
+
+    def checker(self, source, ledger: Ledger, mapping=None):
+        """Verify's reader of this target (runner.engine.verify.Checker)."""
+        from runner.mlflow.check import JobChecker
+
+        return JobChecker(source, self, ledger, mapping)
+
+    def compare_models(self, source, ledger: Ledger, patterns: list[str], scratch):
+        """Verify's registry part: (models compared, differences)."""
+        from runner.mlflow.model_check import compare_models
+
+        return compare_models(source, self, ledger, patterns, scratch)
+
+    def ledger(self, workspace: str) -> Ledger:
+        from mlflow.entities import ViewType
+
+        ledger = Ledger(runs={})
+        if self.client is None:
+            return ledger
+        if "'" in workspace:
+            raise UsageError(f"workspace name {workspace!r} contains a quote; set a plain `workspace:` name in the config")
+        with uris.refusals_named(self.uri):  # the target's first request: a refused credential shows here
+            ids = [e.experiment_id for e in self._all_experiments()]
+        query = f"tags.{ORIGINAL_WORKSPACE} = '{workspace}'"
+        for start in range(0, len(ids), 100):
+            token = None
+            while True:
+                page = self.client.search_runs(ids[start : start + 100], query, ViewType.ALL, max_results=PAGE, page_token=token)
+                for run in page:
+                    tags = run.data.tags
+                    if run.info.lifecycle_stage == "deleted" and COMPLETE not in tags:
+                        continue  # an abandoned attempt someone deleted: not ours to resume
+                    ledger.add(
+                        tags["original_job_id"],
+                        TargetRun(run.info.run_id, run.info.experiment_id, tags.get(COMPLETE, ""), run.info.lifecycle_stage),
+                    )
+                token = page.token
+                if not token:
+                    break
+        return ledger
+
+    def _all_experiments(self):
+        from mlflow.entities import ViewType
+
+        found, token = [], None
+        while True:
+            page = self.client.search_experiments(view_type=ViewType.ALL, max_results=PAGE, page_token=token)
+            found += page
+            token = page.token
+            if not token:
+                return found
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_experiment(self, experiment: Experiment) -> str:
+        """The target experiment of that name, created with the source's tags when missing."""
+        with self._lock:
+            if experiment.name in self._experiments:
+                return self._experiments[experiment.name]
+            found = self.client.get_experiment_by_name(experiment.name)
+            if found is None:
+                experiment_id = self._create_experiment(experiment)
+            else:
+                experiment_id = found.experiment_id
+                if found.lifecycle_stage == "deleted":
+                    logger.warning("target experiment {} was deleted; restoring it to write runs into it", experiment.name)
+                    self.client.restore_experiment(experiment_id)
+                for key, value in experiment.tags.items():
+                    if found.tags.get(key) != value:
+                        self.client.set_experiment_tag(experiment_id, key, value)
+            self._experiments[experiment.name] = experiment_id
+            return experiment_id
+
+    def _create_experiment(self, experiment: Experiment) -> str:
+        from mlflow.exceptions import MlflowException
+
+        location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
+        try:
+            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
+        except MlflowException:
+            # A retried create whose first answer was lost finds the name taken: by itself.
+            found = self.client.get_experiment_by_name(experiment.name)
+            if found is None:
+                raise
+            return found.experiment_id
+        logger.debug("created experiment {} ({})", experiment.name, experiment_id)
+        return experiment_id
+
+    def run_tags(self, job: JobRecord, workspace: str, parent_run_id: str | None) -> dict[str, str]:
+        tags = {k: v for k, v in job.tags.items() if k != PARENT_TAG and not is_own_tag(k)}
+        tags.update(lineage_tags(job, workspace))
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        return tags
+
+    def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
+        kept, overflow_tags = self.fit_tags(tags)
+        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=kept, run_name=job.name or None)
+        with self._lock:
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+            self._tag_overflow[run.info.run_id] = overflow_tags
+        return run.info.run_id
+
+    def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
+        """Params, metrics and artifacts into a run we just created. Returns metric points written."""
+        with self._lock:
+            overflow = new_overflow(self._tag_overflow.pop(run_id, {}))
+        params = self.fit_params(job.params, overflow)
+        if not self.completes_in_batch:
+            written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow))
+            self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
+            self.write_overflow(run_id, overflow, scratch)
+            return written
+        # Status and files first, then the data, the completion tag in its last batch: still the
+        # last write. A run cut short meanwhile has no tag, whatever its status says, and is repaired.
+        if job.status in TERMINAL_STATUSES:
+            self.client.set_terminated(run_id, job.status, end_time=job.end_time)
+        self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
+        complete = {COMPLETE: job.fingerprint()}
+        # Points past a metric-key cap are known only once the stream is read: then the overflow
+        # file comes after the data and the tag after it, as a request of its own.
+        last = lambda: {} if any(overflow.values()) else complete  # noqa: E731
+        written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow), last_tags=last)
+        if any(overflow.values()):
+            self.write_overflow(run_id, overflow, scratch)
+            self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+        with self._lock:
+            self._completed.add(run_id)
+        return written
+
+    def repair(self, run_id: str, job: JobRecord, tags: dict[str, str], source, scratch: Path) -> int:
+        """Bring an interrupted or outdated run level with the source by adding what it lacks."""
+        run = self.client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            self.client.restore_run(run_id)
+        if COMPLETE in run.data.tags:
+            self.client.delete_tag(run_id, COMPLETE)  # incomplete until this repair finishes
+        tags, overflow_tags = self.fit_tags(tags)
+        overflow = new_overflow(overflow_tags)
+        changed_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+        for key, value in self.fit_params(job.params, new_overflow({})).items():
+            have = run.data.params.get(key)
+            if have is not None and have != value:
+                raise ReplayerError(
+                    f"run {run_id}: param {key!r} is {have!r} in the target but {value!r} in the source; "
+                    "MLflow params cannot change: delete that target run and rerun"
+                )
+        params = self.fit_params(job.params, overflow)
+        missing_params = {k: v for k, v in params.items() if k not in run.data.params}
+        self._log(run_id, missing_params, [], changed_tags)
+        written = 0
+        for key, points in itertools.groupby(self.fit_metrics(job, source.metrics(job), overflow), key=lambda p: p.key):
+            have = Counter(self._history_identities(run_id, key))
+            missing = []
+            for point in points:
+                if have[point.identity()] > 0:
+                    have[point.identity()] -= 1
+                else:
+                    missing.append(point)
+            written += self._log(run_id, {}, missing)
+        self._copy_artifacts(run_id, run.info.artifact_uri, job, source, scratch, fresh=False)
+        self.write_overflow(run_id, overflow, scratch)
+        return written
+
+    # -- target limits (runner/limits.py) ------------------------------------------------------
+
+    def fit_tags(self, tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        return caps.fit_tags(self.limits, tags)
+
+    def fit_params(self, params: dict[str, str], overflow: dict) -> dict[str, str]:
+        return caps.fit_params(self.limits, params, overflow)
+
+    def fit_metrics(self, job: JobRecord, points: Iterable[MetricPoint], overflow: dict) -> Iterator[MetricPoint]:
+        return caps.fit_metrics(self.limits, job, points, overflow)
+
+    def write_overflow(self, run_id: str, overflow: dict, scratch: Path) -> None:
+        counts = caps.write(self.client, run_id, overflow, scratch)
+        if not counts:
+            return
+        with self._lock:
+            self.overflowed += 1
+        logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def finish(self, run_id: str, job: JobRecord) -> None:
+        """Status and end time, then the completion tag: always the last write."""
+        with self._lock:
+            done = run_id in self._completed
+            self._completed.discard(run_id)
+        if not done:
+            if job.status in TERMINAL_STATUSES:
+                self.client.set_terminated(run_id, job.status, end_time=job.end_time)
+            self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+        if job.lifecycle_stage == "deleted":
+            self.client.delete_run(run_id)
+        with self._lock:
+            self._artifact_uris.pop(run_id, None)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _history_identities(self, run_id: str, key: str):
+        for point in metric_history(self.client, run_id, key):
+            yield point.identity()
+
+    def _log(self, run_id: str, params: dict[str, str], points: Iterable[MetricPoint], tags: dict[str, str] | None = None,
+             last_tags=None) -> int:
+        """log_batch requests; `last_tags()`, asked once the points are all read, rides on the last one."""
+        from mlflow.entities import RunTag
+
+        written = 0
+        pending = None
+        for batch in batches(params, tags or {}, points, self.limits.batch_rows):
+            if pending is not None:
+                written += self._send(run_id, *pending)
+            pending = batch
+        extra = [RunTag(k, v) for k, v in (last_tags() if last_tags else {}).items()]
+        if pending is not None or extra:
+            metrics, param_batch, tag_batch = pending or ([], [], [])
+            if len(metrics) + len(param_batch) + len(tag_batch) + len(extra) > self.limits.batch_rows or len(tag_batch) + len(extra) > MAX_PARAMS_TAGS_PER_BATCH:
+                written += self._send(run_id, metrics, param_batch, tag_batch)
+                metrics, param_batch, tag_batch = [], [], []
+            written += self._send(run_id, metrics, param_batch, tag_batch + extra)
+        return written
+
+    def _send(self, run_id: str, metrics: list, params: list, tags: list) -> int:
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        return len(metrics)
+
+    def _copy_artifacts(self, run_id: str, artifact_uri: str | None, job: JobRecord, source, scratch: Path, fresh: bool) -> None:
+        """The job's files into the run's artifact root: server-side when both roots are blob
+        storage, else streamed (through MLflow for MLflow roots); skips files already there."""
+        if artifact_uri is None:
+            with self._lock:
+                artifact_uri = self._artifact_uris.get(run_id)
+        if artifact_uri is None:
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
+        options = self.artifact_options
+        stats = copy_run_artifacts(
+            source_store(source, job, scratch, options.auth), artifact_uri, None, options,
+            tracking_uri=self.client.tracking_uri, fresh=fresh, label=f"artifacts of {job.source_id}",
+        )
+        stats.refs = []
+        with self._lock:
+            self.artifact_stats.merge(stats)
+        if stats.failed:
+            path, reason = stats.failed[0]
+            raise ReplayerError(f"{len(stats.failed)} artifacts not copied (first: {path}: {reason}); rerun to resume")
+
+    def list_artifacts(self, run_id: str) -> Iterator:
+        pending = [""]
+        while pending:
+            folder = pending.pop()
+            for info in self.client.list_artifacts(run_id, folder or None):
+                if info.is_dir:
+                    pending.append(info.path)
+                else:
+                    yield info
+
+
+def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint], rows: int = MAX_ENTITIES_PER_BATCH):
+    """log_batch payloads within MLflow's limits, streaming the metric points.
+
+    Params and tags go first (at most 100 per request); metric points fill each request up to
+    1000 entities, so a long history is never held whole in memory.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    keyed = [Param(k, v) for k, v in params.items()] + [RunTag(k, v) for k, v in tags.items()]
+    head = [keyed[i : i + MAX_PARAMS_TAGS_PER_BATCH] for i in range(0, len(keyed), MAX_PARAMS_TAGS_PER_BATCH)]
+    stream = iter(points)
+    while True:
+        small = head.pop(0) if head else []
+        room = rows - len(small)
+        metrics = [Metric(p.key, p.value, p.timestamp, p.step) for p in itertools.islice(stream, room)] if not head else []
+        if not small and not metrics:
+            return
+        yield (
+            metrics,
+            [e for e in small if isinstance(e, Param)],
+            [e for e in small if isinstance(e, RunTag)],
+        )

@@ -1,0 +1,168 @@
+"""MLflow tracking URIs: normalize them, open clients, say clearly when one cannot be reached.
+
+Accepted forms: http(s)://host[:port][/path], sqlite:///path/to/db, or a local folder, which is an
+*embedded store*: `<folder>/mlflow.db` (sqlite) with artifacts in `<folder>/artifacts`. A folder
+that already holds an MLflow file store (`mlruns` layout) is opened as one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+from runner.core.errors import EndpointError, UsageError, first_line
+from runner.core.logs import redact_uri as redact  # noqa: F401 - uris.redact: callers name URIs through it
+
+EMBEDDED_DB = "mlflow.db"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "azureml://", "databricks"))
+
+
+def tracking_uri(uri: str) -> str:
+    """The URI MlflowClient should get for what the user typed."""
+    if is_remote(uri) or uri.startswith("sqlite:"):
+        return uri
+    folder = Path(uri.removeprefix("file://")).expanduser().resolve()
+    if (folder / "0" / "meta.yaml").is_file() or (folder / ".trash").is_dir():
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # an existing legacy file store
+        return str(folder)
+    return f"sqlite:///{folder / EMBEDDED_DB}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a local sqlite store keeps artifacts: beside the database, never in the cwd."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    if db.name == EMBEDDED_DB:
+        return str(db.parent / "artifacts")
+    return str(db.with_name(db.stem + "-artifacts"))
+
+
+def exists(uri: str) -> bool:
+    """Whether a local store is there already (remote ones are checked by `check_reachable`)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return db.is_file()
+    if is_remote(uri):
+        return True
+    return Path(uri).is_dir()
+
+
+_remote_setup: list = []  # what an end must do before MLflow talks to a remote tracking URI
+
+
+def on_remote(prepare) -> None:
+    """Register `prepare(tracking_uri)`, called before a client for a remote URI is handed out
+    (the Azure ML end puts our credential on azureml-mlflow's context; a no-op for other URIs)."""
+    if prepare not in _remote_setup:
+        _remote_setup.append(prepare)
+
+
+def open_client(uri: str, create: bool):
+    """An MlflowClient for `uri`. A missing local store is created only when `create` is set."""
+    from mlflow import MlflowClient
+
+    resolved = tracking_uri(uri)
+    if is_remote(resolved):
+        check_reachable(resolved)
+        for prepare in _remote_setup:
+            prepare(resolved)  # the Azure ML end: azureml:// MLflow calls use --credential, cached
+    elif not exists(resolved):
+        if not create:
+            raise UsageError(f"no MLflow store at {uri}: check the path, or run `replayer demo --out {uri}` to seed one")
+        init_local_store(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def init_local_store(resolved: str) -> None:
+    """Create the sqlite schema with its artifact root beside it (so Default's runs land there too)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = sqlite_path(resolved)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(artifact_root(resolved))
+    root.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(resolved, root.as_uri())
+
+
+MLFLOW_AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def refused_by_auth(error) -> tuple[int, str] | None:
+    """(HTTP status, reason) when an MLflow error is the endpoint refusing the token, else None.
+
+    MLflow keeps no status code: a refusal arrives as an MLflow error code (UNAUTHENTICATED), as
+    the service's own JSON error (`{"error": {"code": "ExpiredAuthenticationToken", ...}}`, ARM's
+    words) or, for a body that is not JSON, as "failed with error code 401" in the message.
+    """
+    code = str(getattr(error, "error_code", "") or "")
+    if code in MLFLOW_AUTH_CODES:
+        return MLFLOW_AUTH_CODES[code], first_line(error)
+    body = getattr(error, "json", None)
+    detail = body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict) and re.search(r"Authenticat|Authoriz|Token|Forbidden", str(detail.get("code") or "")):
+        status = 403 if re.search(r"Authoriz|Forbidden", str(detail["code"])) else 401
+        return status, f"{detail['code']}: {str(detail.get('message') or '').strip().splitlines()[0] if detail.get('message') else ''}".rstrip(": ")
+    match = re.search(r"error code (401|403)\b", str(error))
+    return (int(match.group(1)), first_line(error)[:200]) if match else None
+
+
+@contextmanager
+def auth_refusals(explain):
+    """An MLflow error that is the endpoint refusing our credential becomes `explain(status, reason)`,
+    a one-line error that stops everything: every later request would be refused the same way."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        refused = refused_by_auth(error)
+        if refused is None:
+            raise
+        raise explain(*refused) from None
+
+
+def refusals_named(uri: str):
+    """A credential an MLflow store refuses (on a real request: /health asks for none), named."""
+    return auth_refusals(lambda status, reason: EndpointError(
+        f"MLflow server {redact(uri)} refused our credentials (HTTP {status}: {reason}); "
+        "check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD (--credential for Azure ML)"
+    ))
+
+
+def check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from runner.core.retry import get_with_retries
+
+    try:
+        answer = get_with_retries(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as error:
+        raise EndpointError(f"cannot reach MLflow server {redact(uri)}: {type(error).__name__}; is it running and is the address right?") from None
+    if answer.status_code in (401, 403):
+        raise EndpointError(f"MLflow server {redact(uri)} refused our credentials (HTTP {answer.status_code}); check MLFLOW_TRACKING_TOKEN or username/password")
+    if answer.status_code >= 500:
+        raise EndpointError(f"MLflow server {redact(uri)} answered HTTP {answer.status_code} on /health; try again later")
+
+
+
+
+def workspace_name(uri: str) -> str:
+    """A stable name for a store, recorded as `original_workspace` on every replayed run."""
+    resolved = tracking_uri(uri)
+    db = sqlite_path(resolved)
+    if db is not None:
+        return f"sqlite:{db.resolve()}"
+    return redact(resolved)
