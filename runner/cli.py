@@ -18,7 +18,7 @@ from runner.core import logs
 from runner.core import retry
 from runner.mlflow import sync_state
 from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
-from runner.core.filters import Filters, as_bool, as_list
+from runner.core.filters import Filters, as_bool, as_int, as_list, as_seconds
 
 COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
 
@@ -44,18 +44,15 @@ class Settings:
         merged = {**cfg.filters, **{k: v for k, v in flags.items() if k in config_file.FILTER_KEYS}}
         self.filters = Filters.build(**merged)
         options = {**cfg.options, **{k: v for k, v in flags.items() if k in config_file.OPTION_KEYS}}
-        self.parallel = int(options.get("parallel") or 8)
-        if self.parallel < 1:
-            raise UsageError(f"--parallel {self.parallel}: expected 1 or more threads")
+        self.parallel = as_int(options.get("parallel"), "--parallel", minimum=1, default=8)
         self.dry_run = as_bool(options.get("dry_run", False), "--dry-run")
-        self.retries = int(options.get("retries", 2))
-        if self.retries < 0:
-            raise UsageError(f"--retries {self.retries}: expected 0 or more extra passes")
+        self.retries = as_int(options.get("retries"), "--retries", minimum=0, default=2)
         self.report = options.get("report")
         from runner.files.options import ArtifactOptions
 
         self.artifacts = ArtifactOptions.build(**{k: options.get(k) for k in config_file.ARTIFACT_KEYS})
-        self.limits = {k: options.get(k) for k in ("max_tags", "max_metric_keys")}  # None: the target kind's own
+        # None: the target kind's own
+        self.limits = {k: as_int(options.get(k), f"--{k.replace('_', '-')}", minimum=1) for k in ("max_tags", "max_metric_keys")}
         from runner.engine.mapping import Mapping
 
         self.mapping = Mapping.build(options.get("rename_file"), options.get("import_source_tags"), options.get("use_source_user"))
@@ -269,7 +266,7 @@ class Replayer:
             Settings(flags, {}, ("verbose",))
             if not out:
                 raise UsageError("missing --out: give a tracking URI or a folder for the demo store")
-            counts = seed_demo(str(out), int(seed))
+            counts = seed_demo(str(out), as_int(seed, "--seed", minimum=0))
             logger.info("demo seeded into {}: {}", out, counts)
             return EXIT_OK
 
@@ -320,7 +317,7 @@ class Replayer:
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             options = pipeline.PipelineOptions(
                 compute=str(compute), environment=environment, component=component, expand_trials=as_bool(expand_trials, "--expand-trials"),
-                trial_sampling=str(trial_sampling), max_trials=max_trials, trial_metric=trial_metric, seed=int(seed),
+                trial_sampling=str(trial_sampling), max_trials=as_int(max_trials, "--max-trials", minimum=1), trial_metric=trial_metric, seed=as_int(seed, "--seed", minimum=0),
                 mirror_status=as_bool(mirror_status, "--mirror-status"), parallel=s.parallel, mapping=s.mapping,
             ).check()
             src = ManifestSource(str(manifest), s.filters)
@@ -346,7 +343,7 @@ class Replayer:
             from runner.azureml.wait import azureml_status, print_table, wait_for
 
             labels = {row["name"]: row["original_job_id"] for row in summary.submitted}
-            result = wait_for(list(labels), azureml_status(dst.ml), timeout=float(timeout), labels=labels, parallel=s.parallel)
+            result = wait_for(list(labels), azureml_status(dst.ml), timeout=as_seconds(timeout, "--timeout"), labels=labels, parallel=s.parallel)
             print_table(result)
             return summary.exit_code or result.exit_code
 
@@ -371,7 +368,7 @@ class Replayer:
             if not uri:
                 raise UsageError("missing --target azureml://subscriptions/S/resourcegroups/R/workspaces/W: the workspace of the jobs")
             ml = PipelineTarget(str(uri)).ml
-            result = wait_for(names, azureml_status(ml), timeout=float(timeout), poll=float(poll), max_poll=float(max_poll), labels=labels, parallel=s.parallel)
+            result = wait_for(names, azureml_status(ml), timeout=as_seconds(timeout, "--timeout"), poll=as_seconds(poll, "--poll"), max_poll=as_seconds(max_poll, "--max-poll"), labels=labels, parallel=s.parallel)
             print_table(result)
             return result.exit_code
 
@@ -393,10 +390,25 @@ class _NotInImage:
         return None
 
 
-def main() -> None:
+def as_text(argv: list[str]) -> list[str]:
+    """python-fire reads each value as a Python literal (`000...0` -> 0, `1e5` -> 100000.0, `a,b`
+    -> a tuple): hand it every value as a string literal, so ids, names and tags reach the
+    commands exactly as typed; the commands turn numbers into numbers (runner.core.filters.as_int)."""
+    out = []
+    for position, token in enumerate(argv):
+        if token.startswith("--") and "=" in token:
+            name, _, value = token.partition("=")
+            token = f"{name}={value!r}"
+        elif position > 0 and not token.startswith("-"):  # argv[0] is the command
+            token = repr(token)
+        out.append(token)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     if not any(isinstance(finder, _NotInImage) for finder in sys.meta_path):
         sys.meta_path.insert(0, _NotInImage())
-    fire.Fire(Replayer, name="replayer")
+    fire.Fire(Replayer, command=as_text(sys.argv[1:] if argv is None else argv), name="replayer")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,21 @@ def is_config_path(value) -> bool:
     return isinstance(value, str) and value.endswith((".yml", ".yaml"))
 
 
+def text_dates_loader():
+    """YAML's safe loader, with dates left as text: `since: 2024-13-45` then reaches the filters,
+    which name the key and the forms they take, instead of failing inside PyYAML."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return Loader
+
+
 def load(path: str) -> MigrationConfig:
     import yaml
 
@@ -45,7 +60,7 @@ def load(path: str) -> MigrationConfig:
     if not file.is_file():
         raise UsageError(f"config file {path} not found; check the path")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=text_dates_loader())
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
     except yaml.YAMLError as error:

@@ -204,3 +204,54 @@ def test_config_file_drives_migration_and_flags_override(store, tmp_path):
     check = run_cli("verify", "--source", str(config), "--target", str(config), "--experiments", "alpha-train", "--limit", "1", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "1 runs compared, 1 equal" in check.stdout
+
+
+# -- flags arrive as typed; bad values are usage errors (exit 2, one line), never misreads ----------
+
+
+def test_numeric_looking_names_stay_strings(tmp_path):
+    """python-fire would read `000000000000000000000` (an Azure ML job name form) as 0 and `1e5` as
+    100000.0: the CLI hands every value over as text, so --include selects those runs by name."""
+    folder = tmp_path / "store"
+    client = uris.open_client(str(folder), create=True)
+    experiment = client.create_experiment("digits")
+    for name in ("000000000000000000000", "1e5", "other"):
+        run_id = client.create_run(experiment, start_time=T0, run_name=name).info.run_id
+        client.set_terminated(run_id, "FINISHED", end_time=T0 + 1)
+    out = tmp_path / "manifest"
+    done = run_cli("extract", "--source", str(folder), "--out", str(out), "--include", "000000000000000000000,1e5", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = sorted(json.loads(line)["name"] for line in (out / "jobs.jsonl").read_text().splitlines())
+    assert names == ["000000000000000000000", "1e5"]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--parallel", "abc"], "--parallel 'abc': expected a whole number >= 1"),
+    (["--parallel", "0"], "--parallel 0: expected 1 or more"),
+    (["--retries", "-1"], "--retries -1: expected 0 or more"),
+    (["--limit", "two"], "--limit 'two': expected a whole number >= 1"),
+    (["--status", "FINISHD"], "--status FINISHD: not a run status; did you mean FINISHED?"),
+    (["--since", "20990101x"], "--since '20990101x': not a date"),
+    (["--since", "1700000"], "--since 1700000: not a date; use YYYY-MM-DD"),
+    (["--max-tags", "many"], "--max-tags 'many': expected a whole number >= 1"),
+])
+def test_bad_flag_values_are_usage_errors(store, tmp_path, flags, says):
+    done = run_cli("migrate", "--source", str(store["uri"]), "--target", str(tmp_path / "t"), *flags, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and says in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "t").exists()  # refused before anything is written
+
+
+def test_a_bad_date_in_the_yaml_is_a_usage_error(store, tmp_path):
+    config = tmp_path / "m.yml"
+    config.write_text(f"source: {store['uri']}\ntarget: {tmp_path / 't'}\nfilters:\n  since: 2024-13-45\n")
+    done = run_cli("migrate", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 2 and "since '2024-13-45': not a date" in done.stderr, done.stderr[-2000:]
+
+
+def test_dates_compact_iso_and_epoch_milliseconds():
+    assert Filters.build(since="20240501").since == Filters.build(since="2024-05-01").since == 1_714_521_600_000
+    assert Filters.build(since="1714521600000").since == 1_714_521_600_000
+    with pytest.raises(UsageError, match="epoch milliseconds"):
+        Filters.build(since="20990101000")

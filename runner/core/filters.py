@@ -47,15 +47,13 @@ class Filters:
             if not path.is_file():
                 raise UsageError(f"--include-file {include_file}: no such file; give a file with one run id or name per line")
             ids += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise UsageError(f"--limit {limit!r}: expected a positive whole number of root runs")
         return cls(
             experiments=as_list(experiments),
             include=ids,
             since=parse_time(since, "--since"),
             until=parse_time(until, "--until"),
-            status=[s.upper() for s in as_list(status)],
-            limit=limit,
+            status=parse_statuses(status),
+            limit=as_int(limit, "--limit", minimum=1),
             include_deleted=as_bool(include_deleted, "--include-deleted"),
             shard=parse_shard(shard),
             tags=parse_tags(tags),
@@ -162,6 +160,47 @@ def as_bool(value, flag: str) -> bool:
     raise UsageError(f"{flag} {value!r}: expected true or false")
 
 
+def as_int(value, flag: str, minimum: int | None = None, default: int | None = None) -> int | None:
+    """A whole number from a flag or YAML (flags arrive as text: runner.cli keeps every value a
+    string); nothing -> `default`; anything else -> one line naming the flag."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("-").isdigit():
+        raise UsageError(f"{flag} {value!r}: expected a whole number" + (f" >= {minimum}" if minimum is not None else ""))
+    number = int(text)
+    if minimum is not None and number < minimum:
+        raise UsageError(f"{flag} {number}: expected {minimum} or more")
+    return number
+
+
+def as_seconds(value, flag: str) -> float:
+    """A positive number of seconds from a flag or YAML."""
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: expected a number of seconds") from None
+    if not seconds > 0:
+        raise UsageError(f"{flag} {value!r}: expected more than 0 seconds")
+    return seconds
+
+
+STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")  # MLflow's run statuses (Azure ML's map onto them)
+
+
+def parse_statuses(value) -> list[str]:
+    """`--status FINISHED,FAILED`: each one a known status, or one line naming the closest."""
+    import difflib
+
+    statuses = [s.upper() for s in as_list(value)]
+    for status in statuses:
+        if status not in STATUSES:
+            close = difflib.get_close_matches(status, STATUSES, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"--status {status}: not a run status; {hint}expected one or more of {', '.join(STATUSES)}")
+    return statuses
+
+
 def as_list(value) -> list[str]:
     """Accept `a,b`, ['a', 'b'] or a tuple (python-fire turns `a,b` into a tuple)."""
     if value is None or value == "":
@@ -172,13 +211,18 @@ def as_list(value) -> list[str]:
 
 
 def parse_time(value, flag: str) -> int | None:
-    """ISO date or datetime (UTC when no zone is given), or epoch milliseconds."""
+    """ISO date or datetime (UTC when no zone is given; 20240501 is 2024-05-01), or epoch
+    milliseconds (13 digits). Any other run of digits is refused, not misread."""
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
+        value = str(int(value))
     text = str(value).strip()
-    if text.isdigit():
+    if text.isdigit() and len(text) == 8:
+        text = f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    elif text.isdigit():
+        if len(text) != 13:
+            raise UsageError(f"{flag} {text}: not a date; use YYYY-MM-DD, an ISO time like 2024-05-01T12:00:00Z, or epoch milliseconds (13 digits)")
         return int(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

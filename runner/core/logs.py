@@ -77,11 +77,12 @@ def remove_old_logs(folder: Path) -> None:
 
 
 def quiet_libraries() -> None:
-    """MLflow and azure log through `logging` at INFO; keep their chatter out of our output."""
+    """MLflow and azure log through `logging` at INFO; keep their chatter out of our output.
+    MLflow sets its own level on import from MLFLOW_LOGGING_LEVEL, so nothing is imported here
+    (a usage error is reported before mlflow's seconds of import)."""
     import logging
 
-    import mlflow  # noqa: F401 - it sets its own logger to INFO on import; override after
-
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("mlflow", "azure", "urllib3", "alembic", "azureml"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
