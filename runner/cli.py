@@ -103,8 +103,14 @@ def run(command: str, flags: dict, body) -> None:
 
 
 def open_target(uri: str, dry_run: bool = False, artifacts=None, limits: dict | None = None):
+    from runner.azureml.source import is_azureml
     from runner.mlflow import uris
     from runner.mlflow.target import DirectTarget, limits_for
+
+    if is_azureml(uri):  # a workspace (azureml://subscriptions/... or its config.json): its MLflow endpoint
+        from runner.azureml.source import AzuremlSource
+
+        uri = AzuremlSource(uri, Filters()).tracking_uri
 
     target = DirectTarget(uri, dry_run=dry_run)
     target.limits = limits_for(uris.tracking_uri(uri), **(limits or {}))

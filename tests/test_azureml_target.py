@@ -346,3 +346,23 @@ def test_changed_azureml_mlflow_internals_stop_the_cli_with_one_line(servers, ta
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
     assert "azureml-mlflow" in errors[0] and "changed its internals" in errors[0] and "1.62" in errors[0], errors
+
+
+def test_a_workspace_uri_or_config_json_works_as_a_target(servers, target, unique, tmp_path):
+    """`--target azureml://subscriptions/S/resourcegroups/R/workspaces/W` (the form --source and
+    submit take) and the workspace's config.json reach its MLflow endpoint, like its tracking URI."""
+    source = servers[0]
+    experiment = f"azws-{unique}"
+    total = seed(source.uri, experiment, tmp_path)
+    az_path, _ = counting_az(tmp_path / "az")
+    env = {**target.env, "PATH": f"{az_path}{os.pathsep}{os.environ['PATH']}"}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WS}))
+    for spelled, workspace in ((f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}", f"ws-{unique}"),
+                               (str(config), f"cfg-{unique}")):
+        args = ["--source", source.uri, "--target", spelled, "--experiments", experiment, "--workspace", workspace, "--credential", "cli"]
+        done = run_cli("migrate", *args, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(replayed_runs(target.backing.uri, workspace)) == total
+        again = run_cli("verify", *args, cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

@@ -255,3 +255,57 @@ def test_dates_compact_iso_and_epoch_milliseconds():
     assert Filters.build(since="1714521600000").since == 1_714_521_600_000
     with pytest.raises(UsageError, match="epoch milliseconds"):
         Filters.build(since="20990101000")
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/x", "mlflw://typo:5000", "gs://bucket"])
+def test_unknown_schemes_are_refused_naming_the_accepted_forms(store, tmp_path, uri):
+    done = run_cli("migrate", "--source", store["uri"], "--target", uri, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is not a tracking store this tool reads or writes; use a folder" in done.stderr and "postgresql://" in done.stderr
+    assert not any(tmp_path.rglob("mlflow.db"))  # not taken for a local folder named `s3:`
+    source = run_cli("extract", "--source", uri, "--out", str(tmp_path / "m"), cwd=tmp_path)
+    assert source.returncode == 2 and "is not a tracking store" in source.stderr, source.stderr[-2000:]
+
+
+def test_every_mlflow_backend_form_is_taken_as_a_store():
+    for uri in ("postgresql://u@db:5432/mlflow", "mysql+pymysql://u@db/mlflow", "mssql://db/mlflow", "sqlite:///x.db",
+                "databricks", "databricks://profile", "HTTP://LOCALHOST:5000"):
+        assert uris.tracking_uri(uri) == uri
+    assert uris.tracking_uri("file:///tmp/x").startswith("sqlite:///")
+
+
+def test_one_source_identity_however_its_uri_is_spelled():
+    names = {uris.workspace_name(u) for u in ("http://127.0.0.1:5000", "http://localhost:5000/", "http://[::1]:5000", "HTTP://LOCALHOST:5000")}
+    assert names == {"http://127.0.0.1:5000"}
+    assert uris.workspace_name("https://h.example:443/a/") == uris.workspace_name("https://H.EXAMPLE/a")
+    assert uris.workspace_name("postgresql://user:secret@db/mlflow") == "postgresql://db/mlflow"  # no password kept
+
+
+def test_a_rerun_spelled_differently_creates_nothing(servers, tmp_path):
+    """127.0.0.1, localhost, a trailing slash: one source, so the 2nd and 3rd passes skip."""
+    source, target = servers
+    experiment = f"spelled-{tmp_path.name}"
+    client = uris.open_client(source.uri, create=False)
+    exp = client.create_experiment(experiment)
+    for i in range(3):
+        run_id = client.create_run(exp, start_time=T0 + i, run_name=f"r{i}").info.run_id
+        client.set_terminated(run_id, "FINISHED", end_time=T0 + i + 1)
+    port = source.uri.rsplit(":", 1)[1].strip("/")
+    for spelled, created in ((f"http://127.0.0.1:{port}", 3), (f"http://localhost:{port}", 0), (f"http://127.0.0.1:{port}/", 0)):
+        done = run_cli("migrate", "--source", spelled, "--target", target.uri, "--experiments", experiment, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"created {created}," in done.stderr, done.stderr[-1500:]
+
+
+def test_verify_without_the_migrations_workspace_name_says_why_in_one_line(tmp_path):
+    """`make local-run` migrates with --workspace local-demo; a verify of the same folders without
+    it finds none of its runs, and says which source the target does hold and what to pass."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert run_cli("demo", "--out", str(src), cwd=tmp_path).returncode == 0
+    assert run_cli("migrate", "--source", str(src), "--target", str(dst), "--workspace", "local-demo", cwd=tmp_path).returncode == 0
+    plain = run_cli("verify", "--source", str(src), "--target", str(dst), cwd=tmp_path)
+    assert plain.returncode == 1
+    said = [line for line in plain.stderr.splitlines() if "holds no run replayed from" in line]
+    assert len(said) == 1 and "'local-demo' (15 runs)" in said[0] and "--workspace NAME" in said[0], plain.stderr[-2000:]
+    named = run_cli("verify", "--source", str(src), "--target", str(dst), "--workspace", "local-demo", cwd=tmp_path)
+    assert named.returncode == 0 and "holds no run" not in named.stderr, named.stderr[-2000:]

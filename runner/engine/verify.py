@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from loguru import logger
+
 from runner.core.progress import Progress
 from runner.core.records import Experiment, JobRecord
 from runner.engine.ledger import PARENT_TAG, is_own_tag
@@ -82,6 +84,8 @@ def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, mo
         report.differences.append(Difference("", "", "target", "exists", "no store at that location"))
         return report
     ledger = target.ledger(source.workspace)
+    if runs and not ledger.runs:
+        explain_other_sources(source, target)
     checker = target.checker(source, ledger, mapping)
     if runs:
         compare_runs(source, target, ledger, checker, report, mapping, parallel)
@@ -90,6 +94,16 @@ def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, mo
         report.differences += found
     checker.close()
     return report
+
+
+def explain_other_sources(source, target) -> None:
+    """No run in the target comes from this source: say in one line which sources it does hold
+    (the usual cause: the migration ran with another --workspace name than this verify)."""
+    others = getattr(target, "other_workspaces", lambda _: {})(source.workspace)
+    if others:
+        named = ", ".join(f"{name!r} ({count} runs)" for name, count in sorted(others.items(), key=lambda kv: -kv[1])[:3])
+        logger.warning("the target holds no run replayed from {!r}, but runs from {}; if that is this source under "
+                       "another name, verify with --workspace NAME (as the migration ran)", source.workspace, named)
 
 
 def compare_runs(source, target, ledger, checker: "Checker", report: "VerifyReport", mapping: Mapping, parallel: int) -> None:

@@ -101,6 +101,19 @@ class DirectTarget:
                     break
         return ledger
 
+    def other_workspaces(self, workspace: str) -> dict[str, int]:
+        """Sources other than `workspace` whose runs this target holds (from the first page of runs):
+        what verify names when it finds none of `workspace`'s."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self._all_experiments()][:100]
+        found: dict[str, int] = {}
+        for run in self.client.search_runs(ids, "", ViewType.ACTIVE_ONLY, max_results=PAGE) if ids else []:
+            name = run.data.tags.get(ORIGINAL_WORKSPACE)
+            if name and name != workspace:
+                found[name] = found.get(name, 0) + 1
+        return found
+
     def _all_experiments(self):
         from mlflow.entities import ViewType
 

@@ -10,6 +10,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from runner.core.errors import EndpointError, UsageError, first_line
 from runner.core.logs import redact_uri as redact  # noqa: F401 - uris.redact: callers name URIs through it
@@ -17,14 +18,39 @@ from runner.core.logs import redact_uri as redact  # noqa: F401 - uris.redact: c
 EMBEDDED_DB = "mlflow.db"
 
 
+REMOTE_SCHEMES = ("http", "https", "azureml", "databricks", "databricks-uc")  # servers MLflow talks to
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "sqlite")  # MLflow's SQL backends (dialect+driver allowed)
+SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+ACCEPTED = ("a folder (an embedded store), file://..., sqlite:///..., postgresql://, mysql://, mssql://, "
+            "http(s)://, databricks, azureml://... (a workspace or its MLflow tracking URI) or a manifest folder")
+
+
+def scheme_of(uri: str) -> str:
+    """The URI's scheme in lower case, '' for a plain path; a dialect+driver counts as its dialect."""
+    if uri.lower() in ("databricks", "databricks-uc"):  # MLflow's names for the default Databricks profile
+        return uri.lower()
+    found = SCHEME.match(uri)
+    if not found or len(found.group(1)) == 1:  # C:\... is a path
+        return ""
+    return found.group(1).lower().partition("+")[0]
+
+
 def is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "azureml://", "databricks"))
+    return scheme_of(uri) in REMOTE_SCHEMES
+
+
+def is_database(uri: str) -> bool:
+    return scheme_of(uri) in DATABASE_SCHEMES
 
 
 def tracking_uri(uri: str) -> str:
-    """The URI MlflowClient should get for what the user typed."""
-    if is_remote(uri) or uri.startswith("sqlite:"):
+    """The URI MlflowClient should get for what the user typed; one line naming the accepted
+    forms for anything else (an `s3://` folder or a typo is never taken for a local path)."""
+    scheme = scheme_of(uri)
+    if scheme in REMOTE_SCHEMES or scheme in DATABASE_SCHEMES:
         return uri
+    if scheme not in ("", "file"):
+        raise UsageError(f"{redact(uri)}: {scheme}:// is not a tracking store this tool reads or writes; use {ACCEPTED}")
     folder = Path(uri.removeprefix("file://")).expanduser().resolve()
     if (folder / "0" / "meta.yaml").is_file() or (folder / ".trash").is_dir():
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # an existing legacy file store
@@ -53,7 +79,7 @@ def exists(uri: str) -> bool:
     db = sqlite_path(uri)
     if db is not None:
         return db.is_file()
-    if is_remote(uri):
+    if is_remote(uri) or is_database(uri):
         return True
     return Path(uri).is_dir()
 
@@ -160,9 +186,25 @@ def check_reachable(uri: str) -> None:
 
 
 def workspace_name(uri: str) -> str:
-    """A stable name for a store, recorded as `original_workspace` on every replayed run."""
+    """A stable name for a store, recorded as `original_workspace` on every replayed run: one
+    name however the URI is spelled (localhost or 127.0.0.1, a default port, a trailing slash,
+    the scheme's case), so a rerun spelled differently finds what the first run copied."""
     resolved = tracking_uri(uri)
     db = sqlite_path(resolved)
     if db is not None:
         return f"sqlite:{db.resolve()}"
-    return redact(resolved)
+    parts = urlsplit(redact(resolved))
+    if parts.scheme.lower() == "file":
+        return f"file:{Path(unquote(parts.path)).resolve()}"
+    if not parts.netloc:
+        return redact(resolved)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    host = LOOPBACK_NAME if host in LOOPBACK else host
+    port = parts.port if parts.port not in (None, DEFAULT_PORTS.get(scheme)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit((scheme, netloc + (f":{port}" if port else ""), parts.path.rstrip("/"), parts.query, ""))
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # one machine, three spellings
+LOOPBACK_NAME = "127.0.0.1"
+DEFAULT_PORTS = {"http": 80, "https": 443}
