@@ -3,14 +3,17 @@ and the target holds every source run exactly once and verifies clean. Embedded 
 each round to seconds; the kill lands anywhere from start-up to the last completion tag."""
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from runner.mlflow import uris
 from test_failures import replayed, seed_tree, start_migrate, verify_clean
 
@@ -41,5 +44,59 @@ def test_kill_at_a_random_moment_then_rerun_is_exact(source, tmp_path, seed):
     rerun = run_cli("migrate", *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     verify_clean("--source", str(folder), "--target", str(target), cwd=tmp_path)
+    client = uris.open_client(str(target), create=False)
+    assert replayed(client) == Counter({run_id: 1 for run_id in source_ids})
+
+
+# mlflow builds a new sqlite store through alembic migrations; sqlite's batch migrations copy
+# tables through `_alembic_tmp_<table>`. A migration killed there used to leave a store no rerun
+# could open ("table _alembic_tmp_params already exists"): this kills exactly there.
+KILLED_IN_SCHEMA = """
+import os, signal
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+@event.listens_for(Engine, "before_cursor_execute")
+def kill(conn, cursor, statement, *args):
+    if "_alembic_tmp_" in statement:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+from runner.cli import main
+main()
+"""
+
+
+def test_killed_while_creating_the_target_store_then_rerun_is_exact(source, tmp_path):
+    folder, source_ids = source
+    target = tmp_path / "dst"
+    args = ["--source", str(folder), "--target", str(target), "--parallel", "3"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_SCHEMA, "migrate", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (target / "mlflow.db").exists()  # nothing half-made in place: only scratch, removed by the rerun
+    rerun = run_cli("migrate", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not list(target.glob("mlflow.db.creating-*"))
+    verify_clean("--source", str(folder), "--target", str(target), cwd=tmp_path)
+    client = uris.open_client(str(target), create=False)
+    assert replayed(client) == Counter({run_id: 1 for run_id in source_ids})
+
+
+def test_a_store_left_half_made_by_an_older_version_is_made_anew(source, tmp_path):
+    """Stores made before creation was atomic could be left with alembic's scratch tables and no
+    run: the next migration into it starts it anew instead of failing on every rerun."""
+    folder, source_ids = source
+    target = tmp_path / "dst"
+    target.mkdir()
+    env = {**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")}
+    made_in_place = KILLED_IN_SCHEMA.replace("from runner.cli import main\nmain()", (
+        "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore\n"
+        f"SqlAlchemyStore('sqlite:///{target / 'mlflow.db'}', '{(target / 'artifacts').as_uri()}')\n"))
+    killed = subprocess.run([sys.executable, "-c", made_in_place], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGKILL and (target / "mlflow.db").is_file(), killed.stderr[-2000:]
+    args = ["--source", str(folder), "--target", str(target)]
+    rerun = run_cli("migrate", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "left half-made by a killed process; making it anew" in rerun.stderr
     client = uris.open_client(str(target), create=False)
     assert replayed(client) == Counter({run_id: 1 for run_id in source_ids})

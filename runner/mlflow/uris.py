@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from loguru import logger
+
 from runner.core.errors import EndpointError, UsageError, first_line
 from runner.core.logs import redact_uri as redact  # noqa: F401 - uris.redact: callers name URIs through it
 
@@ -103,22 +105,72 @@ def open_client(uri: str, create: bool):
         check_reachable(resolved)
         for prepare in _remote_setup:
             prepare(resolved)  # the Azure ML end: azureml:// MLflow calls use --credential, cached
-    elif not exists(resolved):
+    elif not exists(resolved) or half_made(resolved):
         if not create:
             raise UsageError(f"no MLflow store at {uri}: check the path, or run `replayer demo --out {uri}` to seed one")
         init_local_store(resolved)
     return MlflowClient(tracking_uri=resolved)
 
 
+def half_made(resolved: str) -> bool:
+    """A sqlite store whose creation was killed midway by an older replayer (or by mlflow itself):
+    its schema short of mlflow's latest (or alembic's scratch tables left) and nothing in it but
+    the Default experiment. It is removed, to be made anew; one that holds anything is never touched (mlflow then migrates it
+    or names the problem)."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    db = sqlite_path(resolved)
+    if db is None or not db.is_file():
+        return False
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        def rows(table: str) -> int:
+            return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] if table in tables else 0
+
+        held = rows("runs") + max(rows("experiments") - 1, 0) + rows("registered_models")  # Default is made first
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+    unfinished = any(name.startswith("_alembic_tmp_") for name in tables) or (version or [None])[0] != _get_latest_schema_revision()
+    if unfinished and not held:
+        logger.warning("{} was left half-made by a killed process; making it anew", db)
+        db.unlink()
+        return True
+    return False
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        runs = connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    if any(name.startswith("_alembic_tmp_") for name in tables) and not runs:
+        logger.warning("{} was left half-made by a killed process; making it anew", db)
+        db.unlink()
+        return True
+    return False
+
+
 def init_local_store(resolved: str) -> None:
-    """Create the sqlite schema with its artifact root beside it (so Default's runs land there too)."""
+    """Create the sqlite schema with its artifact root beside it (so Default's runs land there too).
+
+    The schema (mlflow's alembic migrations) is built in a scratch file and linked into place
+    whole: a process killed meanwhile leaves only scratch, never a store no rerun can open
+    (`table _alembic_tmp_params already exists`). Linking fails if another process made the
+    store first; theirs is kept."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db = sqlite_path(resolved)
     db.parent.mkdir(parents=True, exist_ok=True)
     root = Path(artifact_root(resolved))
     root.mkdir(parents=True, exist_ok=True)
-    SqlAlchemyStore(resolved, root.as_uri())
+    for stale in db.parent.glob(f"{db.name}.creating-*"):  # left by a killed creator
+        stale.unlink(missing_ok=True)
+    scratch = db.with_name(f"{db.name}.creating-{os.getpid()}")
+    store = SqlAlchemyStore(f"sqlite:///{scratch}", root.as_uri())
+    store.engine.dispose()
+    try:
+        os.link(scratch, db)
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 MLFLOW_AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
