@@ -99,6 +99,7 @@ def run(command: str, flags: dict, body) -> None:
         logger.error("unexpected {}: {} (details in {})", type(error).__name__, error, log_path)
         code = EXIT_DIFFERENCES
     logger.debug("exit code {}", code)
+    logger.info("log: {}", log_path)
     sys.exit(code)
 
 
@@ -242,10 +243,10 @@ class Replayer:
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
             # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
             report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only)
-            path = Path(s.report or "verify-report.json")
-            write_report(report, path)
             print_table(report)
-            logger.info("report written to {}", path)
+            if s.report:  # written only when asked: nothing lands in the working directory by itself
+                write_report(report, Path(s.report))
+                logger.info("report written to {}", s.report)
             return EXIT_OK if report.ok else EXIT_DIFFERENCES
 
         run("verify", flags, body)

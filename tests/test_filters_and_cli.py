@@ -309,3 +309,29 @@ def test_verify_without_the_migrations_workspace_name_says_why_in_one_line(tmp_p
     assert len(said) == 1 and "'local-demo' (15 runs)" in said[0] and "--workspace NAME" in said[0], plain.stderr[-2000:]
     named = run_cli("verify", "--source", str(src), "--target", str(dst), "--workspace", "local-demo", cwd=tmp_path)
     assert named.returncode == 0 and "holds no run" not in named.stderr, named.stderr[-2000:]
+
+
+def test_nothing_lands_in_the_working_directory_and_the_log_path_is_printed(tmp_path):
+    """Without REPLAYER_LOG_DIR logs go to the user's state folder; verify writes a report only
+    with --report; every command ends by naming its log file."""
+    import os
+    import subprocess
+    import sys
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("REPLAYER_LOG_DIR", "XDG_STATE_HOME")}
+    env["HOME"] = str(home)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "runner", *args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    assert cli("demo", "--out", str(tmp_path / "src")).returncode == 0
+    assert cli("migrate", "--source", str(tmp_path / "src"), "--target", str(tmp_path / "dst")).returncode == 0
+    checked = cli("verify", "--source", str(tmp_path / "src"), "--target", str(tmp_path / "dst"))
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert list(work.iterdir()) == []  # no ./logs, no ./verify-report.json, no ./mlflow.db
+    folder = home / ".local" / "state" / "replayer" / "logs"
+    assert sorted(p.name.split("_")[0] for p in folder.glob("*.log")) == ["demo", "migrate", "verify"]
+    named = checked.stderr.strip().splitlines()[-1]
+    assert named.endswith(".log") and f"log: {folder}/verify_" in named

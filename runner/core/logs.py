@@ -1,9 +1,10 @@
-"""Logging: loguru to stderr and to logs/<command>_<timestamp>.log, secrets redacted at the sink."""
+"""Logging: loguru to stderr and to <log folder>/<command>_<timestamp>_<pid>.log, secrets redacted at the sink."""
 from __future__ import annotations
 
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -51,8 +52,7 @@ def _patch(record) -> None:
 
 def setup(command: str, verbose: bool = False, log_dir: str | None = None) -> Path:
     """Configure both sinks; returns the log file path."""
-    folder = Path(log_dir or os.environ.get("REPLAYER_LOG_DIR", "logs"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = log_folder(log_dir)
     path = folder / f"{command}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.log"
     remove_old_logs(folder)
     logger.remove()
@@ -62,6 +62,24 @@ def setup(command: str, verbose: bool = False, log_dir: str | None = None) -> Pa
                rotation=ROTATION, backtrace=False, diagnose=False)
     quiet_libraries()
     return path
+
+
+def log_folder(log_dir: str | None = None) -> Path:
+    """REPLAYER_LOG_DIR, else the user's state folder ($XDG_STATE_HOME or ~/.local/state)/replayer/logs,
+    never the working directory; a temporary folder where that cannot be written (a locked-down image)."""
+    chosen = log_dir or os.environ.get("REPLAYER_LOG_DIR")
+    if chosen:
+        folder = Path(chosen)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    for folder in (state / "replayer" / "logs", Path(tempfile.gettempdir()) / f"replayer-logs-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            continue
+    raise OSError("no folder to write logs to; set REPLAYER_LOG_DIR")
 
 
 def remove_old_logs(folder: Path) -> None:
