@@ -80,6 +80,18 @@ SELECT = COMMON_FLAGS + FILTER_FLAGS
 MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS) + ("max_tags", "max_metric_keys")  # what a target run holds
 SYNC_FLAGS = ("incremental", "full")  # runner.mlflow.sync_state
+# What each command takes besides its named arguments (Settings refuses the rest; --help lists them).
+COMMAND_FLAGS = {
+    "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS,
+    "replay": SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS,
+    "migrate": SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS,
+    "verify": SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS,
+    "tree": SELECT,
+    "demo": ("verbose",),
+    "step": COMMON_FLAGS + ("max_tags", "max_metric_keys"),
+    "submit": SELECT + ("report",) + MAPPING_FLAGS,
+    "wait": ("verbose", "config", "parallel", "credential", "client_id"),
+}
 
 
 def run(command: str, flags: dict, body) -> None:
@@ -151,7 +163,7 @@ class Replayer:
             from runner.engine.extract import extract
             from runner.ends import open_source
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS)
+            s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["extract"])
             if not out:
                 raise UsageError("missing --out: give an empty folder for the manifest")
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
@@ -177,7 +189,7 @@ class Replayer:
             from runner.engine.manifest import ManifestSource
             from runner.engine.replay import ReplayOptions, replay
 
-            s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS)
+            s = Settings(flags, {"target": target}, COMMAND_FLAGS["replay"])
             if not manifest:
                 raise UsageError("missing --manifest: give a folder written by `replayer extract`")
             if not Path(str(manifest)).is_dir():
@@ -207,7 +219,7 @@ class Replayer:
             from runner.engine.replay import ReplayOptions, replay
             from runner.ends import open_source
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS)
+            s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["migrate"])
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             sync = sync_state.begin(src, s.need("target", "target"), s.full) if s.incremental else None
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
@@ -238,7 +250,7 @@ class Replayer:
             from runner.ends import open_source
             from runner.engine.verify import print_table, verify, write_report
 
-            s = Settings(flags, {"source": source, "target": target}, SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS)
+            s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["verify"])
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
             # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
@@ -258,7 +270,7 @@ class Replayer:
             from runner.ends import open_source
             from runner.tree import print_tree
 
-            s = Settings(flags, {"source": uri}, SELECT)
+            s = Settings(flags, {"source": uri}, COMMAND_FLAGS["tree"])
             print_tree(open_source(s.need("source", "uri"), s.filters, s.workspace))
             return EXIT_OK
 
@@ -270,7 +282,7 @@ class Replayer:
         def body():
             from runner.demo import seed as seed_demo
 
-            Settings(flags, {}, ("verbose",))
+            Settings(flags, {}, COMMAND_FLAGS["demo"])
             if not out:
                 raise UsageError("missing --out: give a tracking URI or a folder for the demo store")
             counts = seed_demo(str(out), as_int(seed, "--seed", minimum=0))
@@ -290,7 +302,7 @@ class Replayer:
         def body():
             from runner.azureml import step as replay_step
 
-            s = Settings(flags, {}, COMMON_FLAGS + ("max_tags", "max_metric_keys"))
+            s = Settings(flags, {}, COMMAND_FLAGS["step"])
             if not manifest or not job_id:
                 raise UsageError("missing --manifest DIR or --job-id ID: the manifest folder and the original job to replay")
             result = replay_step.run_step(
@@ -319,7 +331,7 @@ class Replayer:
             from runner.engine.manifest import ManifestSource
             from runner.azureml import pipeline
 
-            s = Settings(flags, {"target": target}, SELECT + ("report",) + MAPPING_FLAGS)
+            s = Settings(flags, {"target": target}, COMMAND_FLAGS["submit"])
             if not manifest or not Path(str(manifest)).is_dir():
                 raise UsageError(f"--manifest {manifest}: no such folder; give a folder written by `replayer extract`")
             options = pipeline.PipelineOptions(
@@ -368,7 +380,7 @@ class Replayer:
             from runner.azureml.pipeline import PipelineTarget
             from runner.azureml.wait import azureml_status, print_table, read_names, wait_for
 
-            s = Settings(flags, {"target": target}, ("verbose", "config", "parallel", "credential", "client_id"))
+            s = Settings(flags, {"target": target}, COMMAND_FLAGS["wait"])
             names, labels = read_names(str(from_file)) if from_file else ([], {})
             names += [str(job) for job in jobs if str(job) not in names]
             uri = s.endpoints.get("target")
@@ -412,10 +424,30 @@ def as_text(argv: list[str]) -> list[str]:
     return out
 
 
+def answered_without_fire(argv: list[str]) -> bool:
+    """--help, -h and --version, ours: fire's own help neither lists a command's flags (they arrive
+    through **flags) nor takes `COMMAND --help` without a `--` before it."""
+    from runner import help as texts
+
+    asks = any(token in ("--help", "-h") for token in argv)
+    if not argv or argv[0] in ("--help", "-h", "help"):
+        print(texts.overview(Replayer))
+    elif argv[0] == "--version":
+        print(f"replayer {texts.version()}")
+    elif asks and argv[0] in COMMAND_FLAGS:
+        print(texts.command_help(Replayer, argv[0], COMMAND_FLAGS[argv[0]]))
+    else:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if answered_without_fire(argv):
+        return
     if not any(isinstance(finder, _NotInImage) for finder in sys.meta_path):
         sys.meta_path.insert(0, _NotInImage())
-    fire.Fire(Replayer, command=as_text(sys.argv[1:] if argv is None else argv), name="replayer")
+    fire.Fire(Replayer, command=as_text(argv), name="replayer")
 
 
 if __name__ == "__main__":

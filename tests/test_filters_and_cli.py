@@ -335,3 +335,28 @@ def test_nothing_lands_in_the_working_directory_and_the_log_path_is_printed(tmp_
     assert sorted(p.name.split("_")[0] for p in folder.glob("*.log")) == ["demo", "migrate", "verify"]
     named = checked.stderr.strip().splitlines()[-1]
     assert named.endswith(".log") and f"log: {folder}/verify_" in named
+
+
+def test_help_lists_every_flag_of_every_command_with_a_default_and_an_example():
+    """`replayer COMMAND --help` (fire alone said "unknown flag --help") and `replayer --help`,
+    answered without importing mlflow."""
+    import subprocess
+    import sys
+
+    from runner.cli import COMMAND_FLAGS, Replayer
+    from runner.help import commands
+
+    overview = run_cli("--help")
+    assert overview.returncode == 0 and all(f"  {name} " in overview.stdout for name in commands(Replayer)), overview.stdout
+    assert run_cli("--version").stdout.startswith("replayer 0.1.0")
+    for name in commands(Replayer):
+        shown = run_cli(name, "--help")
+        assert shown.returncode == 0, shown.stderr[-1000:]
+        rows = {line.split()[0]: line for line in shown.stdout.splitlines() if line.startswith("  --")}
+        for flag in COMMAND_FLAGS[name]:
+            row = rows.get(f"--{flag.replace('_', '-')}")
+            assert row and len(row.split()) >= 3, (name, flag, shown.stdout)
+        assert f"example:\n  replayer {name} " in shown.stdout
+    code = "import sys; from runner.cli import main; main(['migrate', '--help']); print('mlflow' in sys.modules)"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip().endswith("False"), probe.stdout[-500:] + probe.stderr[-500:]
