@@ -214,7 +214,7 @@ def test_verify_catches_tampering(migrated, tmp_path):
     check = run_cli("verify", "--source", src_uri, "--target", dst_uri, *args, "--report", str(report), cwd=tmp_path)
     assert check.returncode == 1
     fields = {d["field"] for d in json.loads(report.read_text())["differences"]}
-    assert {"metric:loss", "tags", "artifact:model/weights.bin"} <= fields
+    assert {"metric:loss", "tag:user.tag", "artifact:model/weights.bin"} <= fields
     assert "metric:loss" in check.stdout
 
 

@@ -360,3 +360,29 @@ def test_help_lists_every_flag_of_every_command_with_a_default_and_an_example():
     code = "import sys; from runner.cli import main; main(['migrate', '--help']); print('mlflow' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip().endswith("False"), probe.stdout[-500:] + probe.stderr[-500:]
+
+
+def test_verify_output_names_the_key_both_values_the_target_run_and_the_fix(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    client = uris.open_client(str(src), create=True)
+    experiment = client.create_experiment("edited")
+    run_ids = []
+    for i in range(3):
+        run_id = client.create_run(experiment, start_time=T0 + i, run_name=f"r{i}", tags={"team": "risk", "note": "x" * 200}).info.run_id
+        client.log_param(run_id, "lr", "0.1")
+        client.set_terminated(run_id, "FINISHED", end_time=T0 + 10)
+        run_ids.append(run_id)
+    assert run_cli("migrate", "--source", str(src), "--target", str(dst), cwd=tmp_path).returncode == 0
+    target = uris.open_client(str(dst), create=False)
+    copied = {r.data.tags["original_job_id"]: r.info.run_id for r in target.search_runs([e.experiment_id for e in target.search_experiments()])}
+    target.set_tag(copied[run_ids[0]], "team", "fraud")  # changed in the target after the copy
+    target.set_tag(copied[run_ids[0]], "extra", "1")
+    check = run_cli("verify", "--source", str(src), "--target", str(dst), cwd=tmp_path)
+    assert check.returncode == 1
+    out = check.stdout
+    assert "verify: 3 runs compared, 2 equal, 1 differ" in out, out
+    row = next(line for line in out.splitlines() if "tag:team" in line)
+    assert run_ids[0] in row and copied[run_ids[0]] in row and "risk -> fraud" in row, out
+    assert any("tag:extra" in line and "(absent) -> 1" in line for line in out.splitlines()), out
+    assert "tag:note" not in out  # an equal key is not shown, however long its value
+    assert "migrate does not overwrite it: delete that target run" in out

@@ -34,6 +34,7 @@ class Difference:
     field: str
     source: str
     target: str
+    target_run: str = ""  # the target's run id, where there is one
 
 
 @dataclass
@@ -172,12 +173,36 @@ def write_report(report: VerifyReport, path: Path) -> None:
 
 
 def print_table(report: VerifyReport, limit: int = 50) -> None:
-    models = f", {report.models} models" if report.models else ""
-    print(f"verify: {report.compared} runs compared, {report.equal} equal{models}, {len(report.differences)} differences")
+    """Runs counted as runs, each difference on a line with the key and both values, then what
+    fixes which kind."""
+    differing = report.compared - report.equal
+    others = sum(1 for d in report.differences if not d.job)
+    models = f", {report.models} models compared" if report.models else ""
+    print(f"verify: {report.compared} runs compared, {report.equal} equal, {differing} differ{models}"
+          + (f"; {others} other differences (experiments, runs only the target has, registry)" if others else ""))
     if not report.differences:
         return
-    print(f"{'job':<34} {'field':<24} {'source':<30} target")
+    print(f"{'source run':<34} {'target run':<34} {'field':<28} source -> target")
     for d in report.differences[:limit]:
-        print(f"{d.job[:34]:<34} {d.field[:24]:<24} {d.source[:30]:<30} {d.target[:60]}")
+        print(f"{d.job or '-':<34} {d.target_run or '-':<34} {d.field:<28} {d.source[:80]} -> {d.target[:80]}")
     if len(report.differences) > limit:
-        print(f"... {len(report.differences) - limit} more in the JSON report")
+        print(f"... {len(report.differences) - limit} more with --report FILE")
+    for hint in fixes(report.differences):
+        print(hint)
+
+
+NOT_CHANGES = {"run", "experiment", "target_only", "duplicates", "orphans", "target", "error"}
+
+
+def fixes(differences: list[Difference]) -> list[str]:
+    """What fixes which kind of difference, one line each."""
+    kinds = {d.field for d in differences}
+    hints = []
+    if kinds & {"run", "experiment"}:
+        hints.append("fix: missing or interrupted runs: rerun the same `replayer migrate` (or replay); it creates and repairs only those")
+    if kinds - NOT_CHANGES:
+        hints.append("fix: a run that differs after a complete copy was changed on one side since; migrate does not overwrite it: "
+                     "delete that target run, purge it (`mlflow gc`), and rerun migrate")
+    if "target_only" in kinds:
+        hints.append("note: runs only the target has came from outside this selection or were deleted in the source")
+    return hints

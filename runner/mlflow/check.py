@@ -79,15 +79,16 @@ class JobChecker:
             ("status", job.status, info.status),
             ("start_time", job.start_time, info.start_time),
             ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
-            ("params", job.params, params),
-            ("tags", user_tags(job.tags), expected_user_tags(job, tags)),
             ("parent", self.expected_parent(job), data.tags.get(PARENT_TAG)),
         ]
         if job.status in TERMINAL_STATUSES:
             pairs.append(("end_time", job.end_time, info.end_time))
+        pairs += keyed("param", job.params, params) + keyed("tag", user_tags(job.tags), expected_user_tags(job, tags))
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
         out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
+        for difference in out:
+            difference.target_run = found.run_id
         return out
 
     def compare_recorded_refs(self, job: JobRecord, run_id: str, chosen) -> list[Difference]:
@@ -188,3 +189,13 @@ class JobChecker:
             if want.get(path) != have.get(path):
                 out.append(Difference(job.source_id, job.name, f"artifact:{path}", show(want.get(path)), show(have.get(path))))
         return out
+
+
+ABSENT = "(absent)"
+
+
+def keyed(kind: str, want: dict, have: dict) -> list[tuple[str, str, str]]:
+    """One (`param:lr`, source value, target value) per key whose values differ: what to fix,
+    not two whole dicts."""
+    return [(f"{kind}:{key}", want.get(key, ABSENT), have.get(key, ABSENT))
+            for key in sorted(set(want) | set(have)) if want.get(key, ABSENT) != have.get(key, ABSENT)]
