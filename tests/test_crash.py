@@ -100,3 +100,55 @@ def test_a_store_left_half_made_by_an_older_version_is_made_anew(source, tmp_pat
     assert "left half-made by a killed process; making it anew" in rerun.stderr
     client = uris.open_client(str(target), create=False)
     assert replayed(client) == Counter({run_id: 1 for run_id in source_ids})
+
+
+# A Ctrl-C aimed at the moment that matters: from inside the process, right after the 3rd run
+# is finished (twice for the "stop now" case).
+INTERRUPTED = """
+import os, signal, sys
+from contextlib import contextmanager
+import runner.engine.replay as replay
+from runner.mlflow.target import DirectTarget
+
+finished, presses, events = [0], int(os.environ["PRESSES"]), []
+original, handled = DirectTarget.finish, replay.stop_on_interrupt
+
+@contextmanager
+def watched(in_flight):  # the event the first press sets: the second press comes after it
+    with handled(in_flight) as stopping:
+        events.append(stopping)
+        yield stopping
+
+def finish(self, run_id, job):
+    original(self, run_id, job)
+    finished[0] += 1
+    if finished[0] == 3:
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+            events[0].wait(60)
+
+replay.stop_on_interrupt = watched
+DirectTarget.finish = finish
+from runner.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_after_the_runs_in_flight_and_a_rerun_resumes(source, tmp_path, presses):
+    folder, source_ids = source
+    target = tmp_path / "dst"
+    args = ["--source", str(folder), "--target", str(target), "--parallel", "2"]
+    env = {**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs"), "PRESSES": str(presses)}
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED, "migrate", *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    said = "stopping after" if presses == 1 else "stopping now"
+    assert said in stopped.stderr and "rerun the same command to resume" in stopped.stderr, stopped.stderr[-2000:]
+    copied = len(replayed(uris.open_client(str(target), create=False)))
+    assert 3 <= copied < len(source_ids)  # stopped early, nothing queued was started
+    rerun = run_cli("migrate", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "runs of this source are in the target already" in rerun.stderr
+    verify_clean("--source", str(folder), "--target", str(target), cwd=tmp_path)
+    assert replayed(uris.open_client(str(target), create=False)) == Counter({run_id: 1 for run_id in source_ids})

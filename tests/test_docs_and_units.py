@@ -66,3 +66,14 @@ def test_fingerprint_changes_with_state_and_treats_nan_as_equal():
     assert job.fingerprint() != same.fingerprint()
     assert MetricPoint("m", math.nan, 1, 1).identity() == MetricPoint("m", math.nan, 1, 1).identity()
     assert JobRecord.from_json(job.to_json()).fingerprint() == job.fingerprint()
+
+
+def test_progress_leaves_runs_already_there_out_of_rate_and_eta():
+    from runner.core.progress import Progress
+
+    progress = Progress("replay", 100, every=3600)
+    progress.tick(90, skipped=True)
+    assert " 0.0 runs/s ETA ?" in progress.line() and "90 already there" in progress.line()
+    progress.tick(5)
+    rate = float(progress.line().split(" already there ")[1].split()[0])
+    assert rate > 0 and "95/100" in progress.line()

@@ -12,12 +12,14 @@ class Progress:
         # `scale` shows counts in bigger units: bytes counted, MB shown with scale=1e6.
         self.label, self.total, self.unit, self.every, self.scale = label, total, unit, every, scale
         self.done = 0
+        self.skipped = 0  # done without work (already there): left out of rate and ETA
         self.started = self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def tick(self, count: int = 1) -> None:
+    def tick(self, count: int = 1, skipped: bool = False) -> None:
         with self._lock:
             self.done += count
+            self.skipped += count if skipped else 0
             now = time.monotonic()
             if now - self._last < self.every and self.done < self.total:
                 return
@@ -26,7 +28,7 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self.skipped) / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         share = f" ({100 * self.done // self.total}%)" if self.total else ""
         eta = f"{left:.0f}s" if left != float("inf") else "?"
@@ -34,4 +36,5 @@ class Progress:
             amount = f"{self.done}/{self.total}"
         else:
             amount = f"{self.done / self.scale:.1f}/{self.total / self.scale:.1f} {self.unit}"
-        return f"{self.label}: {amount}{share} {rate / self.scale:.1f} {self.unit}/s ETA {eta}"
+        skipped = f", {self.skipped} already there" if self.skipped else ""
+        return f"{self.label}: {amount}{share}{skipped} {rate / self.scale:.1f} {self.unit}/s ETA {eta}"

@@ -6,9 +6,12 @@ uses the parent's new run id. A failed parent fails its subtree; everything else
 """
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +69,30 @@ class Summary:
 
 class ParentFailed(Exception):
     pass
+
+
+@contextmanager
+def stop_on_interrupt(in_flight):
+    """While replaying, the first SIGINT sets the returned event (the march stops submitting and
+    says so at once); a second one exits now, with 130. Outside the main thread (a library call)
+    Python's own handling stays."""
+    stopping = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopping
+        return
+
+    def handle(signum, frame):
+        if stopping.is_set():
+            logger.warning("stopping now; rerun the same command to resume")
+            os._exit(130)
+        stopping.set()
+        logger.warning("stopping after {} runs in flight; rerun the same command to resume (Ctrl-C again to stop now)", in_flight())
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield stopping
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def replay(source, target, options: ReplayOptions) -> Summary:
@@ -129,26 +156,52 @@ class Copier:
         self.summary = Summary()
         self.progress = Progress("replay", source.count())
         self._lock = threading.Lock()
+        self._running = 0  # runs being written now (what a Ctrl-C waits for)
 
     def run(self, only: set[str] | None = None) -> Summary:
-        """One pass over the source; with `only`, just those jobs (a retry pass)."""
+        """One pass over the source; with `only`, just those jobs (a retry pass).
+
+        Ctrl-C stops submitting, drops what is queued, lets the runs in flight finish (each is
+        whole or resumable) and then raises KeyboardInterrupt; a second Ctrl-C stops at once."""
         futures: dict[str, Future] = {}
         window = threading.BoundedSemaphore(self.options.parallel * 4)  # bounded read-ahead
-        with tempfile.TemporaryDirectory(prefix="replayer-") as scratch, ThreadPoolExecutor(
-            self.options.parallel, thread_name_prefix="replay"
-        ) as pool:
-            for job in self.source.jobs():
-                if only is not None and job.source_id not in only:
-                    continue
-                existing = self.ledger.find(job.source_id)
-                action = action_for(job, existing)
-                window.acquire()
-                future = pool.submit(self.one, job, action, existing, futures.get(job.parent_id or ""), Path(scratch))
-                future.add_done_callback(lambda _: window.release())
-                futures[job.source_id] = future
+        if only is None and self.ledger.runs:
+            logger.info("{} runs of this source are in the target already; they are skipped unless changed", len(self.ledger.runs))
+        with tempfile.TemporaryDirectory(prefix="replayer-") as scratch, stop_on_interrupt(self.in_flight) as stopping:
+            pool = ThreadPoolExecutor(self.options.parallel, thread_name_prefix="replay")
+            try:
+                for job in self.source.jobs():
+                    if stopping.is_set():
+                        break
+                    if only is not None and job.source_id not in only:
+                        continue
+                    existing = self.ledger.find(job.source_id)
+                    action = action_for(job, existing)
+                    window.acquire()
+                    if stopping.is_set():  # pressed while waiting for room
+                        break
+                    future = pool.submit(self.one, job, action, existing, futures.get(job.parent_id or ""), Path(scratch))
+                    future.add_done_callback(lambda _: window.release())
+                    futures[job.source_id] = future
+            finally:
+                pool.shutdown(wait=True, cancel_futures=stopping.is_set())
+            if stopping.is_set():
+                raise KeyboardInterrupt
         return self.summary
 
+    def in_flight(self) -> int:
+        return self._running
+
     def one(self, job: JobRecord, action: str, existing: TargetRun | None, parent: Future | None, scratch: Path) -> str:
+        with self._lock:
+            self._running += 1
+        try:
+            return self._one(job, action, existing, parent, scratch)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _one(self, job: JobRecord, action: str, existing: TargetRun | None, parent: Future | None, scratch: Path) -> str:
         try:
             parent_run_id = self.parent_run_id(job, parent)
             run_id = self.apply(job, action, existing, parent_run_id, scratch)
@@ -161,7 +214,7 @@ class Copier:
             raise ParentFailed() from error
         with self._lock:
             self.summary.count(action)
-        self.progress.tick()
+        self.progress.tick(skipped=action == "skip")
         return run_id
 
     def parent_run_id(self, job: JobRecord, parent: Future | None) -> str | None:
