@@ -33,7 +33,7 @@ test: venv $(AZURITE)
 local-run: venv
 	@bash scripts/local-run.sh
 
-# Scale runs, minutes each; figures land in bench-results/*.json and the README.
+# Scale runs, minutes each; figures land in bench-results/*.json and docs/performance.md.
 bench: venv $(AZURITE)
 	@bash bench/setup.sh
 	@bash bench/setup_registry.sh
