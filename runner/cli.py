@@ -434,6 +434,8 @@ def answered_without_fire(argv: list[str]) -> bool:
         print(texts.overview(Replayer))
     elif argv[0] == "--version":
         print(f"replayer {texts.version()}")
+    elif argv[0] == "--completion" or argv[:2] == ["--", "--completion"]:
+        print(texts.completion(Replayer, COMMAND_FLAGS))
     elif asks and argv[0] in COMMAND_FLAGS:
         print(texts.command_help(Replayer, argv[0], COMMAND_FLAGS[argv[0]]))
     else:

@@ -128,3 +128,24 @@ def command_help(cls, name: str, taken: tuple[str, ...]) -> str:
         lines.append(f"  --{flag.replace('_', '-'):<22} {default:<18} {meaning}")
     lines += ["", "example:", f"  {EXAMPLES[name]}"]
     return "\n".join(lines)
+
+
+def completion(cls, flags_by_command: dict[str, tuple[str, ...]]) -> str:
+    """A bash completion script naming each command's real flags (fire's own sees only **flags)."""
+    cases = []
+    for name, method in commands(cls).items():
+        named = [p.name for p in inspect.signature(method).parameters.values() if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        words = " ".join(f"--{f.replace('_', '-')}" for f in dict.fromkeys(named + list(flags_by_command.get(name, ())))) + " --help"
+        cases.append(f'        {name}) words="{words}" ;;')
+    return "\n".join([
+        "# bash completion for replayer: source <(replayer --completion)",
+        "_replayer() {",
+        '    local cur="${COMP_WORDS[COMP_CWORD]}" words',
+        "    if [ \"$COMP_CWORD\" -eq 1 ]; then words=\"" + " ".join(commands(cls)) + " --help --version\"; else",
+        '    case "${COMP_WORDS[1]}" in',
+        *cases,
+        "    esac; fi",
+        '    COMPREPLY=($(compgen -W "$words" -- "$cur"))',
+        "}",
+        "complete -F _replayer replayer",
+    ])

@@ -386,3 +386,16 @@ def test_verify_output_names_the_key_both_values_the_target_run_and_the_fix(tmp_
     assert any("tag:extra" in line and "(absent) -> 1" in line for line in out.splitlines()), out
     assert "tag:note" not in out  # an equal key is not shown, however long its value
     assert "migrate does not overwrite it: delete that target run" in out
+
+
+def test_completion_script_names_every_real_flag(tmp_path):
+    """fire's own completion sees only **flags; ours names what Settings accepts, and bash runs it."""
+    import subprocess
+
+    script = tmp_path / "replayer.bash"
+    done = run_cli("--completion")
+    assert done.returncode == 0
+    script.write_text(done.stdout)
+    probe = f'source {script}; COMP_WORDS=(replayer migrate --inc); COMP_CWORD=2; _replayer; echo "${{COMPREPLY[@]}}"'
+    words = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30).stdout.split()
+    assert words == ["--include", "--include-file", "--include-deleted", "--incremental"]
