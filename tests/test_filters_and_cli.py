@@ -399,3 +399,23 @@ def test_completion_script_names_every_real_flag(tmp_path):
     probe = f'source {script}; COMP_WORDS=(replayer migrate --inc); COMP_CWORD=2; _replayer; echo "${{COMPREPLY[@]}}"'
     words = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30).stdout.split()
     assert words == ["--include", "--include-file", "--include-deleted", "--incremental"]
+
+
+def test_an_experiment_without_runs_comes_over_with_its_tags_and_description(tmp_path):
+    src, dst, picked = tmp_path / "src", tmp_path / "dst", tmp_path / "picked"
+    client = uris.open_client(str(src), create=True)
+    client.create_experiment("genai-app", tags={"team": "agents", "mlflow.note.content": "a runless GenAI project"})
+    experiment = client.create_experiment("with-runs")
+    run_id = client.create_run(experiment, start_time=T0, run_name="only").info.run_id
+    client.set_terminated(run_id, "FINISHED", end_time=T0 + 1)
+    for _ in range(2):  # the rerun creates nothing twice
+        assert run_cli("migrate", "--source", str(src), "--target", str(dst), cwd=tmp_path).returncode == 0
+    target = uris.open_client(str(dst), create=False)
+    found = {e.name: e.tags for e in target.search_experiments()}
+    assert found["genai-app"] == {"team": "agents", "mlflow.note.content": "a runless GenAI project"}
+    assert sorted(found) == ["Default", "genai-app", "with-runs"]
+    check = run_cli("verify", "--source", str(src), "--target", str(dst), cwd=tmp_path)
+    assert check.returncode == 0, check.stdout[-2000:]
+    # A selection of runs (here by name) brings only their experiments.
+    assert run_cli("migrate", "--source", str(src), "--target", str(picked), "--include", "only", cwd=tmp_path).returncode == 0
+    assert "genai-app" not in {e.name for e in uris.open_client(str(picked), create=False).search_experiments()}

@@ -115,6 +115,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again = Copier(source, target, ledger, options)
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
+    ensure_runless_experiments(source, target, options.mapping)
     sync_deleted_experiments(source, target, options.mapping)
     files = getattr(target, "artifact_stats", None)
     if files is not None and files.files:
@@ -122,6 +123,31 @@ def replay(source, target, options: ReplayOptions) -> Summary:
     summary.overflowed = getattr(target, "overflowed", 0)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+RUN_FILTERS = ("include", "since", "until", "status", "limit", "shard", "tags")  # they pick runs, not experiments
+
+
+def selects_whole_experiments(source) -> bool:
+    """Whether the selection is whole experiments (then one without runs comes over too); a run
+    filter or an incremental window makes it a selection of runs, whose experiments follow them."""
+    if any(getattr(getattr(source, "filters", None), key, None) for key in RUN_FILTERS):
+        return False
+    header = getattr(source, "header", None) or {}
+    if (header.get("source") or {}).get("window") or getattr(source, "window", None):
+        return False
+    return not any((header.get("filters") or {}).get(key) for key in RUN_FILTERS)
+
+
+def ensure_runless_experiments(source, target, mapping: Mapping) -> int:
+    """Selected experiments without runs (a GenAI project, a placeholder) come over with their
+    tags and description, as ones with runs do. Returns how many were looked at."""
+    if not selects_whole_experiments(source) or not hasattr(target, "ensure_experiment"):
+        return 0
+    active = [e for e in source.experiments() if e.lifecycle_stage == "active"]
+    for experiment in active:
+        target.ensure_experiment(mapping.target_experiment(experiment))
+    return len(active)
 
 
 def remove_orphans(target, workspace: str, ledger: Ledger) -> Ledger:
