@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from loguru import logger
 
@@ -41,6 +44,25 @@ KINDS = {"command": "command", "pipeline": "pipeline", "sweep": "sweep", "automl
 CONTAINER_KINDS = ("pipeline", "sweep", "automl")
 # Run history run types of jobs that never have children: their children are not listed.
 LEAF_RUN_TYPES = ("azureml.steprun", "azureml.scriptrun", "azureml.commandrun")
+
+
+@dataclass
+class Node:
+    name: str
+    parent: str | None
+    root: str
+    depth: int
+    kind: str
+    status: str  # AzureML's word
+    display_name: str
+    experiment: str
+    created: int | None = None
+    start: int | None = None
+    end: int | None = None
+    step: str = ""
+    run_type: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)  # description, created_by, compute, ... for the record
+    graph: dict[str, dict] | None = None  # pipeline nodes: step name -> its REST node, while walking
 
 
 def map_status(status: str | None) -> str:
@@ -193,3 +215,160 @@ def asset_io(value) -> dict[str, str]:
     return clean({"type": get("type"), "path": get("assetId")})
 
 
+
+
+# -- values Azure adds, nulls, errors, times (facts from tests/recordings) --------------------
+
+# Tags the service writes on runs it manages: not the user's. Kept out of JobRecord.tags (a target
+# would copy them as user tags, and the sweep's ~4 KB `_aml_system_platform_config` alone crowds a
+# 50-tag, 1,000-character run) and kept in JobRecord.properties as `original_system.<name>`.
+SYSTEM_TAGS = ("azureml.nodeid", "azureml.pipeline", "azureml.isreused", "azureml.reusedrunid")
+SYSTEM_TAG_PREFIX = "_aml_system_"
+SYSTEM_PROPERTY_PREFIX = "original_system."
+MAX_ERROR = 3000  # Azure ML's limit on a run's error message
+
+
+def is_system_tag(key: str) -> bool:
+    return key.startswith(SYSTEM_TAG_PREFIX) or key in SYSTEM_TAGS
+
+
+def strings(values) -> dict[str, str]:
+    """Property or tag values as text; a JSON null is no value and stays out (never the text "None")."""
+    return {str(k): str(v) for k, v in (values or {}).items() if v is not None}
+
+
+def split_tags(tags: dict[str, str], properties: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(the user's tags, properties plus the service's system tags as `original_system.<name>`)."""
+    user = {k: v for k, v in tags.items() if not is_system_tag(k)}
+    system = {SYSTEM_PROPERTY_PREFIX + k: v for k, v in tags.items() if is_system_tag(k)}
+    return user, {**properties, **system}
+
+
+def error_message(error) -> str:
+    """Run history's `error.error.message` (two levels deep), capped at Azure's 3,000 characters."""
+    inner = error.get("error") if isinstance(error, Mapping) else None  # the SDK's models are Mappings
+    message = inner.get("message") if isinstance(inner, Mapping) else None
+    return str(message or "")[:MAX_ERROR]
+
+
+def job_times(properties: dict[str, str]) -> tuple[int | None, int | None]:
+    """(start, end) from a job answer's properties: a pipeline's `azureml.pipelines.stages` (JSON
+    text, Execution StartTime/EndTime), a finished command job's `StartTimeUtc`/`EndTimeUtc`
+    ("2024-07-24 08:48:48": UTC without a zone). (None, None) when the answer has neither."""
+    stages = properties.get("azureml.pipelines.stages")
+    if stages:
+        try:
+            execution = json.loads(stages).get("Execution") or {}
+        except (ValueError, AttributeError):
+            execution = {}
+        return parse_ms(execution.get("StartTime")), parse_ms(execution.get("EndTime"))
+    return parse_ms(properties.get("StartTimeUtc")), parse_ms(properties.get("EndTimeUtc"))
+
+
+def parse_ms(text) -> int | None:
+    """ms() for text that may be malformed: a time Azure wrote oddly is unknown, not a crash."""
+    try:
+        return ms(text) if text else None
+    except ValueError:
+        return None
+
+
+def step_component(spec: dict, properties: dict[str, str]) -> str | None:
+    """The component a pipeline step ran: its node's componentId in the parent's graph, else the
+    step's own `azureml.moduleName`/`azureml.moduleVersion` (`azureml.moduleid` is the version of
+    an inline step's anonymous component)."""
+    if spec.get("componentId"):
+        return str(spec["componentId"])
+    name, version, guid = (properties.get(k) for k in ("azureml.moduleName", "azureml.moduleVersion", "azureml.moduleid"))
+    if guid and name in (None, "azureml_anonymous"):
+        return f"azureml_anonymous:{guid}"
+    if name and version:
+        return f"{name}:{version}"
+    return None
+
+
+# -- one job answer as a plan node ------------------------------------------------------------
+
+
+def root_node(job) -> Node:
+    """A top-level job (azure-ai-ml's entity of the MFE answer) as a plan node with its record facts."""
+    kind = KINDS.get(str(getattr(job, "type", "") or "").lower(), "run")
+    creation = getattr(job, "creation_context", None)
+    properties = strings(job.properties)
+    start, end = job_times(properties)
+    tags, properties = split_tags(strings(job.tags), properties)
+    node = Node(
+        name=job.name, parent=None, root=job.name, depth=0, kind=kind,
+        status=str(getattr(job.status, "value", job.status) or ""),
+        display_name=job.display_name or job.name, experiment=job.experiment_name,
+        created=ms(getattr(creation, "created_at", None)), start=start, end=end,
+    )
+    trial = getattr(job, "trial", None)  # a sweep's trial command
+    command = getattr(job, "command", None) or getattr(trial, "command", None)
+    environment = getattr(job, "environment", None) or getattr(trial, "environment", None)
+    inputs = {k: describe_io(v) for k, v in (getattr(job, "inputs", None) or {}).items()}
+    if kind == "automl":
+        for key in ("training_data", "validation_data", "test_data"):
+            value = getattr(job, key, None)
+            if value is not None:
+                inputs[key] = describe_io(value)
+    node.facts = {
+        "description": job.description or "",
+        "created_by": getattr(creation, "created_by", None) or "",
+        "compute": compute_name(getattr(job, "compute", None)),
+        "environment": environment_name(environment),
+        "command": command or "",
+        "properties": properties,
+        "tags": tags,
+        "inputs": {k: v for k, v in inputs.items() if v},
+        "outputs": {k: v for k, v in ((k, describe_io(v)) for k, v in (getattr(job, "outputs", None) or {}).items()) if v},
+        "error": "",  # an MFE job answer carries no error: run history has it
+    }
+    if kind == "pipeline":
+        node.graph = {name: rest_node(step) for name, step in (getattr(job, "jobs", None) or {}).items()}
+    return node
+
+
+def child_node(run, parent: Node, step: str, spec: dict) -> Node:
+    """A run history child (a `Run`) as a plan node; `step`/`spec`: its node in the parent pipeline's graph ("", {} if none)."""
+    run_type = str(run.run_type or "")
+    tags, properties = split_tags(strings(run.tags), strings(run.properties))
+    node = Node(
+        name=run.run_id, parent=parent.name, root=parent.root, depth=parent.depth + 1,
+        kind=child_kind(run_type, properties), status=str(run.status or ""),
+        display_name=run.display_name or run.run_id, experiment=parent.experiment,
+        created=ms(run.created_utc), start=ms(run.start_time_utc), end=ms(run.end_time_utc), run_type=run_type,
+    )
+    compute = run.compute.target if run.compute is not None and run.compute.target else (run.target or "")
+    inputs = {k: asset_io(v) for k, v in (run.inputs or {}).items()}
+    outputs = {k: asset_io(v) for k, v in (run.outputs or {}).items()}
+    if step:
+        node.step = step
+        inputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("inputs") or {}).items()) if v})
+        outputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("outputs") or {}).items()) if v})
+    # What a child ran is in its run history record's runDefinition; pipeline steps have none (the
+    # source then reads their component), nor do sub-pipelines and AutoML trials.
+    definition = run_definition(run)
+    node.facts = {
+        "description": run.description or "",
+        "created_by": (run.created_by.user_name if run.created_by is not None else "") or "",
+        "compute": "" if node.kind == "pipeline" else compute_name(compute),
+        "environment": environment_name(definition.get("environment")),
+        "command": str(definition.get("command") or ""),
+        "properties": properties,
+        "tags": tags,
+        "inputs": inputs,
+        "outputs": outputs,
+        "error": error_message(run.get("error")),
+    }
+    return node
+
+
+def component_facts(component) -> dict:
+    """What the plan needs of a component version (azure-ai-ml's entity): a pipeline component's
+    steps by name, a command component's command and environment."""
+    return {
+        "graph": {name: rest_node(step) for name, step in (getattr(component, "jobs", None) or {}).items()} or None,
+        "command": str(getattr(component, "command", None) or ""),
+        "environment": environment_name(getattr(component, "environment", None)),
+    }

@@ -35,9 +35,9 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from loguru import logger
 
@@ -49,8 +49,8 @@ from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import list_experiments, metric_history
 from runner.azureml.run_history import storage_reason
 from runner.azureml.job_fields import (  # noqa: F401  (map_status: part of this module's interface)
-    CONTAINER_KINDS, KINDS, LEAF_RUN_TYPES, asset_io, child_kind, compute_name, component_name, describe_io,
-    environment_name, map_status, match_step, ms, rest_io, rest_node, run_definition,
+    CONTAINER_KINDS, LEAF_RUN_TYPES, Node, child_node, component_facts, component_name, error_message, is_system_tag,
+    map_status, match_step, ms, root_node, step_component,
 )
 
 URI_RE = re.compile(
@@ -110,25 +110,6 @@ def parse_workspace(uri: str) -> WorkspaceRef:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    name: str
-    parent: str | None
-    root: str
-    depth: int
-    kind: str
-    status: str  # AzureML's word
-    display_name: str
-    experiment: str
-    created: int | None = None
-    start: int | None = None
-    end: int | None = None
-    step: str = ""
-    run_type: str = ""
-    facts: dict[str, Any] = field(default_factory=dict)  # description, created_by, compute, ... for the record
-    graph: dict[str, dict] | None = None  # pipeline nodes: step name -> its REST node, while walking
 
 
 class AzuremlSource:
@@ -311,6 +292,32 @@ class AzuremlSource:
     # -- building the plan ---------------------------------------------------------------------
 
     def _build_plan(self) -> list[Node]:
+        """Every selected tree, parents first. Root filters (--include and --limit too) narrow the
+        roots before any children are listed: an unselected root's children are never asked for."""
+        f = self.filters
+        roots = self._narrow(self._selected_roots())
+        ordered: list[Node] = []
+        taken = 0
+        descendants: set[str] = set()
+        # With --limit, trees are walked a few at a time, only until enough are taken.
+        step = max(self.parallel, 1) if f.limit else max(len(roots), 1)
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-walk") as pool:
+            for at in range(0, len(roots), step):
+                batch = roots[at : at + step]
+                trees = list(pool.map(self._walk, batch))
+                # A job listed at the top level that is also some tree's descendant is that tree's child.
+                descendants |= {n.name for tree in trees for n in tree[1:]}
+                for root, tree in zip(batch, trees):
+                    if root.name in descendants or (f.include and not any(f.named(n.name, n.display_name) for n in tree)):
+                        continue
+                    ordered += tree
+                    taken += 1
+                    if f.limit and taken >= f.limit:
+                        return ordered
+        return ordered
+
+    def _selected_roots(self) -> list[Node]:
+        """Top-level jobs that pass the root filters, in creation order; no child listed yet."""
         from azure.ai.ml.constants import ListViewType
 
         f = self.filters
@@ -326,7 +333,7 @@ class AzuremlSource:
                 if job.name in seen or job.experiment_name not in wanted:
                     continue
                 seen.add(job.name)
-                node = self._root_node(job)
+                node = root_node(job)
                 if not in_shard(f, node.name) or (f.status and map_status(node.status) not in f.status):
                     continue
                 if not f.wants_tags(node.facts["tags"]) or f.excludes(node.name, node.display_name):
@@ -338,68 +345,41 @@ class AzuremlSource:
             self._fill_start_times(roots)
             roots = [r for r in roots if f.wants_root(r.start, map_status(r.status))]
         roots.sort(key=lambda n: (n.created or 0, n.name))
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-walk") as pool:
-            trees = list(pool.map(self._walk, roots))
-        # A job listed at the top level that is also some tree's descendant is that tree's child.
-        descendants = {n.name for tree in trees for n in tree[1:]}
-        ordered: list[Node] = []
-        taken = 0
-        for root, tree in zip(roots, trees):
-            if root.name in descendants:
-                continue
-            if f.include and not any(f.named(n.name, n.display_name) for n in tree):
-                continue
-            ordered += tree
-            taken += 1
-            if f.limit and taken >= f.limit:
-                break
-        return ordered
+        return roots
+
+    def _narrow(self, roots: list[Node]) -> list[Node]:
+        """--include: the roots it names, and the roots of the descendants it names by id (run
+        history's `runs/{id}` knows a run's rootRunId). A name it cannot place that way (a child's
+        display name) can only be found by walking: then every root is walked, as before."""
+        f = self.filters
+        if not f.include:
+            return roots
+        keep = {r.name for r in roots if f.named(r.name, r.display_name)}
+        placed = {r.name for r in roots if r.name in keep} | {r.display_name for r in roots if r.name in keep}
+        names = {r.name for r in roots}
+        for ident in (i for i in f.include if i not in placed):
+            run = self._run_history().request_json(self._run_request(ident), f"find job {ident}", missing_ok=True)
+            root = str((run or {}).get("rootRunId") or "")
+            if root not in names:
+                logger.info("--include {}: not a job id this workspace knows; walking every selected root to find it by name", ident)
+                return roots
+            keep.add(root)
+        return [r for r in roots if r.name in keep]
+
+    def _run_request(self, name: str):
+        from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_request
+
+        return build_runs_get_request(subscription_id=self.ref.subscription_id, resource_group_name=self.ref.resource_group,
+                                      workspace_name=self.ref.workspace_name, run_id=name)
 
     def _fill_start_times(self, roots: list[Node]) -> None:
         def start(node: Node) -> None:
             run = self._mlflow_run(node.name)
-            node.start = run.info.start_time if run is not None else None
+            if run is not None and run.info.start_time:  # else the job answer's own time (job_times), if any
+                node.start = run.info.start_time
 
         with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-times") as pool:
             list(pool.map(start, roots))
-
-    def _root_node(self, job) -> Node:
-        kind = KINDS.get(str(getattr(job, "type", "") or "").lower(), "run")
-        creation = getattr(job, "creation_context", None)
-        node = Node(
-            name=job.name,
-            parent=None,
-            root=job.name,
-            depth=0,
-            kind=kind,
-            status=str(getattr(job.status, "value", job.status) or ""),
-            display_name=job.display_name or job.name,
-            experiment=job.experiment_name,
-            created=ms(getattr(creation, "created_at", None)),
-        )
-        trial = getattr(job, "trial", None)  # a sweep's trial command
-        command = getattr(job, "command", None) or getattr(trial, "command", None)
-        environment = getattr(job, "environment", None) or getattr(trial, "environment", None)
-        inputs = {k: describe_io(v) for k, v in (getattr(job, "inputs", None) or {}).items()}
-        if kind == "automl":
-            for key in ("training_data", "validation_data", "test_data"):
-                value = getattr(job, key, None)
-                if value is not None:
-                    inputs[key] = describe_io(value)
-        node.facts = {
-            "description": job.description or "",
-            "created_by": getattr(creation, "created_by", None) or "",
-            "compute": compute_name(getattr(job, "compute", None)),
-            "environment": environment_name(environment),
-            "command": command or "",
-            "properties": {k: str(v) for k, v in (job.properties or {}).items()},
-            "tags": {k: str(v) for k, v in (job.tags or {}).items()},
-            "inputs": {k: v for k, v in inputs.items() if v},
-            "outputs": {k: v for k, v in ((k, describe_io(v)) for k, v in (getattr(job, "outputs", None) or {}).items()) if v},
-        }
-        if kind == "pipeline":
-            node.graph = {name: rest_node(step) for name, step in (getattr(job, "jobs", None) or {}).items()}
-        return node
 
     def _walk(self, root: Node) -> list[Node]:
         """The root and every descendant, depth first, parents before children, siblings in start order."""
@@ -422,48 +402,15 @@ class AzuremlSource:
         return out
 
     def _child_node(self, run, parent: Node) -> Node:
-        run_type = str(run.run_type or "")
-        properties = {k: str(v) for k, v in (run.properties or {}).items()}
-        node = Node(
-            name=run.run_id,
-            parent=parent.name,
-            root=parent.root,
-            depth=parent.depth + 1,
-            kind=child_kind(run_type, properties),
-            status=str(run.status or ""),
-            display_name=run.display_name or run.run_id,
-            experiment=parent.experiment,
-            created=ms(run.created_utc),
-            start=ms(run.start_time_utc),
-            end=ms(run.end_time_utc),
-            run_type=run_type,
-        )
-        compute = run.compute.target if run.compute is not None and run.compute.target else (run.target or "")
-        created_by = run.created_by.user_name if run.created_by is not None else ""
-        inputs = {k: asset_io(v) for k, v in (run.inputs or {}).items()}
-        outputs = {k: asset_io(v) for k, v in (run.outputs or {}).items()}
-        if parent.kind == "pipeline" and parent.graph:
-            step, spec = match_step(parent.graph, node.display_name)
-            if step:
-                node.step = step
-                inputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("inputs") or {}).items()) if v})
-                outputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("outputs") or {}).items()) if v})
-                if node.kind == "pipeline":
-                    node.graph = self._component_graph(spec.get("componentId"))
-        # What a child ran is in its run history record's runDefinition (the SDK's job entities are
-        # not given for children); a sub-pipeline or an AutoML trial has none.
-        definition = run_definition(run)
-        node.facts = {
-            "description": run.description or "",
-            "created_by": created_by or "",
-            "compute": "" if node.kind == "pipeline" else compute_name(compute),
-            "environment": environment_name(definition.get("environment")),
-            "command": str(definition.get("command") or ""),
-            "properties": properties,
-            "tags": {k: str(v) for k, v in (run.tags or {}).items()},
-            "inputs": inputs,
-            "outputs": outputs,
-        }
+        step, spec = match_step(parent.graph, run.display_name or run.run_id) if parent.kind == "pipeline" and parent.graph else ("", {})
+        node = child_node(run, parent, step, spec)
+        if node.kind == "pipeline" and spec:
+            node.graph = self._component(spec.get("componentId"))["graph"]
+        if node.kind == "command" and not node.facts["command"]:
+            # Run history gives pipeline steps `"runDefinition": null`: what a step ran is its
+            # component's, read as azure-ai-ml reads it (one GET per component version, cached).
+            component = self._component(step_component(spec, node.facts["properties"]))
+            node.facts["command"], node.facts["environment"] = component["command"], component["environment"]
         return node
 
     # -- control-plane reads -------------------------------------------------------------------
@@ -482,7 +429,8 @@ class AzuremlSource:
             return self._history
 
     def _children(self, name: str) -> Iterator:
-        """Child runs, every page: the service pages with continuationToken (and no nextLink)."""
+        """Child runs, every page: the service pages with continuationToken (and no nextLink).
+        Hidden children (`"hidden": true`) are left out, as azureml-core leaves them out."""
         from azure.ai.ml._restclient.runhistory.models import Run
         from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_child_request
 
@@ -494,32 +442,27 @@ class AzuremlSource:
             )
             body = self._run_history().request_json(request, f"list the children of {name}")
             for value in body.get("value") or []:
-                yield Run(value)
+                if not value.get("hidden"):
+                    yield Run(value)
             token = body.get("continuationToken")
             if not token:
                 return
 
-    def _component_graph(self, component_id: str | None) -> dict[str, dict] | None:
-        """Steps of the pipeline component a sub-pipeline node runs, by step name (cached)."""
-        if not component_id:
-            return None
+    def _component(self, component_id: str | None) -> dict:
+        """A component version's steps (pipeline components), command and environment; read once
+        per name and version, even when sibling trees reach it at once."""
+        key = component_name(component_id) if component_id else None
+        if key is None:
+            if component_id:
+                logger.warning("cannot read component {}: its steps, command and environment stay unknown", component_id)
+            return {"graph": None, "command": "", "environment": ""}
         with self._history_lock:
-            lock = self._component_locks.setdefault(component_id, threading.Lock())
-        with lock:  # one read per component, even when sibling trees reach it at once
-            if component_id not in self._components:
-                self._components[component_id] = self._read_component(component_id)
-            return self._components[component_id]
-
-    def _read_component(self, component_id: str) -> dict[str, dict] | None:
-        name_version = component_name(component_id)
-        graph = None
-        if name_version is None:
-            logger.warning("cannot read pipeline component {}: its steps are listed without step names and edges", component_id)
-        else:
-            with self._azure_errors(f"read pipeline component {component_id}"):
-                component = self.ml.components.get(name=name_version[0], version=name_version[1])
-            graph = {name: rest_node(step) for name, step in (getattr(component, "jobs", None) or {}).items()}
-        return graph
+            lock = self._component_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._components:
+                with self._azure_errors(f"read component {component_id}"):
+                    self._components[key] = component_facts(self.ml.components.get(name=key[0], version=key[1]))
+            return self._components[key]
 
     # -- MLflow reads --------------------------------------------------------------------------
 
@@ -534,6 +477,13 @@ class AzuremlSource:
                     return None
                 raise
 
+    def _root_history(self, node: Node, start: int | None) -> dict:
+        """Run history's record of a root, asked only for what the job answer lacks: times (MFE job
+        answers carry none; MLflow had none) and a failure's message (only run history has it)."""
+        if node.depth or (start is not None and node.status.lower() != "failed"):
+            return {}
+        return self._run_history().request_json(self._run_request(node.name), f"read job {node.name}", missing_ok=True) or {}
+
     def _record(self, node: Node) -> JobRecord:
         run = self._mlflow_run(node.name)
         facts = node.facts
@@ -541,15 +491,19 @@ class AzuremlSource:
             logger.warning("job {} has no MLflow run: copying its control-plane record without params or metrics", node.name)
         info = run.info if run is not None else None
         data = run.data if run is not None else None
-        tags = {**facts["tags"], **(dict(data.tags) if data else {})}
+        # Azure's MLflow answers carry the service's system tags too: they stay out of the user's tags.
+        tags = {**facts["tags"], **{k: v for k, v in (dict(data.tags) if data else {}).items() if not is_system_tag(k)}}
+        start = info.start_time if info and info.start_time else node.start
+        end = info.end_time if info and info.end_time else node.end
+        history = self._root_history(node, start)
         return JobRecord(
             source_id=node.name,
             experiment=node.experiment,
             name=node.display_name,
             kind=node.kind,
             status=map_status(node.status),
-            start_time=info.start_time if info and info.start_time else node.start,
-            end_time=info.end_time if info and info.end_time else node.end,
+            start_time=start if start is not None else ms(history.get("startTimeUtc")),
+            end_time=end if end is not None else ms(history.get("endTimeUtc")),
             parent_id=node.parent if node.depth else None,
             root_id=node.root,
             depth=node.depth,
@@ -569,6 +523,7 @@ class AzuremlSource:
             properties=facts["properties"],
             inputs=facts["inputs"],
             outputs=facts["outputs"],
+            error=facts["error"] or error_message(history.get("error")),
         )
 
 
