@@ -291,3 +291,48 @@ def test_include_of_a_step_id_walks_only_its_root(tmp_path, mlflow, monkeypatch)
     assert [j.source_id for j in jobs][0] == DSL and len(jobs) == 3
     assert azure.requests[f"GET /history/v1.0/WS/runs/{step}"] == 1
     assert azure.unmatched == []
+
+
+def test_failed_steps_error_reaches_the_target_and_verify_compares_it(tmp_path, mlflow, monkeypatch):
+    """extract -> replay -> verify through the CLI: a failed step's recorded error lands on its target
+    run as `original_error` (Azure's 1,000-character tag value), and verify compares what was written."""
+    import os
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import replayed_runs, run_cli
+    from fakes.azureml_control_plane import write_fake_az
+
+    children = last("pipeline_get_child_run.json", f"/runs/{PIPELINE}/children")["ResponseBody"]["value"]
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    with scenario_2026(tmp_path, mlflow) as azure:
+        az = write_fake_az(tmp_path / "az", sys.executable)
+        env = {**azure.environ(), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}", "REPLAYER_CREDENTIAL": "cli"}
+        out = tmp_path / "manifest"
+        done = run_cli("extract", "--source", URI, "--out", str(out), "--include", PIPELINE, "--experiments", "azure-ai-ml",
+                       "--artifacts", "none", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("replay", "--manifest", str(out), "--target", target, "--artifacts", "none", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(target)
+    runs = replayed_runs(target, URI.lower())
+    for child in children:
+        tags = client.get_run(runs[child["runId"]]).data.tags
+        assert tags["original_error"] == child["error"]["error"]["message"][:1000]
+    assert "original_error" not in client.get_run(runs[PIPELINE]).data.tags  # the root's error was not recorded
+    # No MLflow run was recorded for these jobs, so the source's tags lack the mlflow.runName the
+    # target run gets: verify reports that on every run. Only the `error` rows matter here.
+    assert errors_verified(out, target, tmp_path) == []
+    client.set_tag(runs[children[0]["runId"]], "original_error", "something else")
+    assert errors_verified(out, target, tmp_path) == [children[0]["runId"]]
+
+
+def errors_verified(manifest, target: str, folder) -> list[str]:
+    """The jobs whose `error` verify reports as different."""
+    from conftest import run_cli
+
+    check = run_cli("verify", "--source", str(manifest), "--target", target, "--artifacts", "none", "--report", "r.json", cwd=folder)
+    assert check.returncode in (0, 1), check.stderr[-3000:]
+    report = json.loads((folder / "r.json").read_text())
+    return [d["job"] for d in report["differences"] if d["field"] == "error"]
