@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 from datetime import datetime, timezone
-from types import SimpleNamespace
 
 import pytest
 

@@ -9,13 +9,24 @@ Where each part comes from:
   the workspace discovery URL. This is the route `jobs.list(parent_job_name=...)` takes, but that
   SDK call (azure-ai-ml 1.35.2) returns only the first page: the service pages children with a
   `continuationToken` and no nextLink, and the generated pager follows nextLink only. So pages are
-  requested here, token by token, with the SDK's own run history client and request builder;
+  requested here, token by token, with the SDK's own run history client and request builder.
+  Children marked `"hidden": true` are left out, as azureml-core leaves them out;
 - step names and the edges between steps: the parent's pipeline graph (the root PipelineJob's
   `jobs`, or for a nested sub-pipeline the pipeline component its node points at,
   `MLClient.components.get`); a child run is matched to its node by display name, which the
   service sets to the node name unless the user gave the node a display name (matched too);
+- a pipeline step's command and environment: run history gives steps `"runDefinition": null`, so
+  they are its component's (`MLClient.components.get` of the node's componentId, else of the
+  step's `azureml.moduleName`/`moduleVersion`), read once per component version;
 - params, tags, start/end times and full metric histories: MLflow through azureml-mlflow, at the
-  workspace's `mlflow_tracking_uri`, where the run id is the job name.
+  workspace's `mlflow_tracking_uri`, where the run id is the job name. A root MLflow has no times
+  for takes them from the job answer (runner.azureml.job_fields.job_times), else from run history;
+- a failed job's error message: run history (a child's record; a failed root's `runs/{id}`).
+
+Root filters, `--include` and `--limit` included, narrow the roots before any child is listed,
+so one unselected root whose children cannot be listed does not stop the extraction. The
+service's system tags (`_aml_system_*`, `azureml.nodeid`, ...) are not the user's: they are kept
+in `JobRecord.properties` as `original_system.<name>` (see job_fields.split_tags).
 
 Statuses map to MLflow's words (Completed -> FINISHED, Failed -> FAILED, Canceled -> KILLED,
 queued/preparing -> SCHEDULED, running/finalizing -> RUNNING); the original word is kept in
@@ -27,15 +38,12 @@ The credential comes from `runner.azureml.credentials` (`--credential managed|cl
 """
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import tempfile
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -48,69 +56,11 @@ from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import list_experiments, metric_history
 from runner.azureml.run_history import storage_reason
+from runner.azureml.workspace import WorkspaceRef, is_azureml, parse_workspace  # noqa: F401  (importers find them here)
 from runner.azureml.job_fields import (  # noqa: F401  (map_status: part of this module's interface)
     CONTAINER_KINDS, LEAF_RUN_TYPES, Node, child_node, component_facts, component_name, error_message, is_system_tag,
     map_status, match_step, ms, root_node, step_component,
 )
-
-URI_RE = re.compile(
-    r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
-    r"(?:providers/microsoft\.machinelearningservices/)?workspaces/(?P<ws>[^/?#]+)/?$",
-    re.IGNORECASE,
-)
-CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
-
-
-@dataclass(frozen=True)
-class WorkspaceRef:
-    subscription_id: str
-    resource_group: str
-    workspace_name: str
-    tenant_id: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"azureml://subscriptions/{self.subscription_id}/resourcegroups/{self.resource_group}/workspaces/{self.workspace_name}"
-
-
-def is_azureml(uri: str) -> bool:
-    """An azureml:// workspace URI or the path of a workspace config.json."""
-    text = str(uri)
-    if text.lower().startswith("azureml://subscriptions/"):
-        return True
-    return text.endswith(".json") and Path(text).is_file()
-
-
-def parse_workspace(uri: str) -> WorkspaceRef:
-    text = str(uri).strip()
-    match = URI_RE.match(text)
-    if match:
-        return WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"))
-    if text.lower().startswith("azureml://"):
-        raise UsageError(f"{text}: not a workspace URI; use azureml://subscriptions/SUB/resourcegroups/RG/workspaces/NAME or a config.json")
-    path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"{text}: no such workspace config file; give a config.json or an azureml:// workspace URI")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{text}: not valid JSON ({error}); download config.json again from the workspace page") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{text}: expected a JSON object with {', '.join(CONFIG_KEYS)}")
-    # The portal's config.json uses these keys; `resourceGroup`-style spellings appear in older ones.
-    aliases = {"subscription_id": ("subscriptionId",), "resource_group": ("resourceGroup", "resource_group_name"), "workspace_name": ("workspaceName",)}
-    values = {}
-    for key in CONFIG_KEYS:
-        value = data.get(key) or next((data.get(a) for a in aliases[key] if data.get(a)), None)
-        if not value:
-            raise UsageError(f"{text}: missing `{key}`; a workspace config.json holds {', '.join(CONFIG_KEYS)} (and optionally tenant_id)")
-        values[key] = str(value)
-    tenant = data.get("tenant_id") or data.get("tenantId")
-    return WorkspaceRef(values["subscription_id"], values["resource_group"], values["workspace_name"], str(tenant) if tenant else None)
-
-
-# -- the plan -------------------------------------------------------------------------------------
-
 
 class AzuremlSource:
     def __init__(self, uri: str, filters: Filters | None = None, workspace: str | None = None, credential=None, parallel: int = 8):
@@ -359,11 +309,11 @@ class AzuremlSource:
         names = {r.name for r in roots}
         for ident in (i for i in f.include if i not in placed):
             run = self._run_history().request_json(self._run_request(ident), f"find job {ident}", missing_ok=True)
-            root = str((run or {}).get("rootRunId") or "")
-            if root not in names:
+            if not run:
                 logger.info("--include {}: not a job id this workspace knows; walking every selected root to find it by name", ident)
                 return roots
-            keep.add(root)
+            if run.get("rootRunId") in names:  # else its tree is not selected (another experiment, shard, ...)
+                keep.add(run["rootRunId"])
         return [r for r in roots if r.name in keep]
 
     def _run_request(self, name: str):
