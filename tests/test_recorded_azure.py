@@ -335,3 +335,10 @@ def errors_verified(manifest, target: str, folder) -> list[str]:
     assert check.returncode in (0, 1), check.stderr[-3000:]
     report = json.loads((folder / "r.json").read_text())
     return [d["job"] for d in report["differences"] if d["field"] == "error"]
+
+
+def test_since_until_use_the_job_answers_times_when_mlflow_has_none(tmp_path, mlflow, monkeypatch):
+    """commandjob01 (Completed) has MFE properties StartTimeUtc "2024-07-24 08:48:48" and no MLflow run."""
+    with scenario_2026(tmp_path, mlflow) as azure:
+        _, jobs = extract(azure, monkeypatch, since="2024-07-24T08:48:00Z", until="2024-07-24T08:49:00Z")
+    assert [(j.source_id, j.start_time) for j in jobs] == [(COMMAND_DONE, utc_ms("2024-07-24 08:48:48"))]
