@@ -116,7 +116,7 @@ def run(command: str, flags: dict, body) -> None:
 
 
 def open_target(uri: str, dry_run: bool = False, artifacts=None, limits: dict | None = None):
-    from runner.azureml.source import is_azureml
+    from runner.azureml.workspace import is_azureml
     from runner.mlflow import uris
     from runner.mlflow.target import DirectTarget, limits_for
 

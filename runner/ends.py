@@ -11,7 +11,8 @@ from runner.mlflow import artifact_store  # noqa: F401 - registers the MLflow ar
 def open_source(uri: str, filters: Filters | None = None, workspace: str | None = None, parallel: int = 8) -> Source:
     """A manifest folder, an AzureML workspace (azureml://subscriptions/... or config.json) or an MLflow tracking URI."""
     from runner.engine.manifest import ManifestSource, is_manifest
-    from runner.azureml.source import AzuremlSource, is_azureml
+    from runner.azureml.source import AzuremlSource
+    from runner.azureml.workspace import is_azureml
     from runner.mlflow.source import MlflowSource
 
     filters = filters or Filters()

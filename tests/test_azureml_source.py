@@ -26,7 +26,9 @@ from runner.core.errors import UsageError
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, JobRecord
 from runner.ends import open_source
-from runner.azureml.source import AzuremlSource, is_azureml, map_status, parse_workspace
+from runner.azureml.job_fields import map_status
+from runner.azureml.source import AzuremlSource
+from runner.azureml.workspace import is_azureml, parse_workspace
 from servers import MlflowServer
 
 SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"

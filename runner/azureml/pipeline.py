@@ -36,8 +36,8 @@ from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, UsageError
 from runner.engine.ledger import ORIGINAL_JOB_ID, ORIGINAL_WORKSPACE
 
 from runner.azureml.pipeline_jobs import JobBuilder, emit
-from runner.azureml.pipeline_plan import (  # noqa: F401 - the plan's names, also named from here
-    PARENT_INPUT, SERVERLESS, SIBLING, PipelineOptions, Planner, Port, RootPlan, Step, plan_roots, safe_name,
+from runner.azureml.pipeline_plan import (
+    PARENT_INPUT, SERVERLESS, SIBLING, PipelineOptions, Port, RootPlan, plan_roots, safe_name,
 )
 
 
@@ -47,7 +47,8 @@ class PipelineTarget:
     def __init__(self, uri: str, credential=None):
         from runner.core import retry
         from runner.azureml.credentials import workspace_credential
-        from runner.azureml.source import _quiet_sdk_loggers, parse_workspace
+        from runner.azureml.source import _quiet_sdk_loggers
+        from runner.azureml.workspace import parse_workspace
 
         self.ref = parse_workspace(uri)
         self.credential_name, self.credential = workspace_credential(self.ref, credential)

@@ -9,13 +9,24 @@ Where each part comes from:
   the workspace discovery URL. This is the route `jobs.list(parent_job_name=...)` takes, but that
   SDK call (azure-ai-ml 1.35.2) returns only the first page: the service pages children with a
   `continuationToken` and no nextLink, and the generated pager follows nextLink only. So pages are
-  requested here, token by token, with the SDK's own run history client and request builder;
+  requested here, token by token, with the SDK's own run history client and request builder.
+  Children marked `"hidden": true` are left out, as azureml-core leaves them out;
 - step names and the edges between steps: the parent's pipeline graph (the root PipelineJob's
   `jobs`, or for a nested sub-pipeline the pipeline component its node points at,
   `MLClient.components.get`); a child run is matched to its node by display name, which the
   service sets to the node name unless the user gave the node a display name (matched too);
+- a pipeline step's command and environment: run history gives steps `"runDefinition": null`, so
+  they are its component's (`MLClient.components.get` of the node's componentId, else of the
+  step's `azureml.moduleName`/`moduleVersion`), read once per component version;
 - params, tags, start/end times and full metric histories: MLflow through azureml-mlflow, at the
-  workspace's `mlflow_tracking_uri`, where the run id is the job name.
+  workspace's `mlflow_tracking_uri`, where the run id is the job name. A root MLflow has no times
+  for takes them from the job answer (runner.azureml.job_fields.job_times), else from run history;
+- a failed job's error message: run history (a child's record; a failed root's `runs/{id}`).
+
+Root filters, `--include` and `--limit` included, narrow the roots before any child is listed,
+so one unselected root whose children cannot be listed does not stop the extraction. The
+service's system tags (`_aml_system_*`, `azureml.nodeid`, ...) are not the user's: they are kept
+in `JobRecord.properties` as `original_system.<name>` (see job_fields.split_tags).
 
 Statuses map to MLflow's words (Completed -> FINISHED, Failed -> FAILED, Canceled -> KILLED,
 queued/preparing -> SCHEDULED, running/finalizing -> RUNNING); the original word is kept in
@@ -27,18 +38,14 @@ The credential comes from `runner.azureml.credentials` (`--credential managed|cl
 """
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import tempfile
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from loguru import logger
 
@@ -49,123 +56,11 @@ from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import list_experiments, metric_history
 from runner.azureml.run_history import storage_reason
-
-URI_RE = re.compile(
-    r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
-    r"(?:providers/microsoft\.machinelearningservices/)?workspaces/(?P<ws>[^/?#]+)/?$",
-    re.IGNORECASE,
+from runner.azureml.workspace import WorkspaceRef, is_azureml, parse_workspace  # noqa: F401  (importers find them here)
+from runner.azureml.job_fields import (  # noqa: F401  (map_status: part of this module's interface)
+    CONTAINER_KINDS, LEAF_RUN_TYPES, Node, child_node, component_facts, component_name, error_message, is_system_tag,
+    map_status, match_step, ms, root_node, step_component,
 )
-CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
-
-STATUS = {
-    "completed": "FINISHED",
-    "failed": "FAILED",
-    "canceled": "KILLED",
-    "cancelled": "KILLED",
-    "notstarted": "SCHEDULED",
-    "queued": "SCHEDULED",
-    "preparing": "SCHEDULED",
-    "provisioning": "SCHEDULED",
-    "starting": "SCHEDULED",
-    "running": "RUNNING",
-    "finalizing": "RUNNING",
-    "cancelrequested": "RUNNING",
-    "notresponding": "RUNNING",
-    "paused": "RUNNING",
-}
-KINDS = {"command": "command", "pipeline": "pipeline", "sweep": "sweep", "automl": "automl"}
-CONTAINER_KINDS = ("pipeline", "sweep", "automl")
-# Run history run types of jobs that never have children: their children are not listed.
-LEAF_RUN_TYPES = ("azureml.steprun", "azureml.scriptrun", "azureml.commandrun")
-
-
-def map_status(status: str | None) -> str:
-    """AzureML's status word -> the model's (MLflow's) word; unknown words count as RUNNING."""
-    return STATUS.get(str(status or "").replace(" ", "").lower(), "RUNNING")
-
-
-# -- naming the workspace -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkspaceRef:
-    subscription_id: str
-    resource_group: str
-    workspace_name: str
-    tenant_id: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"azureml://subscriptions/{self.subscription_id}/resourcegroups/{self.resource_group}/workspaces/{self.workspace_name}"
-
-
-def is_azureml(uri: str) -> bool:
-    """An azureml:// workspace URI or the path of a workspace config.json."""
-    text = str(uri)
-    if text.lower().startswith("azureml://subscriptions/"):
-        return True
-    return text.endswith(".json") and Path(text).is_file()
-
-
-def parse_workspace(uri: str) -> WorkspaceRef:
-    text = str(uri).strip()
-    match = URI_RE.match(text)
-    if match:
-        return WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"))
-    if text.lower().startswith("azureml://"):
-        raise UsageError(f"{text}: not a workspace URI; use azureml://subscriptions/SUB/resourcegroups/RG/workspaces/NAME or a config.json")
-    path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"{text}: no such workspace config file; give a config.json or an azureml:// workspace URI")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"{text}: not valid JSON ({error}); download config.json again from the workspace page") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{text}: expected a JSON object with {', '.join(CONFIG_KEYS)}")
-    # The portal's config.json uses these keys; `resourceGroup`-style spellings appear in older ones.
-    aliases = {"subscription_id": ("subscriptionId",), "resource_group": ("resourceGroup", "resource_group_name"), "workspace_name": ("workspaceName",)}
-    values = {}
-    for key in CONFIG_KEYS:
-        value = data.get(key) or next((data.get(a) for a in aliases[key] if data.get(a)), None)
-        if not value:
-            raise UsageError(f"{text}: missing `{key}`; a workspace config.json holds {', '.join(CONFIG_KEYS)} (and optionally tenant_id)")
-        values[key] = str(value)
-    tenant = data.get("tenant_id") or data.get("tenantId")
-    return WorkspaceRef(values["subscription_id"], values["resource_group"], values["workspace_name"], str(tenant) if tenant else None)
-
-
-# -- the plan -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    name: str
-    parent: str | None
-    root: str
-    depth: int
-    kind: str
-    status: str  # AzureML's word
-    display_name: str
-    experiment: str
-    created: int | None = None
-    start: int | None = None
-    end: int | None = None
-    step: str = ""
-    run_type: str = ""
-    facts: dict[str, Any] = field(default_factory=dict)  # description, created_by, compute, ... for the record
-    graph: dict[str, dict] | None = None  # pipeline nodes: step name -> its REST node, while walking
-
-
-def ms(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp() * 1000)
-
 
 class AzuremlSource:
     def __init__(self, uri: str, filters: Filters | None = None, workspace: str | None = None, credential=None, parallel: int = 8):
@@ -347,6 +242,32 @@ class AzuremlSource:
     # -- building the plan ---------------------------------------------------------------------
 
     def _build_plan(self) -> list[Node]:
+        """Every selected tree, parents first. Root filters (--include and --limit too) narrow the
+        roots before any children are listed: an unselected root's children are never asked for."""
+        f = self.filters
+        roots = self._narrow(self._selected_roots())
+        ordered: list[Node] = []
+        taken = 0
+        descendants: set[str] = set()
+        # With --limit, trees are walked a few at a time, only until enough are taken.
+        step = max(self.parallel, 1) if f.limit else max(len(roots), 1)
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-walk") as pool:
+            for at in range(0, len(roots), step):
+                batch = roots[at : at + step]
+                trees = list(pool.map(self._walk, batch))
+                # A job listed at the top level that is also some tree's descendant is that tree's child.
+                descendants |= {n.name for tree in trees for n in tree[1:]}
+                for root, tree in zip(batch, trees):
+                    if root.name in descendants or (f.include and not any(f.named(n.name, n.display_name) for n in tree)):
+                        continue
+                    ordered += tree
+                    taken += 1
+                    if f.limit and taken >= f.limit:
+                        return ordered
+        return ordered
+
+    def _selected_roots(self) -> list[Node]:
+        """Top-level jobs that pass the root filters, in creation order; no child listed yet."""
         from azure.ai.ml.constants import ListViewType
 
         f = self.filters
@@ -362,7 +283,7 @@ class AzuremlSource:
                 if job.name in seen or job.experiment_name not in wanted:
                     continue
                 seen.add(job.name)
-                node = self._root_node(job)
+                node = root_node(job)
                 if not in_shard(f, node.name) or (f.status and map_status(node.status) not in f.status):
                     continue
                 if not f.wants_tags(node.facts["tags"]) or f.excludes(node.name, node.display_name):
@@ -374,68 +295,41 @@ class AzuremlSource:
             self._fill_start_times(roots)
             roots = [r for r in roots if f.wants_root(r.start, map_status(r.status))]
         roots.sort(key=lambda n: (n.created or 0, n.name))
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-walk") as pool:
-            trees = list(pool.map(self._walk, roots))
-        # A job listed at the top level that is also some tree's descendant is that tree's child.
-        descendants = {n.name for tree in trees for n in tree[1:]}
-        ordered: list[Node] = []
-        taken = 0
-        for root, tree in zip(roots, trees):
-            if root.name in descendants:
-                continue
-            if f.include and not any(f.named(n.name, n.display_name) for n in tree):
-                continue
-            ordered += tree
-            taken += 1
-            if f.limit and taken >= f.limit:
-                break
-        return ordered
+        return roots
+
+    def _narrow(self, roots: list[Node]) -> list[Node]:
+        """--include: the roots it names, and the roots of the descendants it names by id (run
+        history's `runs/{id}` knows a run's rootRunId). A name it cannot place that way (a child's
+        display name) can only be found by walking: then every root is walked, as before."""
+        f = self.filters
+        if not f.include:
+            return roots
+        keep = {r.name for r in roots if f.named(r.name, r.display_name)}
+        placed = {r.name for r in roots if r.name in keep} | {r.display_name for r in roots if r.name in keep}
+        names = {r.name for r in roots}
+        for ident in (i for i in f.include if i not in placed):
+            run = self._run_history().request_json(self._run_request(ident), f"find job {ident}", missing_ok=True)
+            if not run:
+                logger.info("--include {}: not a job id this workspace knows; walking every selected root to find it by name", ident)
+                return roots
+            if run.get("rootRunId") in names:  # else its tree is not selected (another experiment, shard, ...)
+                keep.add(run["rootRunId"])
+        return [r for r in roots if r.name in keep]
+
+    def _run_request(self, name: str):
+        from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_request
+
+        return build_runs_get_request(subscription_id=self.ref.subscription_id, resource_group_name=self.ref.resource_group,
+                                      workspace_name=self.ref.workspace_name, run_id=name)
 
     def _fill_start_times(self, roots: list[Node]) -> None:
         def start(node: Node) -> None:
             run = self._mlflow_run(node.name)
-            node.start = run.info.start_time if run is not None else None
+            if run is not None and run.info.start_time:  # else the job answer's own time (job_times), if any
+                node.start = run.info.start_time
 
         with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-times") as pool:
             list(pool.map(start, roots))
-
-    def _root_node(self, job) -> Node:
-        kind = KINDS.get(str(getattr(job, "type", "") or "").lower(), "run")
-        creation = getattr(job, "creation_context", None)
-        node = Node(
-            name=job.name,
-            parent=None,
-            root=job.name,
-            depth=0,
-            kind=kind,
-            status=str(getattr(job.status, "value", job.status) or ""),
-            display_name=job.display_name or job.name,
-            experiment=job.experiment_name,
-            created=ms(getattr(creation, "created_at", None)),
-        )
-        trial = getattr(job, "trial", None)  # a sweep's trial command
-        command = getattr(job, "command", None) or getattr(trial, "command", None)
-        environment = getattr(job, "environment", None) or getattr(trial, "environment", None)
-        inputs = {k: describe_io(v) for k, v in (getattr(job, "inputs", None) or {}).items()}
-        if kind == "automl":
-            for key in ("training_data", "validation_data", "test_data"):
-                value = getattr(job, key, None)
-                if value is not None:
-                    inputs[key] = describe_io(value)
-        node.facts = {
-            "description": job.description or "",
-            "created_by": getattr(creation, "created_by", None) or "",
-            "compute": compute_name(getattr(job, "compute", None)),
-            "environment": environment_name(environment),
-            "command": command or "",
-            "properties": {k: str(v) for k, v in (job.properties or {}).items()},
-            "tags": {k: str(v) for k, v in (job.tags or {}).items()},
-            "inputs": {k: v for k, v in inputs.items() if v},
-            "outputs": {k: v for k, v in ((k, describe_io(v)) for k, v in (getattr(job, "outputs", None) or {}).items()) if v},
-        }
-        if kind == "pipeline":
-            node.graph = {name: rest_node(step) for name, step in (getattr(job, "jobs", None) or {}).items()}
-        return node
 
     def _walk(self, root: Node) -> list[Node]:
         """The root and every descendant, depth first, parents before children, siblings in start order."""
@@ -458,48 +352,15 @@ class AzuremlSource:
         return out
 
     def _child_node(self, run, parent: Node) -> Node:
-        run_type = str(run.run_type or "")
-        properties = {k: str(v) for k, v in (run.properties or {}).items()}
-        node = Node(
-            name=run.run_id,
-            parent=parent.name,
-            root=parent.root,
-            depth=parent.depth + 1,
-            kind=child_kind(run_type, properties),
-            status=str(run.status or ""),
-            display_name=run.display_name or run.run_id,
-            experiment=parent.experiment,
-            created=ms(run.created_utc),
-            start=ms(run.start_time_utc),
-            end=ms(run.end_time_utc),
-            run_type=run_type,
-        )
-        compute = run.compute.target if run.compute is not None and run.compute.target else (run.target or "")
-        created_by = run.created_by.user_name if run.created_by is not None else ""
-        inputs = {k: asset_io(v) for k, v in (run.inputs or {}).items()}
-        outputs = {k: asset_io(v) for k, v in (run.outputs or {}).items()}
-        if parent.kind == "pipeline" and parent.graph:
-            step, spec = match_step(parent.graph, node.display_name)
-            if step:
-                node.step = step
-                inputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("inputs") or {}).items()) if v})
-                outputs.update({k: v for k, v in ((k, rest_io(v)) for k, v in (spec.get("outputs") or {}).items()) if v})
-                if node.kind == "pipeline":
-                    node.graph = self._component_graph(spec.get("componentId"))
-        # What a child ran is in its run history record's runDefinition (the SDK's job entities are
-        # not given for children); a sub-pipeline or an AutoML trial has none.
-        definition = run_definition(run)
-        node.facts = {
-            "description": run.description or "",
-            "created_by": created_by or "",
-            "compute": "" if node.kind == "pipeline" else compute_name(compute),
-            "environment": environment_name(definition.get("environment")),
-            "command": str(definition.get("command") or ""),
-            "properties": properties,
-            "tags": {k: str(v) for k, v in (run.tags or {}).items()},
-            "inputs": inputs,
-            "outputs": outputs,
-        }
+        step, spec = match_step(parent.graph, run.display_name or run.run_id) if parent.kind == "pipeline" and parent.graph else ("", {})
+        node = child_node(run, parent, step, spec)
+        if node.kind == "pipeline" and spec:
+            node.graph = self._component(spec.get("componentId"))["graph"]
+        if node.kind == "command" and not node.facts["command"]:
+            # Run history gives pipeline steps `"runDefinition": null`: what a step ran is its
+            # component's, read as azure-ai-ml reads it (one GET per component version, cached).
+            component = self._component(step_component(spec, node.facts["properties"]))
+            node.facts["command"], node.facts["environment"] = component["command"], component["environment"]
         return node
 
     # -- control-plane reads -------------------------------------------------------------------
@@ -518,7 +379,8 @@ class AzuremlSource:
             return self._history
 
     def _children(self, name: str) -> Iterator:
-        """Child runs, every page: the service pages with continuationToken (and no nextLink)."""
+        """Child runs, every page: the service pages with continuationToken (and no nextLink).
+        Hidden children (`"hidden": true`) are left out, as azureml-core leaves them out."""
         from azure.ai.ml._restclient.runhistory.models import Run
         from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_child_request
 
@@ -530,32 +392,27 @@ class AzuremlSource:
             )
             body = self._run_history().request_json(request, f"list the children of {name}")
             for value in body.get("value") or []:
-                yield Run(value)
+                if not value.get("hidden"):
+                    yield Run(value)
             token = body.get("continuationToken")
             if not token:
                 return
 
-    def _component_graph(self, component_id: str | None) -> dict[str, dict] | None:
-        """Steps of the pipeline component a sub-pipeline node runs, by step name (cached)."""
-        if not component_id:
-            return None
+    def _component(self, component_id: str | None) -> dict:
+        """A component version's steps (pipeline components), command and environment; read once
+        per name and version, even when sibling trees reach it at once."""
+        key = component_name(component_id) if component_id else None
+        if key is None:
+            if component_id:
+                logger.warning("cannot read component {}: its steps, command and environment stay unknown", component_id)
+            return {"graph": None, "command": "", "environment": ""}
         with self._history_lock:
-            lock = self._component_locks.setdefault(component_id, threading.Lock())
-        with lock:  # one read per component, even when sibling trees reach it at once
-            if component_id not in self._components:
-                self._components[component_id] = self._read_component(component_id)
-            return self._components[component_id]
-
-    def _read_component(self, component_id: str) -> dict[str, dict] | None:
-        name_version = component_name(component_id)
-        graph = None
-        if name_version is None:
-            logger.warning("cannot read pipeline component {}: its steps are listed without step names and edges", component_id)
-        else:
-            with self._azure_errors(f"read pipeline component {component_id}"):
-                component = self.ml.components.get(name=name_version[0], version=name_version[1])
-            graph = {name: rest_node(step) for name, step in (getattr(component, "jobs", None) or {}).items()}
-        return graph
+            lock = self._component_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._components:
+                with self._azure_errors(f"read component {component_id}"):
+                    self._components[key] = component_facts(self.ml.components.get(name=key[0], version=key[1]))
+            return self._components[key]
 
     # -- MLflow reads --------------------------------------------------------------------------
 
@@ -570,6 +427,13 @@ class AzuremlSource:
                     return None
                 raise
 
+    def _root_history(self, node: Node, start: int | None) -> dict:
+        """Run history's record of a root, asked only for what the job answer lacks: times (MFE job
+        answers carry none; MLflow had none) and a failure's message (only run history has it)."""
+        if node.depth or (start is not None and node.status.lower() != "failed"):
+            return {}
+        return self._run_history().request_json(self._run_request(node.name), f"read job {node.name}", missing_ok=True) or {}
+
     def _record(self, node: Node) -> JobRecord:
         run = self._mlflow_run(node.name)
         facts = node.facts
@@ -577,15 +441,19 @@ class AzuremlSource:
             logger.warning("job {} has no MLflow run: copying its control-plane record without params or metrics", node.name)
         info = run.info if run is not None else None
         data = run.data if run is not None else None
-        tags = {**facts["tags"], **(dict(data.tags) if data else {})}
+        # Azure's MLflow answers carry the service's system tags too: they stay out of the user's tags.
+        tags = {**facts["tags"], **{k: v for k, v in (dict(data.tags) if data else {}).items() if not is_system_tag(k)}}
+        start = info.start_time if info and info.start_time else node.start
+        end = info.end_time if info and info.end_time else node.end
+        history = self._root_history(node, start)
         return JobRecord(
             source_id=node.name,
             experiment=node.experiment,
             name=node.display_name,
             kind=node.kind,
             status=map_status(node.status),
-            start_time=info.start_time if info and info.start_time else node.start,
-            end_time=info.end_time if info and info.end_time else node.end,
+            start_time=start if start is not None else ms(history.get("startTimeUtc")),
+            end_time=end if end is not None else ms(history.get("endTimeUtc")),
             parent_id=node.parent if node.depth else None,
             root_id=node.root,
             depth=node.depth,
@@ -605,6 +473,7 @@ class AzuremlSource:
             properties=facts["properties"],
             inputs=facts["inputs"],
             outputs=facts["outputs"],
+            error=facts["error"] or error_message(history.get("error")),
         )
 
 
@@ -620,139 +489,6 @@ def may_have_children(node: Node) -> bool:
     if node.kind == "command" or node.depth == 0:
         return False
     return node.run_type.lower() not in LEAF_RUN_TYPES + ("automl",)
-
-
-def child_kind(run_type: str, properties: dict[str, str]) -> str:
-    """What a child run is, from run history's run type (the SDK's job types are not given for children)."""
-    kind = run_type.lower()
-    if kind == "azureml.pipelinerun":
-        return "pipeline"
-    if kind == "hyperdrive":
-        return "sweep"
-    if kind == "automl":
-        return "run" if properties.get("runTemplate", "").lower() == "automl_child" else "automl"
-    if kind in LEAF_RUN_TYPES:
-        return "command"
-    return "run"
-
-
-def match_step(graph: dict[str, dict], display_name: str) -> tuple[str, dict]:
-    """The pipeline step a child run executes: by node name, else by the node's display name."""
-    if display_name in graph:
-        return display_name, graph[display_name]
-    for name, spec in graph.items():
-        if spec.get("display_name") == display_name or spec.get("displayName") == display_name:
-            return name, spec
-    return "", {}
-
-
-def rest_node(step) -> dict:
-    """A pipeline step as its REST dict (how the service stored it), or {} when it cannot be read."""
-    try:
-        rest = step._to_rest_object()
-    except Exception as error:  # noqa: BLE001 - one odd step must not stop the extraction
-        logger.debug("cannot read pipeline step {}: {}", getattr(step, "name", "?"), error)
-        return {}
-    return dict(rest) if isinstance(rest, dict) else {}
-
-
-def component_name(component_id) -> tuple[str, str] | None:
-    """(name, version) of a workspace component id: ARM id, azureml:name:version or name:version."""
-    text = str(component_id)
-    match = re.search(r"/components/([^/]+)/versions/([^/]+)$", text)
-    if match and "/registries/" not in text:
-        return match.group(1), match.group(2)
-    text = text.removeprefix("azureml:")
-    if "/" not in text and text.count(":") == 1:
-        name, version = text.split(":")
-        return name, version
-    return None
-
-
-def compute_name(value) -> str:
-    if not value:
-        return ""
-    text = str(value)
-    return text.rsplit("/computes/", 1)[-1] if "/computes/" in text else text
-
-
-def run_definition(run) -> dict:
-    """A run history record's `runDefinition` (an object; older answers send it as JSON text)."""
-    value = run.get("runDefinition") if hasattr(run, "get") else None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    return value if isinstance(value, dict) else {}
-
-
-def environment_name(value) -> str:
-    """`azureml:name:version` for a registered environment, whatever form the SDK or the service handed back."""
-    if not value:
-        return ""
-    if isinstance(value, dict):  # runDefinition.environment: {name, version, assetId?, docker: {baseImage}}
-        name, version = value.get("name"), value.get("version")
-        if name and version:
-            return f"azureml:{name}:{version}"
-        return str(value.get("assetId") or (value.get("docker") or {}).get("baseImage") or name or "")
-    if not isinstance(value, str):
-        name, version = getattr(value, "name", None), getattr(value, "version", None)
-        if name and version:
-            return f"azureml:{name}:{version}"
-        return getattr(value, "image", None) or str(name or "")
-    match = re.search(r"/environments/([^/]+)/versions/([^/]+)$", value)
-    if match and "/registries/" not in value:
-        return f"azureml:{match.group(1)}:{match.group(2)}"
-    if "/" not in value and value.count(":") == 1 and not value.startswith("azureml:"):
-        return f"azureml:{value}"
-    return value
-
-
-def clean(values: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in values.items() if v not in (None, "")}
-
-
-def describe_io(value) -> dict[str, str]:
-    """A job input/output entity (Input, Output, NodeInput, a literal) as a plain binding dict."""
-    data = value
-    for _ in range(4):  # NodeInput / NodeOutput / PipelineInput wrap the real value in `_data`
-        inner = getattr(data, "_data", None)
-        if inner is None or inner is data:
-            break
-        data = inner
-    if data is None or data is value and hasattr(value, "_data"):
-        kind = getattr(value, "type", None)
-        return clean({"type": kind}) if isinstance(kind, str) else {}
-    if isinstance(data, str):
-        return {"binding": data} if data.strip().startswith("${{") else {"type": "literal", "value": data}
-    if isinstance(data, (bool, int, float)):
-        return {"type": "literal", "value": str(data)}
-    binding = getattr(data, "_data_binding", None)
-    if callable(binding) and not hasattr(data, "path"):
-        return {"binding": str(binding())}
-    if isinstance(data, dict):
-        return rest_io(data)
-    return clean({"type": getattr(data, "type", None), "path": getattr(data, "path", None), "mode": getattr(data, "mode", None)})
-
-
-def rest_io(value) -> dict[str, str]:
-    """A REST input/output dict (`{"value": "${{...}}", "job_input_type": "literal"}`, `{"uri": ...}`)."""
-    if not isinstance(value, dict):
-        return describe_io(value)
-    kind = next((value[k] for k in ("job_input_type", "jobInputType", "job_output_type", "jobOutputType", "type") if value.get(k)), None)
-    literal = value.get("value")
-    if isinstance(literal, str) and literal.strip().startswith("${{"):
-        return {"binding": literal}
-    if str(kind).lower() == "literal":
-        return {"type": "literal", "value": str(literal)}
-    return clean({"type": kind, "path": value.get("uri") or value.get("path"), "mode": value.get("mode")})
-
-
-def asset_io(value) -> dict[str, str]:
-    """Run history's TypedAssetReference (assetId, type)."""
-    get = value.get if isinstance(value, dict) else lambda k, d=None: getattr(value, {"assetId": "asset_id"}.get(k, k), d)
-    return clean({"type": get("type"), "path": get("assetId")})
 
 
 def _quiet_sdk_loggers() -> None:

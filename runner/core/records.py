@@ -60,6 +60,7 @@ class JobRecord:
     # {"type": "literal", "value": "0.1"} or {"type": "uri_folder", "path": "azureml:data:1", "mode": "ro_mount"}.
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    error: str = ""  # a failed job's error message (AzureML run history; at most 3,000 characters there)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

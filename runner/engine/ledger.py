@@ -17,6 +17,10 @@ ORIGINAL_PARENT = "original_parent_job_id"
 ORIGINAL_EXPERIMENT = "original_experiment"
 ORIGINAL_WORKSPACE = "original_workspace"
 ORIGINAL_DEPTH = "original_pipeline_depth"
+ORIGINAL_ERROR = "original_error"
+# A run tag value holds at most 1,000 characters on Azure ML (resource-limits-capacity.md), and
+# the tool's own tags are never cut or moved to overflow: the error message is cut here.
+MAX_ERROR_TAG = 1000
 COMPLETE = "replay.complete"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
@@ -38,7 +42,14 @@ def lineage_tags(job: JobRecord, workspace: str) -> dict[str, str]:
     }
     if job.parent_id:
         tags[ORIGINAL_PARENT] = job.parent_id
+    if job.error:
+        tags[ORIGINAL_ERROR] = error_tag(job.error)
     return tags
+
+
+def error_tag(error: str) -> str:
+    """A failed job's error message as the target run's `original_error` tag holds it."""
+    return error[:MAX_ERROR_TAG]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import PARENT_TAG, is_own_tag
+from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, error_tag, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
 from runner.engine.metric_digest import Digest, count_differences, point_hash
@@ -83,6 +83,8 @@ class JobChecker:
         ]
         if job.status in TERMINAL_STATUSES:
             pairs.append(("end_time", job.end_time, info.end_time))
+        if ORIGINAL_ERROR in data.tags:  # runs copied before the error field have none: nothing to compare
+            pairs.append(("error", error_tag(job.error), data.tags[ORIGINAL_ERROR]))
         pairs += keyed("param", job.params, params) + keyed("tag", user_tags(job.tags), expected_user_tags(job, tags))
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
         out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
