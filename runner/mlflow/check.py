@@ -13,7 +13,7 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import PARENT_TAG, is_own_tag
+from runner.engine.ledger import PARENT_TAG, RUN_NAME_TAG, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
 from runner.engine.metric_digest import Digest, count_differences, point_hash
@@ -75,7 +75,7 @@ class JobChecker:
         out = []
         pairs = [
             ("experiment", self.mapping.experiment_name(job.experiment), self.experiment_name(info.experiment_id)),
-            ("name", job.name, info.run_name or ""),
+            ("name", job.name, overflow["tags"].get(RUN_NAME_TAG) or info.run_name or ""),  # a name cut to the cap is whole there
             ("status", job.status, info.status),
             ("start_time", job.start_time, info.start_time),
             ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),
