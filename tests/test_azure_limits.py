@@ -133,6 +133,11 @@ def test_azureml_caps_match_the_documented_limits():
     assert (AZUREML_LIMITS.max_tags, AZUREML_LIMITS.max_tag_length, AZUREML_LIMITS.max_tag_key) == (LIMITS.run_tags, LIMITS.tag_value, LIMITS.run_tag_key)
     assert (AZUREML_LIMITS.max_params, AZUREML_LIMITS.max_metric_keys, AZUREML_LIMITS.batch_rows) == (LIMITS.params, LIMITS.metric_names, LIMITS.rows_per_request)
     assert (AZUREML_LIMITS.max_name_length, AZUREML_LIMITS.max_metric_rows) == (LIMITS.display_name, LIMITS.rows_per_metric)
+    tags = {f"t{i:02d}": "v" for i in range(60)} | {"k" * 251: "v", "long": "x" * 1001, "mlflow.note.content": "d" * 5001, "replay.overflow": "{}"}
+    kept, spill = caps.fit_experiment_tags(AZUREML_LIMITS, tags)
+    assert len(kept) == 49 and "replay.overflow" not in {**kept, **spill}, "room for the target's own pointer; the source's is not copied"
+    assert {**kept, **spill} == {k: v for k, v in tags.items() if k != "replay.overflow"}
+    assert len(kept["long"]) == 1000 and len(kept["mlflow.note.content"]) == 5000 and "k" * 251 in spill and "t59" in spill
     limits = caps.Limits(max_metric_rows=3)
     overflow = caps.new_overflow()
     job = JobRecord(source_id="r", experiment="e", latest_metrics={"a": 1.0})
@@ -143,7 +148,8 @@ def test_azureml_caps_match_the_documented_limits():
 def seed_wide_run(uri: str, experiment: str) -> dict:
     """One finished run over every per-run limit; returns what it holds."""
     client = MlflowClient(uri)
-    exp = client.create_experiment(experiment)
+    experiment_tags = {f"etag{i:02d}": f"{i}" * (2000 if i % 10 == 0 else 3) for i in range(55)} | {"mlflow.note.content": "d" * 3000}
+    exp = client.create_experiment(experiment, tags=experiment_tags)
     tags = {f"tag{i:02d}": f"value {i}" for i in range(50)} | {f"long{i}": f"{i}" * 2000 for i in range(10)}
     tags["k" * 120] = "a key over Azure's 100"
     name = "wide-" + "n" * 295
@@ -157,7 +163,7 @@ def seed_wide_run(uri: str, experiment: str) -> dict:
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.set_terminated(run_id, "FINISHED", end_time=1_700_000_100_000)
-    return {"tags": tags, "params": params, "name": name}
+    return {"tags": tags, "params": params, "name": name, "experiment_tags": experiment_tags}
 
 
 def test_a_run_over_every_limit_migrates_into_azureml_with_nothing_lost(servers, target, unique, tmp_path):  # noqa: F811
@@ -192,10 +198,33 @@ def test_a_run_over_every_limit_migrates_into_azureml_with_nothing_lost(servers,
     assert "50 params" in result.stderr and "1 runs over the target's limits" in result.stderr
     assert len(backing.get_metric_history(run_id, "curve")) == 600
 
+    # The experiment's excess: in a run of replayer-experiments, the experiment pointing at it.
+    held = backing.get_experiment_by_name(experiment).tags
+    assert len(held) <= 50 and all(len(v) <= 1000 for k, v in held.items() if k != "mlflow.note.content")
+    assert held["mlflow.note.content"] == wide["experiment_tags"]["mlflow.note.content"], "a description up to 5,000 stays whole"
+    where = json.loads(held["replay.overflow"])
+    spilled = json.loads(target.store.client().download_blob(target.store.prefix(where["run"]) + OVERFLOW_PATH).readall())["tags"]
+    assert {**{k: v for k, v in held.items() if not k.startswith("replay.")}, **spilled} == wide["experiment_tags"]
+    assert where["tags"] == len(spilled) >= 5
+
     check = run_cli("verify", *args, cwd=tmp_path, env=env)
     assert check.returncode == 0 and "1 runs compared, 1 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
     again = run_cli("migrate", *args, cwd=tmp_path, env=env)
     assert again.returncode == 0 and "skipped 1" in again.stderr, again.stderr[-3000:]
+    assert backing.get_experiment_by_name(experiment).tags["replay.overflow"] == held["replay.overflow"], "an unchanged excess is not written again"
+
+    # A source experiment tag changes (and a new run makes replay open the experiment again): the
+    # excess moves to a new bookkeeping run, the old one goes.
+    src = MlflowClient(source.uri)
+    exp_id = src.get_experiment_by_name(experiment).experiment_id
+    src.set_experiment_tag(exp_id, "etag54", "changed")
+    src.set_terminated(src.create_run(exp_id, start_time=1_700_000_200_000, run_name="later").info.run_id, "FINISHED")
+    moved = run_cli("migrate", *args, cwd=tmp_path, env=env)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert json.loads(backing.get_experiment_by_name(experiment).tags["replay.overflow"])["run"] != where["run"]
+    assert backing.get_run(where["run"]).info.lifecycle_stage == "deleted"
+    check = run_cli("verify", *args, cwd=tmp_path, env=env)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
 
 
 # -- the incremental sync state and the source's filters on Azure ML ------------------------------------

@@ -42,13 +42,19 @@ class Limits:
     max_tag_key: int | None = None  # a longer user tag key cannot be set at all: it goes whole to overflow
     max_name_length: int | None = None  # the run's display name
     max_metric_rows: int | None = None  # points per metric name
+    max_experiment_tags: int | None = None  # every tag on the experiment, the tool's own included
+    max_experiment_tag_key: int | None = None
+    max_experiment_tag_length: int | None = None
+    max_description_length: int | None = None  # the experiment's mlflow.note.content
 
 
 MLFLOW_LIMITS = Limits()
 AZUREML_LIMITS = Limits(
     max_tags=50, max_metric_keys=50, batch_rows=250, max_tag_length=1000,
     max_params=200, max_tag_key=100, max_name_length=256, max_metric_rows=1_000_000,
+    max_experiment_tags=50, max_experiment_tag_key=250, max_experiment_tag_length=1000, max_description_length=5000,
 )
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def limits_for(uri: str, max_tags=None, max_metric_keys=None) -> Limits:
@@ -124,6 +130,28 @@ def fit_metrics(limits: Limits, job: JobRecord, points: Iterable[MetricPoint], o
             yield point
         else:
             overflow["metrics"].setdefault(point.key, []).append([point.step, point.timestamp, encode_float(point.value)])
+
+
+def fit_experiment_tags(limits: Limits, tags: dict[str, str], taken: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """(tags the experiment keeps, tags for its overflow), as fit_tags for runs: the tool's own stay,
+    user tags fill the room left after `taken` and one tag for the overflow pointer, in name order;
+    a cut value (the description has its own cap) stays cut and goes whole to overflow."""
+    limit, key_cap = limits.max_experiment_tags, limits.max_experiment_tag_key
+    # A source's own pointer (a source that is itself a replay target) names runs of that store: not copied.
+    own = {k: v for k, v in tags.items() if is_own_tag(k) and k != OVERFLOW_TAG}
+    room = None if limit is None else max(limit - len(own) - taken - 1, 0)
+    kept, spill = {}, {}
+    # The description first (what people read), then name order.
+    for key in sorted((k for k in tags if k not in own and k != OVERFLOW_TAG), key=lambda k: (k != DESCRIPTION_TAG, k)):
+        value = tags[key]
+        if (room is not None and len(kept) >= room) or (key_cap is not None and len(key) > key_cap):
+            spill[key] = value
+            continue
+        length = limits.max_description_length if key == DESCRIPTION_TAG else limits.max_experiment_tag_length
+        kept[key] = value if length is None else value[:length]
+        if kept[key] != value:
+            spill[key] = value
+    return {**own, **kept}, spill
 
 
 def write(client, run_id: str, overflow: dict, scratch: Path) -> dict[str, int]:

@@ -24,6 +24,7 @@ from runner.files.hashing import md5_file
 from runner.files.options import REFS_FILE, ArtifactOptions
 from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
+from runner.mlflow import experiment_overflow
 from runner.mlflow.source import metric_history
 
 
@@ -47,7 +48,8 @@ class JobChecker:
                 continue
             if found.lifecycle_stage != experiment.lifecycle_stage:
                 out.append(Difference("", experiment.name, "experiment_lifecycle", experiment.lifecycle_stage, found.lifecycle_stage))
-            mine = {k: v for k, v in found.tags.items() if not is_own_tag(k)}
+            # Tags the target could not hold sit in a bookkeeping run (runner.mlflow.experiment_overflow).
+            mine = {k: v for k, v in {**found.tags, **experiment_overflow.read(self.client, found.tags)}.items() if not is_own_tag(k)}
             theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
             if mine != theirs:
                 out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))

@@ -20,11 +20,11 @@ from runner.files.options import ArtifactOptions
 from runner.files.stats import CopyStats
 from runner.files.roots import source_store
 from runner.mlflow import artifact_store  # noqa: F401 - registers MLflow artifact roots with runner.files
-from runner.mlflow import uris
+from runner.mlflow import experiment_overflow, uris
 from runner.core.errors import ReplayerError, UsageError
 from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, RUN_NAME_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
 from runner.engine import limits as caps
-from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, limits_for, new_overflow
+from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, OVERFLOW_TAG, limits_for, new_overflow
 from runner.core.records import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import metric_history
 
@@ -121,25 +121,31 @@ class DirectTarget:
             if experiment.name in self._experiments:
                 return self._experiments[experiment.name]
             found = self.client.get_experiment_by_name(experiment.name)
+            have = {} if found is None else found.tags
+            # Tags the target experiment holds that the source's do not name take room too.
+            taken = len([k for k in have if k not in experiment.tags and not is_own_tag(k)])
+            tags, spill = caps.fit_experiment_tags(self.limits, experiment.tags, taken)
             if found is None:
-                experiment_id = self._create_experiment(experiment)
+                experiment_id = self._create_experiment(experiment, tags)
             else:
                 experiment_id = found.experiment_id
                 if found.lifecycle_stage == "deleted":
                     logger.warning("target experiment {} was deleted; restoring it to write runs into it", experiment.name)
                     self.client.restore_experiment(experiment_id)
-                for key, value in experiment.tags.items():
-                    if found.tags.get(key) != value:
+                for key, value in tags.items():
+                    if have.get(key) != value:
                         self.client.set_experiment_tag(experiment_id, key, value)
+            if spill or OVERFLOW_TAG in have:
+                experiment_overflow.store(self.client, experiment_id, experiment.name, spill, have.get(OVERFLOW_TAG))
             self._experiments[experiment.name] = experiment_id
             return experiment_id
 
-    def _create_experiment(self, experiment: Experiment) -> str:
+    def _create_experiment(self, experiment: Experiment, tags: dict[str, str]) -> str:
         from mlflow.exceptions import MlflowException
 
         location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
         try:
-            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
+            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=tags)
         except MlflowException:
             # A retried create whose first answer was lost finds the name taken: by itself.
             found = self.client.get_experiment_by_name(experiment.name)
