@@ -185,13 +185,13 @@ def test_window_state_fallbacks_and_errors(tmp_path):
     assert sync.window.since is None, "no state yet: everything"
     pending = sync.next_state(source)
     assert sorted(pending.open) == sorted(ids) and pending.open_since == t - DAY
-    stored = sync_state.SyncState.from_json(pending.to_json())
-    assert stored.open is None and stored.open_since == t - DAY, "160 ids do not fit one tag: the oldest start stands for them"
+    assert len(pending.to_json()) > sync_state.MAX_TAG, "160 ids do not fit one tag"
     sync_state.commit(uris.open_client(target, create=True), pending)
+    assert sync_state.read_state(target, "many") == pending, "kept whole, in a run's file"
 
     again = MlflowSource(store, Filters(), workspace="many")
     window = sync_state.begin(again, target).window
-    assert window.since == t - DAY and window.open == [], "the window opens at the oldest open run"
+    assert window.since == pending.watermark - sync_state.OVERLAP_MS and window.open == sorted(ids), "every open run by id"
     assert again.count() == 160
 
     narrower = MlflowSource(store, Filters(experiments=["many"]), workspace="many")

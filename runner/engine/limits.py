@@ -1,10 +1,13 @@
 """What one target run can hold, and where the rest goes: `replay/overflow.json` on the run.
 
-AzureML's MLflow endpoint caps a run at 50 tags and 50 metric names and takes at most 250 metric
-rows per request; every MLflow store caps param and tag values (6000 and 8000 characters). A
-writer (the direct target, `replayer step`) fits what it writes with these functions and puts the
-excess into one JSON artifact on the run, with a `replay.overflow` tag counting it; verify reads
-it back (`read`), so nothing is ever dropped silently.
+AzureML's MLflow endpoint (MicrosoftDocs resource-limits-capacity.md, and the service's
+"FieldName=Parameters, Limit=200") caps a run at 50 tags (key 100, value 1,000 characters), 200
+params, 50 metric names of at most 1,000,000 rows each and a display name of 256 characters, and
+takes at most 250 metric rows per request; every MLflow store caps param and tag values (6000 and
+8000 characters). A writer (the direct target, `replayer step`) fits what it writes with these
+functions and puts the excess into one JSON artifact on the run, with a `replay.overflow` tag
+counting it; verify reads it back (`read`), so nothing is ever dropped silently. A run name cut to
+the cap keeps its full value in overflow's tags as `mlflow.runName`.
 
 overflow.json: {"tags": {name: value}, "params": {name: full value}, "metrics": {key: [[step, timestamp, value], ...]}}
 (a param or tag cut to the cap keeps its full value there; values encoded as in the manifest).
@@ -30,16 +33,28 @@ BOOKKEEPING_TAGS = 2  # room always left for replay.complete and replay.overflow
 class Limits:
     """What one target run can hold. Whatever exceeds it goes to replay/overflow.json."""
 
-    max_tags: int | None = None  # every tag on the run, the tool's own included
+    max_tags: int | None = None  # every tag on the run, the tool's own and mlflow.runName included
     max_metric_keys: int | None = None
     max_param_length: int = 6000
     max_tag_length: int = 8000
     batch_rows: int = MAX_ENTITIES_PER_BATCH
+    max_params: int | None = None
+    max_tag_key: int | None = None  # a longer user tag key cannot be set at all: it goes whole to overflow
+    max_name_length: int | None = None  # the run's display name
+    max_metric_rows: int | None = None  # points per metric name
+    max_experiment_tags: int | None = None  # every tag on the experiment, the tool's own included
+    max_experiment_tag_key: int | None = None
+    max_experiment_tag_length: int | None = None
+    max_description_length: int | None = None  # the experiment's mlflow.note.content
 
 
 MLFLOW_LIMITS = Limits()
-# AzureML's MLflow endpoint: 50 tags and 50 metric names per run, 250 metric rows per request.
-AZUREML_LIMITS = Limits(max_tags=50, max_metric_keys=50, batch_rows=250)
+AZUREML_LIMITS = Limits(
+    max_tags=50, max_metric_keys=50, batch_rows=250, max_tag_length=1000,
+    max_params=200, max_tag_key=100, max_name_length=256, max_metric_rows=1_000_000,
+    max_experiment_tags=50, max_experiment_tag_key=250, max_experiment_tag_length=1000, max_description_length=5000,
+)
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def limits_for(uri: str, max_tags=None, max_metric_keys=None) -> Limits:
@@ -60,14 +75,16 @@ def fit_tags(limits: Limits, tags: dict[str, str], taken: int = 0) -> tuple[dict
     """(tags the run keeps, tags for overflow). The tool's own tags always stay; user tags fill
     what is left, in name order, after `taken` (tags already on the run that the writer does not
     own) and room for replay.complete and replay.overflow. A value cut to the length cap is kept
-    cut on the run and whole in overflow."""
-    limit, length = limits.max_tags, limits.max_tag_length
+    cut on the run and whole in overflow; a key over the key cap goes whole to overflow."""
+    limit, length, key_cap = limits.max_tags, limits.max_tag_length, limits.max_tag_key
     kept, spill = {}, {}
     own = {k: v for k, v in tags.items() if is_own_tag(k) or k in (PARENT_TAG, RUN_NAME_TAG)}
+    if RUN_NAME_TAG in own:
+        own[RUN_NAME_TAG] = fit_name(limits, own[RUN_NAME_TAG], spill)
     room = None if limit is None else max(limit - len(own) - taken - BOOKKEEPING_TAGS, 0)
     for key in sorted(k for k in tags if k not in own):
         value = tags[key]
-        if room is not None and len(kept) >= room:
+        if (room is not None and len(kept) >= room) or (key_cap is not None and len(key) > key_cap):
             spill[key] = value
             continue
         kept[key] = value[:length]
@@ -76,24 +93,65 @@ def fit_tags(limits: Limits, tags: dict[str, str], taken: int = 0) -> tuple[dict
     return {**own, **kept}, spill
 
 
+def fit_name(limits: Limits, name: str, spill: dict[str, str]) -> str:
+    """The run name the target takes; a longer one is cut, its whole value in overflow's tags."""
+    cap = limits.max_name_length
+    if cap is None or len(name) <= cap:
+        return name
+    spill[RUN_NAME_TAG] = name
+    return name[:cap]
+
+
 def fit_params(limits: Limits, params: dict[str, str], overflow: dict) -> dict[str, str]:
-    """Params cut to the length cap; the full value of each cut one goes to overflow."""
-    length = limits.max_param_length
-    for key, value in params.items():
+    """The first max_params params (name order) cut to the length cap; the full value of each cut
+    one and every param past the count go to overflow."""
+    length, limit = limits.max_param_length, limits.max_params
+    kept = {}
+    for key in sorted(params):
+        value = params[key]
+        if limit is not None and len(kept) >= limit:
+            overflow["params"][key] = value
+            continue
+        kept[key] = value[:length]
         if len(value) > length:
             overflow["params"][key] = value
-    return {k: v[:length] for k, v in params.items()}
+    return kept
 
 
 def fit_metrics(limits: Limits, job: JobRecord, points: Iterable[MetricPoint], overflow: dict) -> Iterator[MetricPoint]:
-    """Points of the first max_metric_keys keys (name order) stream to the run; the rest to overflow."""
-    limit = limits.max_metric_keys
+    """Points of the first max_metric_keys keys (name order), up to max_metric_rows each, stream to
+    the run; the rest go to overflow."""
+    limit, rows = limits.max_metric_keys, limits.max_metric_rows
     allowed = None if limit is None else set(sorted(job.latest_metrics)[:limit])
+    sent: dict[str, int] = {}
     for point in points:
-        if allowed is None or point.key in allowed:
+        if (allowed is None or point.key in allowed) and (rows is None or sent.get(point.key, 0) < rows):
+            sent[point.key] = sent.get(point.key, 0) + 1
             yield point
         else:
             overflow["metrics"].setdefault(point.key, []).append([point.step, point.timestamp, encode_float(point.value)])
+
+
+def fit_experiment_tags(limits: Limits, tags: dict[str, str], taken: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """(tags the experiment keeps, tags for its overflow), as fit_tags for runs: the tool's own stay,
+    user tags fill the room left after `taken` and one tag for the overflow pointer, in name order;
+    a cut value (the description has its own cap) stays cut and goes whole to overflow."""
+    limit, key_cap = limits.max_experiment_tags, limits.max_experiment_tag_key
+    # A source's own pointer (a source that is itself a replay target) names runs of that store: not copied.
+    own = {k: v for k, v in tags.items() if is_own_tag(k) and k != OVERFLOW_TAG}
+    room = None if limit is None else max(limit - len(own) - taken - 1, 0)
+    kept, spill = {}, {}
+    # The description first (what people read), then name order.
+    for key in sorted((k for k in tags if k not in own and k != OVERFLOW_TAG), key=lambda k: (k != DESCRIPTION_TAG, k)):
+        value = tags[key]
+        if (room is not None and len(kept) >= room) or (key_cap is not None and len(key) > key_cap):
+            spill[key] = value
+            continue
+        length = limits.max_description_length if key == DESCRIPTION_TAG else limits.max_experiment_tag_length
+        kept[key] = value if length is None else value[:length]
+        if kept[key] != value:
+            spill[key] = value
+    return {**own, **kept}, spill
 
 
 def write(client, run_id: str, overflow: dict, scratch: Path) -> dict[str, int]:

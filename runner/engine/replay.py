@@ -42,6 +42,7 @@ class Summary:
     failed: int = 0
     metric_points: int = 0
     overflowed: int = 0  # runs with replay/overflow.json (target caps exceeded)
+    overflow: dict[str, int] = field(default_factory=dict)  # what those files hold, by kind (tags, params, metrics)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -63,8 +64,12 @@ class Summary:
         return (
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
-            + (f", {self.overflowed} runs over the target's limits (see replay/overflow.json on them)" if self.overflowed else "")
+            + (f", {self.overflowed} runs over the target's limits ({self.overflow_line()} in replay/overflow.json on them)" if self.overflowed else "")
         )
+
+
+    def overflow_line(self) -> str:
+        return ", ".join(f"{count} {kind}" for kind, count in sorted(self.overflow.items())) or "see"
 
 
 class ParentFailed(Exception):
@@ -121,6 +126,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
     if files is not None and files.files:
         logger.info("artifacts: {}", files.line())  # how many went server-side, streamed, or were already there
     summary.overflowed = getattr(target, "overflowed", 0)
+    summary.overflow = dict(getattr(target, "overflow_counts", {}))
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -13,7 +13,7 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, error_tag, is_own_tag
+from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
 from runner.engine.metric_digest import Digest, count_differences, point_hash
@@ -24,6 +24,7 @@ from runner.files.hashing import md5_file
 from runner.files.options import REFS_FILE, ArtifactOptions
 from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
+from runner.mlflow import experiment_overflow
 from runner.mlflow.source import metric_history
 
 
@@ -47,7 +48,8 @@ class JobChecker:
                 continue
             if found.lifecycle_stage != experiment.lifecycle_stage:
                 out.append(Difference("", experiment.name, "experiment_lifecycle", experiment.lifecycle_stage, found.lifecycle_stage))
-            mine = {k: v for k, v in found.tags.items() if not is_own_tag(k)}
+            # Tags the target could not hold sit in a bookkeeping run (runner.mlflow.experiment_overflow).
+            mine = {k: v for k, v in {**found.tags, **experiment_overflow.read(self.client, found.tags)}.items() if not is_own_tag(k)}
             theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
             if mine != theirs:
                 out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
@@ -75,7 +77,7 @@ class JobChecker:
         out = []
         pairs = [
             ("experiment", self.mapping.experiment_name(job.experiment), self.experiment_name(info.experiment_id)),
-            ("name", job.name, info.run_name or ""),
+            ("name", job.name, overflow["tags"].get(RUN_NAME_TAG) or info.run_name or ""),  # a name cut to the cap is whole there
             ("status", job.status, info.status),
             ("start_time", job.start_time, info.start_time),
             ("lifecycle", job.lifecycle_stage, info.lifecycle_stage),

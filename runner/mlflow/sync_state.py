@@ -13,8 +13,15 @@ state is one tag per source on the target experiment `replayer-sync`:
   watermark - OVERLAP: clients' clocks differ, and a run may start while a sync reads.
 - open: runs read again by id next time whatever their start time: those not terminal then
   (RUNNING, SCHEDULED: a job running at the last sync is brought up to date once finished), and
-  trees the filters left waiting (past `--limit`, or a `--status` they may reach). Ids that do not
-  fit in one tag give way to open_since, their oldest start: the window then opens there.
+  trees the filters left waiting (past `--limit`, or a `--status` they may reach).
+- Where it lives: Azure ML caps an experiment tag value at 1,000 characters (and an experiment at
+  50 tags), so a state longer than MAX_TAG goes whole, at any number of open runs, into an artifact
+  `replay/sync-state.json` of a finished run of `replayer-sync` (tag `replay.sync.key`), and the
+  tag holds a pointer to it: {"key": ..., "run": "<run id>", "sha1": "<of the JSON>"}. Each commit
+  writes a new run (Azure ML refuses a second upload of one path), then moves the pointer, then
+  deletes the run it pointed at before. A state that cannot be written fails the sync (no state is
+  cut); a pointer whose run or file is gone or differs is an unreadable state: a full read.
+  (States written by older versions, `open` null with open_since standing for the ids, still read.)
 - A killed or failed sync writes nothing, so the next one redoes its window (the ledger keeps it
   from duplicating anything). Other filters than the state's mean a full read.
 - A window cannot see a run changed after it finished (a tag edited, a run deleted) or created
@@ -26,7 +33,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from loguru import logger
 
@@ -39,7 +46,9 @@ STATE_EXPERIMENT = "replayer-sync"
 TAG_PREFIX = "replay.sync."
 PENDING_FILE = "sync.json"  # in a manifest: the state replay writes once the manifest is in
 OVERLAP_MS = 3_600_000  # read an hour back: clock skew between clients, runs started mid-sync
-MAX_STATE = 5000  # characters: MLflow's limit on an experiment tag value
+MAX_TAG = 1000  # characters: Azure ML's limit on an experiment tag value (MLflow's is 5000)
+STATE_FILE = "replay/sync-state.json"  # a state longer than MAX_TAG, on a run of STATE_EXPERIMENT
+KEY_TAG = "replay.sync.key"  # on that run: whose state it holds
 NOT_SELECTION = ("limit", "shard")  # a batch size, and part of the key: neither changes what a sync must hold
 
 
@@ -54,11 +63,7 @@ class SyncState:
     runs: int = 0  # how many runs this sync selected (for people reading the tag)
 
     def to_json(self) -> str:
-        text = json.dumps(asdict(self), separators=(",", ":"))
-        if len(text) > MAX_STATE and self.open:
-            logger.info("sync state: {} open runs do not fit in one tag; the next sync reads from the oldest of them", len(self.open))
-            text = json.dumps({**asdict(self), "open": None}, separators=(",", ":"))
-        return text
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "SyncState":
@@ -163,33 +168,89 @@ def begin(source, target: str | None, full: bool = False) -> Sync:
 
 
 def commit(client, state: SyncState) -> None:
-    """Write the state into the target (after a clean pass only)."""
+    """Write the state into the target (after a clean pass only): in its tag, or past MAX_TAG in a
+    run's file with the tag pointing at it (module doc)."""
+    experiment = state_experiment(client)
+    tag, text = tag_name(state.key), state.to_json()
+    before = pointer(experiment.tags.get(tag))
+    value = text if len(text) <= MAX_TAG else write_state_run(client, experiment.experiment_id, state, text)
+    client.set_experiment_tag(experiment.experiment_id, tag, value)
+    if before and before.get("run") and before["run"] not in value:
+        delete_state_run(client, before["run"])
+    logger.info("sync state of {} written: watermark {}, {} open runs", state.key, iso(state.watermark), len(state.open or []))
+
+
+def state_experiment(client):
     found = client.get_experiment_by_name(STATE_EXPERIMENT)
     if found is None:
-        note = "replayer's incremental sync state: one replay.sync.* tag per source; delete a tag to make that source's next sync read everything"
-        experiment_id = client.create_experiment(STATE_EXPERIMENT, tags={"mlflow.note.content": note})
-    else:
-        experiment_id = found.experiment_id
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment_id)
-    client.set_experiment_tag(experiment_id, tag_name(state.key), state.to_json())
-    logger.info("sync state of {} written: watermark {}, {} open runs", state.key, iso(state.watermark), len(state.open or []))
+        note = ("replayer's incremental sync state: one replay.sync.* tag per source (a long state sits in a run's "
+                f"{STATE_FILE}, the tag pointing at it); delete a tag to make that source's next sync read everything")
+        client.create_experiment(STATE_EXPERIMENT, tags={"mlflow.note.content": note})
+        return client.get_experiment_by_name(STATE_EXPERIMENT)
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    return found
+
+
+def write_state_run(client, experiment_id: str, state: SyncState, text: str) -> str:
+    """A finished run of `replayer-sync` holding the whole state as STATE_FILE; returns the pointer."""
+    import tempfile
+
+    run_id = client.create_run(experiment_id, tags={KEY_TAG: state.key[:MAX_TAG]}, run_name="sync state").info.run_id
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / PurePosixPath(STATE_FILE).name
+        path.write_text(text, encoding="utf-8")
+        client.log_artifact(run_id, str(path), str(PurePosixPath(STATE_FILE).parent))
+    client.set_terminated(run_id, "FINISHED")
+    return json.dumps({"key": state.key[:200], "run": run_id, "sha1": hashlib.sha1(text.encode()).hexdigest()})
+
+
+def delete_state_run(client, run_id: str) -> None:
+    try:
+        client.delete_run(run_id)
+    except Exception as error:  # noqa: BLE001 - an old state's run left behind is harmless
+        logger.warning("could not delete the previous sync state's run {}: {}", run_id, error)
+
+
+def pointer(text: str | None) -> dict | None:
+    """The tag's value when it points at a state run, else None (an inline state, or no tag)."""
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "run" in data and "watermark" not in data else None
 
 
 def read_state(target: str, key: str) -> SyncState | None:
     resolved = uris.tracking_uri(target)
     if not uris.exists(resolved):
         return None
-    found = uris.open_client(target, create=False).get_experiment_by_name(STATE_EXPERIMENT)
+    client = uris.open_client(target, create=False)
+    found = client.get_experiment_by_name(STATE_EXPERIMENT)
     text = found.tags.get(tag_name(key)) if found is not None and found.lifecycle_stage == "active" else None
     if not text:
         return None
     try:
-        state = SyncState.from_json(text)
-    except (TypeError, ValueError) as error:
+        where = pointer(text)
+        state = SyncState.from_json(read_state_run(client, where) if where else text)
+    except Exception as error:  # noqa: BLE001 - any unreadable state means a full read, said out loud
         logger.warning("unreadable sync state for {} ({}); this sync reads everything", key, error)
         return None
     return state if state.key == key else None
+
+
+def read_state_run(client, where: dict) -> str:
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    try:
+        text = Path(client.download_artifacts(where["run"], STATE_FILE, folder)).read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if hashlib.sha1(text.encode()).hexdigest() != where.get("sha1"):
+        raise ValueError(f"{STATE_FILE} of run {where['run']} is not the state its tag names")
+    return text
 
 
 # -- through a manifest: extract prepares, replay commits ----------------------------------------

@@ -20,11 +20,11 @@ from runner.files.options import ArtifactOptions
 from runner.files.stats import CopyStats
 from runner.files.roots import source_store
 from runner.mlflow import artifact_store  # noqa: F401 - registers MLflow artifact roots with runner.files
-from runner.mlflow import uris
+from runner.mlflow import experiment_overflow, uris
 from runner.core.errors import ReplayerError, UsageError
-from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
+from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, RUN_NAME_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
 from runner.engine import limits as caps
-from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, limits_for, new_overflow
+from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, OVERFLOW_TAG, limits_for, new_overflow
 from runner.core.records import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import metric_history
 
@@ -47,6 +47,7 @@ class DirectTarget:
         self._artifact_uris: dict[str, str] = {}  # runs created by this process, until finished
         self.limits = limits_for(resolved)  # cli.open_target applies --max-tags / --max-metric-keys
         self.overflowed = 0  # runs that needed replay/overflow.json
+        self.overflow_counts: Counter = Counter()  # what those files hold, by kind, for the summary
         self._tag_overflow: dict[str, dict[str, str]] = {}  # run id -> tags create_run could not hold
         self.artifact_options = ArtifactOptions()  # cli.open_target sets the --artifacts flags
         self.artifact_stats = CopyStats()  # totals over all runs, for the summary
@@ -133,25 +134,31 @@ class DirectTarget:
             if experiment.name in self._experiments:
                 return self._experiments[experiment.name]
             found = self.client.get_experiment_by_name(experiment.name)
+            have = {} if found is None else found.tags
+            # Tags the target experiment holds that the source's do not name take room too.
+            taken = len([k for k in have if k not in experiment.tags and not is_own_tag(k)])
+            tags, spill = caps.fit_experiment_tags(self.limits, experiment.tags, taken)
             if found is None:
-                experiment_id = self._create_experiment(experiment)
+                experiment_id = self._create_experiment(experiment, tags)
             else:
                 experiment_id = found.experiment_id
                 if found.lifecycle_stage == "deleted":
                     logger.warning("target experiment {} was deleted; restoring it to write runs into it", experiment.name)
                     self.client.restore_experiment(experiment_id)
-                for key, value in experiment.tags.items():
-                    if found.tags.get(key) != value:
+                for key, value in tags.items():
+                    if have.get(key) != value:
                         self.client.set_experiment_tag(experiment_id, key, value)
+            if spill or OVERFLOW_TAG in have:
+                experiment_overflow.store(self.client, experiment_id, experiment.name, spill, have.get(OVERFLOW_TAG))
             self._experiments[experiment.name] = experiment_id
             return experiment_id
 
-    def _create_experiment(self, experiment: Experiment) -> str:
+    def _create_experiment(self, experiment: Experiment, tags: dict[str, str]) -> str:
         from mlflow.exceptions import MlflowException
 
         location = f"{self._artifact_root}/{uuid4().hex}" if self._artifact_root else None
         try:
-            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=experiment.tags)
+            experiment_id = self.client.create_experiment(experiment.name, artifact_location=location, tags=tags)
         except MlflowException:
             # A retried create whose first answer was lost finds the name taken: by itself.
             found = self.client.get_experiment_by_name(experiment.name)
@@ -169,8 +176,9 @@ class DirectTarget:
         return tags
 
     def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
-        kept, overflow_tags = self.fit_tags(tags)
-        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=kept, run_name=job.name or None)
+        kept, overflow_tags = self.fit_run_tags(job, tags)
+        run_name = kept.pop(RUN_NAME_TAG, None)  # the store sets that tag from the run name
+        run = self.client.create_run(experiment_id, start_time=job.start_time, tags=kept, run_name=run_name)
         with self._lock:
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
             self._tag_overflow[run.info.run_id] = overflow_tags
@@ -210,7 +218,7 @@ class DirectTarget:
             self.client.restore_run(run_id)
         if COMPLETE in run.data.tags:
             self.client.delete_tag(run_id, COMPLETE)  # incomplete until this repair finishes
-        tags, overflow_tags = self.fit_tags(tags)
+        tags, overflow_tags = self.fit_run_tags(job, tags)
         overflow = new_overflow(overflow_tags)
         changed_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
         for key, value in self.fit_params(job.params, new_overflow({})).items():
@@ -242,6 +250,13 @@ class DirectTarget:
     def fit_tags(self, tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         return caps.fit_tags(self.limits, tags)
 
+    def fit_run_tags(self, job: JobRecord, tags: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """fit_tags with the run name as the `mlflow.runName` tag the store makes of it: counted
+        among the run's tags and cut to the target's display name cap. A run without a name gets
+        one from the store all the same, so room for that tag is kept too."""
+        named = {RUN_NAME_TAG: job.name, **tags} if job.name else tags
+        return caps.fit_tags(self.limits, named, taken=0 if RUN_NAME_TAG in named else 1)
+
     def fit_params(self, params: dict[str, str], overflow: dict) -> dict[str, str]:
         return caps.fit_params(self.limits, params, overflow)
 
@@ -254,6 +269,7 @@ class DirectTarget:
             return
         with self._lock:
             self.overflowed += 1
+            self.overflow_counts.update(counts)
         logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
 
     def delete_run(self, run_id: str) -> None:

@@ -18,7 +18,8 @@ What it serves (the routes azure-ai-ml 1.35.2 and azureml-mlflow 1.62 call for r
                    workspaces/W/runs/NAME[/children]     (children paged with `continuationToken`, no
                                                           nextLink, as the service does)
 - MLflow      ANY  /mlflow/v1.0|v2.0/subscriptions/.../workspaces/W/api/2.0/mlflow/...  forwarded to a real
-                   `mlflow server` (run ids there are the job names, as in AzureML)
+                   `mlflow server` (run ids there are the job names, as in AzureML), after Azure ML's
+                   documented limits and search-filter support are checked (fakes/azureml_limits.py)
 
 Every answer is built from azure-ai-ml's own REST models (`azure.ai.ml._restclient.arm_ml_service.models`
 serialized with their `SdkJSONEncoder`, run history `Run` models with theirs), never hand-written JSON.
@@ -592,3 +593,4 @@ from fakes import azureml_artifacts  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_datastores  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_assets  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_computes  # noqa: E402,F401  (registers its routes)
+from fakes import azureml_limits  # noqa: E402,F401  (registers its routes: Azure ML's MLflow limits)
