@@ -90,7 +90,24 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def make_token(tenant: str = TENANT, aud: str = "https://ml.azure.com", oid: str = "fake-user", expires_in: int = 3600) -> str:
+MANAGEMENT = "https://management.azure.com/.default"  # the scope azure-ai-ml and azureml-mlflow ask for (public cloud)
+# Audiences each route family accepts (trailing "/" ignored). ARM takes its two resource names, as its
+# 401 InvalidAuthenticationTokenAudience lists them. Run history and MLflow (the `api` host) take what
+# azure-ai-ml and azureml-mlflow send there, the resource manager's: a token for another resource
+# (https://ml.azure.com, storage) is refused, so a client asking the wrong scope fails a test.
+AUDIENCES = {
+    "arm": ("https://management.azure.com", "https://management.core.windows.net"),
+    "history": ("https://management.azure.com", "https://management.core.windows.net"),
+    "mlflow": ("https://management.azure.com", "https://management.core.windows.net"),
+}
+
+
+def audience(scope: str) -> str:
+    """The `aud` AAD puts in a token asked for `scope` (a v2 scope `R/.default` or a v1 resource `R`)."""
+    return scope.removesuffix(".default") if scope.endswith("/.default") else scope
+
+
+def make_token(tenant: str = TENANT, aud: str = "https://management.azure.com/", oid: str = "fake-user", expires_in: int = 3600) -> str:
     """A JWT-shaped token (unsigned): header.payload.signature, like AAD's, with aud/tid/oid/exp."""
     now = int(time.time())
     header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
@@ -115,12 +132,14 @@ class FakeCredential:
     def __init__(self, tenant: str = TENANT):
         self.tenant = tenant
         self.calls = 0
+        self.scopes: list[tuple] = []  # the scopes of every get_token call, in order
 
     def get_token(self, *scopes: str, claims=None, tenant_id=None, enable_cae=False, **kwargs):
         from azure.core.credentials import AccessToken
 
         self.calls += 1
-        return AccessToken(make_token(tenant_id or self.tenant), int(time.time()) + 3600)
+        self.scopes.append(scopes)
+        return AccessToken(make_token(tenant_id or self.tenant, aud=audience(scopes[0] if scopes else MANAGEMENT)), int(time.time()) + 3600)
 
     def close(self) -> None:
         pass
@@ -130,14 +149,14 @@ FAKE_AZ = """#!{python}
 # A stand-in for the Azure CLI's `az account get-access-token` (what AzureCliCredential runs).
 import json, sys, time
 sys.path.insert(0, {tests!r})  # the package `fakes`: route modules import it
-from fakes.azureml_control_plane import make_token
+from fakes.azureml_control_plane import audience, make_token
 args = sys.argv[1:]
 if {fail!r}:
     sys.stderr.write("ERROR: Please run 'az login' to set up an account.\\n")
     sys.exit(1)
 tenant = args[args.index("--tenant") + 1] if "--tenant" in args else {tenant!r}
-resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://ml.azure.com")
-aud = resource.removesuffix("/.default").rstrip("/") if "storage.azure.com" in resource else "https://ml.azure.com"
+resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://management.azure.com/")
+aud = resource.removesuffix("/.default").rstrip("/") if "storage.azure.com" in resource else audience(resource)
 print(json.dumps({{"accessToken": make_token(tenant, aud=aud), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
 """
 
@@ -204,6 +223,52 @@ def dump(model) -> bytes:
 
 # -- the server -----------------------------------------------------------------------------
 
+# The discovery answer's keys besides `api`, by the host they share in the real answer.
+ELSEWHERE = {
+    "catalog": ("catalog",),
+    "experiments": ("experimentation", "history", "hyperdrive", "labeling"),
+    "modelmanagement": ("modelmanagement",),
+    "pipelines": ("pipelines",),
+    "studio": ("studio",),
+}
+
+
+class _Elsewhere:
+    """A discovery host the replayer has no business calling: every request is a 404, counted as
+    `elsewhere_<group>` in the fake's requests."""
+
+    def __init__(self, context: ssl.SSLContext, group: str, requests: Counter):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                requests[f"elsewhere_{group}"] += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"error": {"code": "NotFound", "message": f"no route {self.path.split('?')[0]} on the {group} host",
+                                             "details": [], "additionalInfo": []}}).encode()
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> None:
+        threading.Thread(target=self.server.serve_forever, name="fake-azureml-elsewhere", daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 class FakeControlPlane:
     """Start with `with FakeControlPlane(tmp, mlflow_uri) as fake:`; `fake.url` is the base URL."""
@@ -238,6 +303,9 @@ class FakeControlPlane:
         self.port = self.server.server_address[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self._thread: threading.Thread | None = None
+        # The discovery answer's other hosts, grouped as in the real answer (history, experimentation,
+        # hyperdrive and labeling share `{region}.experiments.azureml.net`): one listener each.
+        self.elsewhere = {group: _Elsewhere(context, group, self.requests) for group in ELSEWHERE}
 
     def add(self, workspace: FakeWorkspace) -> FakeWorkspace:
         self.workspaces[(workspace.subscription.lower(), workspace.resource_group.lower(), workspace.name.lower())] = workspace
@@ -249,11 +317,19 @@ class FakeControlPlane:
     def start(self) -> "FakeControlPlane":
         self._thread = threading.Thread(target=self.server.serve_forever, name="fake-azureml", daemon=True)
         self._thread.start()
+        for other in self.elsewhere.values():
+            other.start()
         return self
 
     def stop(self) -> None:
+        for other in self.elsewhere.values():
+            other.stop()
         self.server.shutdown()
         self.server.server_close()
+
+    def elsewhere_urls(self) -> dict[str, str]:
+        """Discovery keys other than `api` -> their hosts' URLs."""
+        return {key: self.elsewhere[group].url for group, keys in ELSEWHERE.items() for key in keys}
 
     def __enter__(self):
         return self.start()
@@ -345,10 +421,11 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         self.lost = None  # one handler serves every request of a kept-alive connection
         try:
-            if path.startswith("/discovery/"):
+            if path == "/discovery":  # the region's discovery, answered without a token (as the service does)
                 fake.requests["discovery"] += 1
-                return self._discovery(path)
-            if not self._authorized():
+                return self._discovery()
+            family = "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm"
+            if not self._authorized(family):
                 return
             fault = fake.should_fail(f"{self.command} {self.path} {hashlib.md5(body).hexdigest()}")
             if fault:
@@ -380,7 +457,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _authorized(self) -> bool:
+    def _authorized(self, family: str = "arm") -> bool:
         header = self.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             self._error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
@@ -400,7 +477,23 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The access token is from the wrong issuer 'https://sts.windows.net/{claims.get('tid')}/'. It must match the tenant associated with this subscription.",
             )
             return False
-        return True
+        return self._right_audience(claims, family)
+
+    def _right_audience(self, claims: dict, family: str) -> bool:
+        """A token for another resource is refused, with ARM's 401 InvalidAuthenticationTokenAudience."""
+        allowed = AUDIENCES[family]
+        if str(claims.get("aud", "")).rstrip("/") in allowed:
+            return True
+        self.fake.requests[f"wrong_audience_{family}"] += 1
+        listed = ",".join(f"'{a}/','{a}'" for a in allowed)
+        self._error(
+            401,
+            "InvalidAuthenticationTokenAudience",
+            f"The access token has been obtained for wrong audience or resource '{claims.get('aud')}'. "
+            f"It should exactly match with one of the allowed audiences {listed}.",
+            {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="The access token has been obtained for wrong audience or resource"'},
+        )
+        return False
 
     # -- ARM / MFE --------------------------------------------------------------------------
 
@@ -489,7 +582,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "properties": WorkspaceProperties(
                     friendly_name=ws.name,
                     description="fake workspace",
-                    discovery_url=f"https://{host}/discovery/workspaces/{ws.workspace_id}",
+                    discovery_url=f"https://{host}/discovery",
                     ml_flow_tracking_uri=f"azureml://{host}/mlflow/v1.0{ws.scope}",
                     workspace_id=ws.workspace_id,
                     tenant_id=ws.tenant,
@@ -531,13 +624,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- discovery and run history ------------------------------------------------------------
 
-    def _discovery(self, path: str) -> None:
-        workspace_id = path.rstrip("/").rsplit("/", 1)[-1]
-        if not any(ws.workspace_id == workspace_id for ws in self.fake.workspaces.values()):
-            return self._error(404, "NotFound", "unknown workspace id")
-        url = self.fake.url
-        urls = {key: url for key in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
-        self._send(200, json.dumps(urls).encode())
+    def _discovery(self) -> None:
+        """The region's service hosts, with the keys of the real answer (recordings: 2026). `api` is
+        this server; the others are hosts of their own that serve nothing (a client sending run
+        history to `history`, as the key's name suggests, is answered 404 there)."""
+        self._send(200, json.dumps({"api": self.fake.url, **self.fake.elsewhere_urls()}).encode())
 
     def _history(self, scope: str, query: dict, body: bytes = b"") -> None:
         fake = self.fake
