@@ -13,10 +13,12 @@ What it serves (the routes azure-ai-ml 1.35.2 and azureml-mlflow 1.62 call for r
                                                           the job is listed from then on with status NotStarted;
                                                           `status_plan[NAME]` feeds it later statuses, one per GET)
               GET  .../workspaces/W/jobs?tag=KEY         (only jobs carrying tag KEY, as the service filters)
-- discovery   GET  /discovery/workspaces/WSID            (the workspace's `discoveryUrl`)
+- discovery   GET  /discovery                            (the workspace's `discoveryUrl`, no token needed): the real
+                                                          keys; `api` is this server, every other key a host of
+                                                          its own answering 404 to anything (tests/recordings)
 - run history GET  /history/v1.0/subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/
                    workspaces/W/runs/NAME[/children]     (children paged with `continuationToken`, no
-                                                          nextLink, as the service does)
+                                                          nextLink, and no continuation key on the last page)
 - MLflow      ANY  /mlflow/v1.0|v2.0/subscriptions/.../workspaces/W/api/2.0/mlflow/...  forwarded to a real
                    `mlflow server` (run ids there are the job names, as in AzureML)
 
@@ -24,7 +26,10 @@ Every answer is built from azure-ai-ml's own REST models (`azure.ai.ml._restclie
 serialized with their `SdkJSONEncoder`, run history `Run` models with theirs), never hand-written JSON.
 
 Auth: every request needs `Authorization: Bearer <JWT-shaped token>` whose `tid` claim is the
-workspace tenant; anything else answers 401 like ARM does. Faults: `fault_share` of distinct requests
+workspace tenant and whose `aud` is one its route family takes (AUDIENCES: the resource manager's,
+for ARM and run history alike, as azure-ai-ml and azureml-mlflow ask); anything else answers 401
+like ARM does. FakeCredential and the fake `az` mint tokens with the audience of the scope asked.
+Errors carry the management front end's body: {"error": {"code", "message", "details", "additionalInfo"}}. Faults: `fault_share` of distinct requests
 meet one of `fault_kinds` on their first attempt (their retry succeeds), as tests/fakes/fault_proxy.py
 does for mlflow servers: 429 (with Retry-After) or 503, not carried out; "reset", the connection is
 closed unanswered, not carried out; "lost" / "lost_reset", carried out, then answered 500 / closed
@@ -55,6 +60,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+
+from fakes.azureml_discovery import ELSEWHERE, Elsewhere
 
 TENANT = "72f988bf-0000-4000-8000-00000000a11e"
 ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
@@ -213,62 +220,28 @@ class FakeWorkspace:
 
 
 def dump(model) -> bytes:
-    """JSON of an azure-ai-ml REST model with the model's own serializer (read-only fields included)."""
+    """JSON of an azure-ai-ml REST model with the model's own serializer (read-only fields included).
+    A run history Run gets every key the service sends, null where unset (`"runDefinition": null`,
+    `"error": null`, ...), where the serializer would drop them: RUN_KEYS."""
     if hasattr(model, "serialize") and not hasattr(model, "_attr_to_rest_field"):
         return json.dumps(model.serialize(keep_readonly=True)).encode()
     from azure.ai.ml._restclient.arm_ml_service._utils.model_base import SdkJSONEncoder
 
+    if type(model).__name__ == "Run":
+        return json.dumps({**dict.fromkeys(run_keys()), **json.loads(json.dumps(model, cls=SdkJSONEncoder))}).encode()
     return json.dumps(model, cls=SdkJSONEncoder).encode()
 
 
+def run_keys() -> list[str]:
+    """The keys of a run history Run as the service sends them (tests/recordings/pipeline_get_child_run.json,
+    2026): azure-ai-ml's Run model's, less four it has and the service did not send, plus two it lacks."""
+    from azure.ai.ml._restclient.runhistory.models import Run
+
+    model = [field._rest_name for field in Run(run_id="")._attr_to_rest_field.values()]
+    return [k for k in model if k not in ("activeChildRunId", "isVirtual", "options", "hasVirtualParent")] + ["currentAttemptId", "scheduleId"]
+
+
 # -- the server -----------------------------------------------------------------------------
-
-# The discovery answer's keys besides `api`, by the host they share in the real answer.
-ELSEWHERE = {
-    "catalog": ("catalog",),
-    "experiments": ("experimentation", "history", "hyperdrive", "labeling"),
-    "modelmanagement": ("modelmanagement",),
-    "pipelines": ("pipelines",),
-    "studio": ("studio",),
-}
-
-
-class _Elsewhere:
-    """A discovery host the replayer has no business calling: every request is a 404, counted as
-    `elsewhere_<group>` in the fake's requests."""
-
-    def __init__(self, context: ssl.SSLContext, group: str, requests: Counter):
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self) -> None:
-                requests[f"elsewhere_{group}"] += 1
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.dumps({"error": {"code": "NotFound", "message": f"no route {self.path.split('?')[0]} on the {group} host",
-                                             "details": [], "additionalInfo": []}}).encode()
-                self.send_response(404)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> None:
-        threading.Thread(target=self.server.serve_forever, name="fake-azureml-elsewhere", daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class FakeControlPlane:
     """Start with `with FakeControlPlane(tmp, mlflow_uri) as fake:`; `fake.url` is the base URL."""
@@ -305,7 +278,7 @@ class FakeControlPlane:
         self._thread: threading.Thread | None = None
         # The discovery answer's other hosts, grouped as in the real answer (history, experimentation,
         # hyperdrive and labeling share `{region}.experiments.azureml.net`): one listener each.
-        self.elsewhere = {group: _Elsewhere(context, group, self.requests) for group in ELSEWHERE}
+        self.elsewhere = {group: Elsewhere(context, group, self.requests) for group in ELSEWHERE}
 
     def add(self, workspace: FakeWorkspace) -> FakeWorkspace:
         self.workspaces[(workspace.subscription.lower(), workspace.resource_group.lower(), workspace.name.lower())] = workspace
@@ -396,9 +369,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
-        from azure.ai.ml._restclient.arm_ml_service.models import ErrorDetail, ErrorResponse
-
-        self._send(status, dump(ErrorResponse(error=ErrorDetail(code=code, message=message))), headers=headers)
+        """The management front end's error body (tests/recordings/mfe_error_not_found.json): code,
+        message, empty details, and additionalInfo naming the component, correlation, time."""
+        operation = hashlib.md5(self.path.encode()).hexdigest()
+        info = [
+            {"type": "ComponentName", "info": {"value": "managementfrontend"}},
+            {"type": "Correlation", "info": {"value": {"operation": operation, "request": operation[:16]}}},
+            {"type": "Environment", "info": {"value": "local"}},
+            {"type": "Location", "info": {"value": "local"}},
+            {"type": "Time", "info": {"value": datetime.now(timezone.utc).isoformat()}},
+        ]
+        body = {"error": {"code": code, "message": message, "details": [], "additionalInfo": info}}
+        self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8", {"x-ms-response-type": "error", **(headers or {})})
 
     def do_GET(self):
         self._dispatch(b"")
@@ -655,9 +637,11 @@ class _Handler(BaseHTTPRequestHandler):
         start = int((query.get("$continuationtoken") or ["0"])[0])
         size = min(int((query.get("$top") or [self.fake.children_page])[0]), self.fake.children_page)
         page = kids[start : start + size]
-        body = {"value": [json.loads(dump(ws.runs[k])) for k in page], "nextLink": None}
-        # The service pages run children with a continuation token, not a nextLink.
-        body["continuationToken"] = str(start + size) if start + size < len(kids) else None
+        body = {"value": [json.loads(dump(ws.runs[k])) for k in page]}
+        # The service pages run children with a continuation token, not a nextLink; its last page
+        # has no continuation key at all, not a null one (tests/recordings: `{"value": [...]}` only).
+        if start + size < len(kids):
+            body["continuationToken"] = str(start + size)
         self._send(200, json.dumps(body).encode())
 
     # -- MLflow ------------------------------------------------------------------------------
