@@ -256,7 +256,10 @@ class RunHistoryStore:
         with self._writing(path) as (blob, direct):
             with self._lock:
                 staged = None if direct else self._staged.setdefault(path, {})
-            return write_block_blob(blob, path, reader, size, options, on_bytes, staged)
+            written = write_block_blob(blob, path, reader, size, options, on_bytes, staged)
+        with self._lock:  # committed: none of them is pending any more
+            self._staged.pop(path, None)
+        return written
 
     def copy_from(self, src, src_path: str, path: str, source, options) -> None:
         with self._writing(path) as (blob, direct):

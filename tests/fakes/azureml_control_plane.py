@@ -406,8 +406,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/discovery":  # the region's discovery, answered without a token (as the service does)
                 fake.requests["discovery"] += 1
                 return self._discovery()
-            family = "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm"
-            if not self._authorized(family):
+            if not self._authorized():
                 return
             fault = fake.should_fail(f"{self.command} {self.path} {hashlib.md5(body).hexdigest()}")
             if fault:
@@ -439,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _authorized(self, family: str = "arm") -> bool:
+    def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             self._error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
@@ -459,7 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The access token is from the wrong issuer 'https://sts.windows.net/{claims.get('tid')}/'. It must match the tenant associated with this subscription.",
             )
             return False
-        return self._right_audience(claims, family)
+        path = urlsplit(self.path).path
+        return self._right_audience(claims, "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm")
 
     def _right_audience(self, claims: dict, family: str) -> bool:
         """A token for another resource is refused, with ARM's 401 InvalidAuthenticationTokenAudience."""
