@@ -110,11 +110,12 @@ AUDIENCES = {
 
 
 def audience(scope: str) -> str:
-    """The `aud` AAD puts in a token asked for `scope` (a v2 scope `R/.default` or a v1 resource `R`)."""
-    return scope.removesuffix(".default") if scope.endswith("/.default") else scope
+    """The `aud` AAD puts in a token asked for `scope` (a v2 scope `R/.default` or a v1 resource `R`):
+    the resource without a trailing "/", which azure-ai-ml checks to the letter for https://ml.azure.com."""
+    return scope.removesuffix("/.default").rstrip("/")
 
 
-def make_token(tenant: str = TENANT, aud: str = "https://management.azure.com/", oid: str = "fake-user", expires_in: int = 3600) -> str:
+def make_token(tenant: str = TENANT, aud: str = "https://management.azure.com", oid: str = "fake-user", expires_in: int = 3600) -> str:
     """A JWT-shaped token (unsigned): header.payload.signature, like AAD's, with aud/tid/oid/exp."""
     now = int(time.time())
     header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
@@ -163,7 +164,7 @@ if {fail!r}:
     sys.exit(1)
 tenant = args[args.index("--tenant") + 1] if "--tenant" in args else {tenant!r}
 resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://management.azure.com/")
-aud = resource.removesuffix("/.default").rstrip("/") if "storage.azure.com" in resource else audience(resource)
+aud = audience(resource)
 print(json.dumps({{"accessToken": make_token(tenant, aud=aud), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
 """
 
