@@ -366,3 +366,47 @@ def test_a_workspace_uri_or_config_json_works_as_a_target(servers, target, uniqu
         assert len(replayed_runs(target.backing.uri, workspace)) == total
         again = run_cli("verify", *args, cwd=tmp_path, env=env)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_a_write_in_blocks_through_run_history_never_reads_through_the_write_sas(target, unique, monkeypatch):
+    """Run history's upload SAS is known to create and write, nothing more (the fake's grants exactly
+    that, and Azurite enforces it): a file streamed in several blocks is staged and committed through
+    it without reading its block list back, and lands whole with its MD5."""
+    import contextlib
+    import dataclasses
+    import hashlib
+    import io
+
+    from azure.ai.ml._restclient.runhistory import RunHistoryClient
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobClient
+
+    from fakes.azureml_control_plane import FakeCredential
+    from runner.azureml.credentials import management_scope
+    from runner.azureml.run_history import RunHistory, RunHistoryStore
+    from runner.files.options import ArtifactOptions
+
+    for key, value in target.env.items():
+        monkeypatch.setenv(key, value)
+    run = f"blocks-{unique}"
+    azureml_artifacts.mlflow_runs(target.ws).add(run)  # a run the workspace knows
+    client = RunHistoryClient(FakeCredential(), base_url=target.fake.url, credential_scopes=[management_scope()])
+    history = RunHistory(lambda: client, SUB, RG, WS, lambda doing: contextlib.nullcontext())  # errors as they are
+    store = RunHistoryStore(history, "exp", run, f"{target.uri}/experiments/exp/runs/{run}/artifacts")
+
+    # The SAS itself: it writes, and a read through it is refused (else this test proves nothing).
+    probe = BlobClient.from_blob_url(history.upload_uri("exp", run, "probe.txt"))
+    probe.upload_blob(b"probe")
+    with pytest.raises(HttpResponseError) as refused:
+        probe.get_blob_properties()
+    assert refused.value.status_code == 403
+
+    data = bytes(range(256)) * 1000  # 256,000 bytes: four 64 KiB blocks
+    options = dataclasses.replace(ArtifactOptions(), block_size=64 * 1024)
+    written = store.write("model/big.bin", io.BytesIO(data), len(data), options, lambda n: None)
+    assert (written.size, written.md5, written.blocks_reused) == (len(data), hashlib.md5(data).hexdigest(), 0)
+    blob = target.store.client().get_blob_client(target.store.prefix(run) + "model/big.bin")
+    assert blob.download_blob().readall() == data
+    assert len(blob.get_block_list("committed")[0]) == 4
+    assert blob.get_blob_properties().content_settings.content_md5.hex() == hashlib.md5(data).hexdigest()
+

@@ -323,11 +323,12 @@ class BlobStore:
         set_content_md5(self.blob(path), md5_hex_value)
 
 
-def set_content_md5(blob, md5_hex_value: str) -> None:
-    """Set a blob's Content-MD5, keeping its other content headers."""
+def set_content_md5(blob, md5_hex_value: str, reader=None) -> None:
+    """Set a blob's Content-MD5, keeping its other content headers, read through `reader()` (a
+    BlobClient that may read it; default `blob` itself: a write-only SAS may not)."""
     from azure.storage.blob import ContentSettings
 
-    current = blob.get_blob_properties().content_settings
+    current = (reader() if reader else blob).get_blob_properties().content_settings
     blob.set_http_headers(ContentSettings(
         content_type=current.content_type, content_encoding=current.content_encoding,
         content_language=current.content_language, content_disposition=current.content_disposition,
@@ -335,10 +336,13 @@ def set_content_md5(blob, md5_hex_value: str) -> None:
     ))
 
 
-def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
+def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes,
+                     staged: dict | None = None) -> Written:
     """Stream into a block blob (a BlobClient, by credential or by SAS URL): one block in memory,
     each block checked in transit by its Content-MD5, blocks already staged by a killed attempt
-    reused, the whole MD5 set on commit."""
+    reused, the whole MD5 set on commit. `staged` (block id -> size) is the caller's own record of
+    the blocks staged through this writer, kept up to date here, for a writer that may not read
+    the blob's block list (a write-only SAS); None asks the blob."""
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobBlock, ContentSettings
 
@@ -352,10 +356,11 @@ def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, option
         blob.upload_blob(first, overwrite=True, validate_content=True, content_settings=ContentSettings(content_md5=digest, **settings))
         on_bytes(len(first))
         return Written(len(first), digest.hex())
-    try:
-        staged = {b.id: b.size for b in blob.get_block_list("uncommitted")[1]}
-    except ResourceNotFoundError:
-        staged = {}
+    if staged is None:
+        try:
+            staged = {b.id: b.size for b in blob.get_block_list("uncommitted")[1]}
+        except ResourceNotFoundError:
+            staged = {}
     whole, blocks, total, reused = hashlib.md5(), [], 0, 0
     chunk, index = first, 0
     while chunk:
@@ -365,6 +370,7 @@ def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, option
             reused += 1
         else:
             blob.stage_block(block_id, chunk, length=len(chunk), validate_content=True)
+            staged[block_id] = len(chunk)
         blocks.append(BlobBlock(block_id))
         total += len(chunk)
         on_bytes(len(chunk))
@@ -375,13 +381,14 @@ def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, option
     return Written(total, digest.hex(), reused)
 
 
-def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str]) -> None:
+def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str], reader=None) -> None:
     """Server-side copy into `blob` (a BlobClient) from `url` (a source blob with a read SAS).
     Put Blob From URL first (synchronous, the source's MD5 checked by the service in transit, up
     to 5000 MiB), asked once without retries; where the service does not have it (Azurite answers
     501 with a key, 500 with a SAS), fails on its side, or the blob is bigger: Copy Blob, waiting
     while it is pending (cross-account). `pair` names the two accounts: a pair where Put Blob From
-    URL failed so uses Copy Blob from then on."""
+    URL failed so uses Copy Blob from then on. A pending copy is watched through `reader()` (a
+    BlobClient that may read the blob; default `blob` itself: a write-only SAS may not)."""
     from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError
 
@@ -403,14 +410,15 @@ def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair:
             logger.debug("{} has no Put Blob From URL ({}); using Copy Blob", pair[1], redact_error(error))
             _no_put_from_url.add(pair)
     started = blob.start_copy_from_url(url, metadata=metadata)
-    status, delay, deadline = started.get("copy_status"), 0.05, time.monotonic() + options.copy_timeout
+    status, delay, deadline, watcher = started.get("copy_status"), 0.05, time.monotonic() + options.copy_timeout, None
     while status == "pending":
         if time.monotonic() > deadline:
             blob.abort_copy(started["copy_id"])
             raise ArtifactCopyError(f"server-side copy still pending after {options.copy_timeout:.0f}s; aborted")
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
-        status = blob.get_blob_properties().copy.status
+        watcher = watcher or (reader() if reader else blob)
+        status = watcher.get_blob_properties().copy.status
     if status != "success":
         raise ArtifactCopyError(f"server-side copy ended {status}")
 

@@ -162,3 +162,13 @@ def workspace_credential(ref, credential=None):
         name = type(credential).__name__
     tenant = ref.tenant_id if name in ("cli", "default") else None
     return name, CachedCredential(credential, tenant)
+
+
+def management_scope(cloud: str | None = None) -> str:
+    """The token scope for a workspace's control plane *and* its run history: the cloud's resource
+    manager + /.default (https://management.azure.com/.default in the public cloud), the scope
+    azure-ai-ml (its cloud metadata's `credential_scopes`) and azureml-mlflow (`_get_default_scope`)
+    send to both. `cloud` is azure-ai-ml's cloud name (MLClient's, AZUREML_CURRENT_CLOUD by default)."""
+    from azure.ai.ml._azure_environments import _get_cloud_information_from_metadata
+
+    return _get_cloud_information_from_metadata(cloud)["credential_scopes"][0]

@@ -49,7 +49,6 @@ RUN_ROOT = re.compile(
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
 FRESH_READ_SECONDS = 300  # a read SAS from the listing is reused this long; an older one is asked for again
-DEFAULT_SCOPE = "https://management.azure.com/.default"  # azureml-mlflow's, for the public cloud
 
 
 class AlreadyRegistered(Exception):
@@ -143,6 +142,8 @@ class RunHistoryStore:
         self.copy_key = f"runhistory:{history.subscription}/{history.resource_group}/{history.workspace}".lower()
         self._credential = credential  # for a path registered by an interrupted attempt (module docstring)
         self._writers: dict[str, tuple] = {}  # path -> (BlobClient, direct) kept from copy_from for set_md5 or a streamed retry
+        # path -> {block id: size} staged through a write SAS: it may not read the block list back.
+        self._staged: dict[str, dict] = {}
         self._lock = threading.Lock()
         # Read SAS URLs the listing just got, kept in memory for the copy that follows (one request
         # less per file), used once and only while young: never logged, never written anywhere.
@@ -246,15 +247,26 @@ class RunHistoryStore:
                 raise RegisteredWithoutBytes(path, self.run, f"the storage account refused the credential ({storage_reason(error)})") from None
             raise
 
+    def _reader(self, path: str, direct: bool):
+        """A callable giving a client that may read `path`'s blob: a direct writer (our credential)
+        may; a write SAS is not known to, so a fresh read SAS from run history (a registered path has one)."""
+        return None if direct else (lambda: self._blob(self.read_url(path, 0)))
+
     def write(self, path: str, reader: BinaryIO, size: int | None, options, on_bytes):
-        with self._writing(path) as (blob, _):
-            return write_block_blob(blob, path, reader, size, options, on_bytes)
+        with self._writing(path) as (blob, direct):
+            with self._lock:
+                staged = None if direct else self._staged.setdefault(path, {})
+            written = write_block_blob(blob, path, reader, size, options, on_bytes, staged)
+        with self._lock:  # committed: none of them is pending any more
+            self._staged.pop(path, None)
+        return written
 
     def copy_from(self, src, src_path: str, path: str, source, options) -> None:
         with self._writing(path) as (blob, direct):
             try:
                 with server_side_refusals():
-                    copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key))
+                    copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key),
+                                   self._reader(path, direct))
             except Exception:
                 with self._lock:  # the path is registered now: a streamed retry needs this same writer
                     self._writers[path] = (blob, direct)
@@ -265,9 +277,9 @@ class RunHistoryStore:
 
     def set_md5(self, path: str, md5_hex_value: str) -> None:
         with self._lock:
-            blob, _ = self._writers.pop(path, (None, False))
+            blob, direct = self._writers.pop(path, (None, False))
         if blob is not None:  # else nothing to write it with; verify hashes the bytes
-            set_content_md5(blob, md5_hex_value)
+            set_content_md5(blob, md5_hex_value, self._reader(path, direct))
 
     def abort_pending(self, path: str, have) -> None:
         """A copy left pending by a killed run (cross-account copies run on after the tool is gone):
@@ -332,7 +344,7 @@ def open_run_root(uri: str) -> RunHistoryStore | None:
     match = parse_run_root(uri)
     if match is None:
         return None
-    from runner.azureml import auth
+    from runner.azureml import auth, credentials
     from runner.core import retry
 
     if auth.is_job_workspace(str(uri).split("/experiments/", 1)[0]):
@@ -343,7 +355,7 @@ def open_run_root(uri: str) -> RunHistoryStore | None:
     if context is not None:
         credential, base, scope = context.auth, context.host_url.rstrip("/"), context.cloud._get_default_scope()
     else:
-        credential, base, scope = auth.shared_credential(), f"https://{match['host']}", DEFAULT_SCOPE
+        credential, base, scope = auth.shared_credential(), f"https://{match['host']}", credentials.management_scope()
     with _clients_lock:
         client = _clients.get((base, id(credential)))
         if client is None:

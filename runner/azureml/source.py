@@ -369,13 +369,17 @@ class AzuremlSource:
         with self._history_lock:
             if self._history is None:
                 from runner.core import retry
+                from runner.azureml import credentials
                 from azure.ai.ml._restclient.runhistory import RunHistoryClient
 
                 answer = retry.get_with_retries(self.discovery_url, timeout=30)
                 if answer.status_code != 200:
                     raise EndpointError(f"workspace discovery {self.discovery_url} answered HTTP {answer.status_code}")
+                # The `api` host, as azure-ai-ml's jobs operations (WorkspaceDiscoveryUrlKey.API): not `history`.
                 self._api_url = answer.json()["api"].rstrip("/")
-                self._history = RunHistoryClient(self.credential, base_url=self._api_url, **self._retry)
+                # RunHistoryClient's own default scope (ml.azure.com) is not what azure-ai-ml sends.
+                scope = credentials.management_scope(getattr(self.ml, "_cloud", None))
+                self._history = RunHistoryClient(self.credential, base_url=self._api_url, credential_scopes=[scope], **self._retry)
             return self._history
 
     def _children(self, name: str) -> Iterator:

@@ -96,11 +96,13 @@ class ArtifactStore:
         return self.client().get_blob_client(self.prefix(run) + path).exists()
 
     def content_uri(self, run: str, path: str, write: bool = False) -> str:
-        """The blob's URL with a SAS valid for an hour, as the service hands out: read, or create/write for an upload."""
+        """The blob's URL with a SAS valid for an hour, as the service hands out: read, or create/write for
+        an upload. The upload SAS may not read: nothing shows the service's can, so a client reading
+        through it (a HEAD, a block list) must fail here, and Azurite enforces SAS permissions."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
         name = self.prefix(run) + path
-        permission = BlobSasPermissions(read=True, create=write, write=write)
+        permission = BlobSasPermissions(read=not write, create=write, write=write)
         sas = generate_blob_sas(self.account, self.container, name, account_key=self.key,
                                 permission=permission, expiry=datetime.now(timezone.utc) + timedelta(hours=1))
         return f"{self.public or f'{self.endpoint}/{self.account}'}/{self.container}/{quote(name)}?{sas}"

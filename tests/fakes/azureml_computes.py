@@ -1,7 +1,7 @@
 """Compute clusters of a fake workspace: what `MLClient.compute.get(NAME)` reads.
 
     GET .../workspaces/W/computes/NAME   an AmlCompute (azure-ai-ml's REST `ComputeResource`), or
-                                         404 ResourceNotFound like ARM for a name the workspace lacks
+                                         404 with no body, as recorded, for a name the workspace lacks
     GET .../workspaces/W/computes        the workspace's clusters (one page)
 
 Add a cluster with `add_cluster(ws, "cpu-cluster")`; clusters live in `CLUSTERS[ws.scope]`.
@@ -54,10 +54,8 @@ def computes_route(handler, ws: FakeWorkspace, rest: str, query: dict, body: byt
     handler.fake.requests["compute_get"] += 1
     name = match.group(1)
     if name not in clusters:
-        handler._error(
-            404, "ResourceNotFound",
-            f"The Resource 'Microsoft.MachineLearningServices/workspaces/{ws.name}/computes/{name}' under resource group '{ws.resource_group}' was not found.",
-        )
+        # As recorded (tests/recordings/arm_404_empty_body.json): 404, Content-Length 0, no error body.
+        handler._send(404, b"", headers={"x-ms-response-type": "standard"})
         return True
     handler._send(200, dump(clusters[name]))
     return True

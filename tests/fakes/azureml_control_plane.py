@@ -13,10 +13,12 @@ What it serves (the routes azure-ai-ml 1.35.2 and azureml-mlflow 1.62 call for r
                                                           the job is listed from then on with status NotStarted;
                                                           `status_plan[NAME]` feeds it later statuses, one per GET)
               GET  .../workspaces/W/jobs?tag=KEY         (only jobs carrying tag KEY, as the service filters)
-- discovery   GET  /discovery/workspaces/WSID            (the workspace's `discoveryUrl`)
+- discovery   GET  /discovery                            (the workspace's `discoveryUrl`, no token needed): the real
+                                                          keys; `api` is this server, every other key a host of
+                                                          its own answering 404 to anything (tests/recordings)
 - run history GET  /history/v1.0/subscriptions/S/resourceGroups/R/providers/Microsoft.MachineLearningServices/
                    workspaces/W/runs/NAME[/children]     (children paged with `continuationToken`, no
-                                                          nextLink, as the service does)
+                                                          nextLink, and no continuation key on the last page)
 - MLflow      ANY  /mlflow/v1.0|v2.0/subscriptions/.../workspaces/W/api/2.0/mlflow/...  forwarded to a real
                    `mlflow server` (run ids there are the job names, as in AzureML), after Azure ML's
                    documented limits and search-filter support are checked (fakes/azureml_limits.py)
@@ -25,7 +27,10 @@ Every answer is built from azure-ai-ml's own REST models (`azure.ai.ml._restclie
 serialized with their `SdkJSONEncoder`, run history `Run` models with theirs), never hand-written JSON.
 
 Auth: every request needs `Authorization: Bearer <JWT-shaped token>` whose `tid` claim is the
-workspace tenant; anything else answers 401 like ARM does. Faults: `fault_share` of distinct requests
+workspace tenant and whose `aud` is one its route family takes (AUDIENCES: the resource manager's,
+for ARM and run history alike, as azure-ai-ml and azureml-mlflow ask); anything else answers 401
+like ARM does. FakeCredential and the fake `az` mint tokens with the audience of the scope asked.
+Errors carry the management front end's body: {"error": {"code", "message", "details", "additionalInfo"}}. Faults: `fault_share` of distinct requests
 meet one of `fault_kinds` on their first attempt (their retry succeeds), as tests/fakes/fault_proxy.py
 does for mlflow servers: 429 (with Retry-After) or 503, not carried out; "reset", the connection is
 closed unanswered, not carried out; "lost" / "lost_reset", carried out, then answered 500 / closed
@@ -56,6 +61,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+
+from fakes.azureml_discovery import ELSEWHERE, Elsewhere
 
 TENANT = "72f988bf-0000-4000-8000-00000000a11e"
 ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
@@ -91,7 +98,25 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def make_token(tenant: str = TENANT, aud: str = "https://ml.azure.com", oid: str = "fake-user", expires_in: int = 3600) -> str:
+MANAGEMENT = "https://management.azure.com/.default"  # the scope azure-ai-ml and azureml-mlflow ask for (public cloud)
+# Audiences each route family accepts (trailing "/" ignored). ARM takes its two resource names, as its
+# 401 InvalidAuthenticationTokenAudience lists them. Run history and MLflow (the `api` host) take what
+# azure-ai-ml and azureml-mlflow send there, the resource manager's: a token for another resource
+# (https://ml.azure.com, storage) is refused, so a client asking the wrong scope fails a test.
+AUDIENCES = {
+    "arm": ("https://management.azure.com", "https://management.core.windows.net"),
+    "history": ("https://management.azure.com", "https://management.core.windows.net"),
+    "mlflow": ("https://management.azure.com", "https://management.core.windows.net"),
+}
+
+
+def audience(scope: str) -> str:
+    """The `aud` AAD puts in a token asked for `scope` (a v2 scope `R/.default` or a v1 resource `R`):
+    the resource without a trailing "/", which azure-ai-ml checks to the letter for https://ml.azure.com."""
+    return scope.removesuffix("/.default").rstrip("/")
+
+
+def make_token(tenant: str = TENANT, aud: str = "https://management.azure.com", oid: str = "fake-user", expires_in: int = 3600) -> str:
     """A JWT-shaped token (unsigned): header.payload.signature, like AAD's, with aud/tid/oid/exp."""
     now = int(time.time())
     header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "fake"}).encode())
@@ -116,12 +141,14 @@ class FakeCredential:
     def __init__(self, tenant: str = TENANT):
         self.tenant = tenant
         self.calls = 0
+        self.scopes: list[tuple] = []  # the scopes of every get_token call, in order
 
     def get_token(self, *scopes: str, claims=None, tenant_id=None, enable_cae=False, **kwargs):
         from azure.core.credentials import AccessToken
 
         self.calls += 1
-        return AccessToken(make_token(tenant_id or self.tenant), int(time.time()) + 3600)
+        self.scopes.append(scopes)
+        return AccessToken(make_token(tenant_id or self.tenant, aud=audience(scopes[0] if scopes else MANAGEMENT)), int(time.time()) + 3600)
 
     def close(self) -> None:
         pass
@@ -131,14 +158,14 @@ FAKE_AZ = """#!{python}
 # A stand-in for the Azure CLI's `az account get-access-token` (what AzureCliCredential runs).
 import json, sys, time
 sys.path.insert(0, {tests!r})  # the package `fakes`: route modules import it
-from fakes.azureml_control_plane import make_token
+from fakes.azureml_control_plane import audience, make_token
 args = sys.argv[1:]
 if {fail!r}:
     sys.stderr.write("ERROR: Please run 'az login' to set up an account.\\n")
     sys.exit(1)
 tenant = args[args.index("--tenant") + 1] if "--tenant" in args else {tenant!r}
-resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://ml.azure.com")
-aud = resource.removesuffix("/.default").rstrip("/") if "storage.azure.com" in resource else "https://ml.azure.com"
+resource = args[args.index("--resource") + 1] if "--resource" in args else (args[args.index("--scope") + 1] if "--scope" in args else "https://management.azure.com/")
+aud = audience(resource)
 print(json.dumps({{"accessToken": make_token(tenant, aud=aud), "expires_on": int(time.time()) + 3600, "tenant": tenant, "tokenType": "Bearer"}}))
 """
 
@@ -195,16 +222,28 @@ class FakeWorkspace:
 
 
 def dump(model) -> bytes:
-    """JSON of an azure-ai-ml REST model with the model's own serializer (read-only fields included)."""
+    """JSON of an azure-ai-ml REST model with the model's own serializer (read-only fields included).
+    A run history Run gets every key the service sends, null where unset (`"runDefinition": null`,
+    `"error": null`, ...), where the serializer would drop them: RUN_KEYS."""
     if hasattr(model, "serialize") and not hasattr(model, "_attr_to_rest_field"):
         return json.dumps(model.serialize(keep_readonly=True)).encode()
     from azure.ai.ml._restclient.arm_ml_service._utils.model_base import SdkJSONEncoder
 
+    if type(model).__name__ == "Run":
+        return json.dumps({**dict.fromkeys(run_keys()), **json.loads(json.dumps(model, cls=SdkJSONEncoder))}).encode()
     return json.dumps(model, cls=SdkJSONEncoder).encode()
 
 
-# -- the server -----------------------------------------------------------------------------
+def run_keys() -> list[str]:
+    """The keys of a run history Run as the service sends them (tests/recordings/pipeline_get_child_run.json,
+    2026): azure-ai-ml's Run model's, less four it has and the service did not send, plus two it lacks."""
+    from azure.ai.ml._restclient.runhistory.models import Run
 
+    model = [field._rest_name for field in Run(run_id="")._attr_to_rest_field.values()]
+    return [k for k in model if k not in ("activeChildRunId", "isVirtual", "options", "hasVirtualParent")] + ["currentAttemptId", "scheduleId"]
+
+
+# -- the server -----------------------------------------------------------------------------
 
 class FakeControlPlane:
     """Start with `with FakeControlPlane(tmp, mlflow_uri) as fake:`; `fake.url` is the base URL."""
@@ -239,6 +278,9 @@ class FakeControlPlane:
         self.port = self.server.server_address[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self._thread: threading.Thread | None = None
+        # The discovery answer's other hosts, grouped as in the real answer (history, experimentation,
+        # hyperdrive and labeling share `{region}.experiments.azureml.net`): one listener each.
+        self.elsewhere = {group: Elsewhere(context, group, self.requests) for group in ELSEWHERE}
 
     def add(self, workspace: FakeWorkspace) -> FakeWorkspace:
         self.workspaces[(workspace.subscription.lower(), workspace.resource_group.lower(), workspace.name.lower())] = workspace
@@ -250,11 +292,19 @@ class FakeControlPlane:
     def start(self) -> "FakeControlPlane":
         self._thread = threading.Thread(target=self.server.serve_forever, name="fake-azureml", daemon=True)
         self._thread.start()
+        for other in self.elsewhere.values():
+            other.start()
         return self
 
     def stop(self) -> None:
+        for other in self.elsewhere.values():
+            other.stop()
         self.server.shutdown()
         self.server.server_close()
+
+    def elsewhere_urls(self) -> dict[str, str]:
+        """Discovery keys other than `api` -> their hosts' URLs."""
+        return {key: self.elsewhere[group].url for group, keys in ELSEWHERE.items() for key in keys}
 
     def __enter__(self):
         return self.start()
@@ -321,9 +371,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
-        from azure.ai.ml._restclient.arm_ml_service.models import ErrorDetail, ErrorResponse
-
-        self._send(status, dump(ErrorResponse(error=ErrorDetail(code=code, message=message))), headers=headers)
+        """The management front end's error body (tests/recordings/mfe_error_not_found.json): code,
+        message, empty details, and additionalInfo naming the component, correlation, time."""
+        operation = hashlib.md5(self.path.encode()).hexdigest()
+        info = [
+            {"type": "ComponentName", "info": {"value": "managementfrontend"}},
+            {"type": "Correlation", "info": {"value": {"operation": operation, "request": operation[:16]}}},
+            {"type": "Environment", "info": {"value": "local"}},
+            {"type": "Location", "info": {"value": "local"}},
+            {"type": "Time", "info": {"value": datetime.now(timezone.utc).isoformat()}},
+        ]
+        body = {"error": {"code": code, "message": message, "details": [], "additionalInfo": info}}
+        self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8", {"x-ms-response-type": "error", **(headers or {})})
 
     def do_GET(self):
         self._dispatch(b"")
@@ -346,9 +405,9 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         self.lost = None  # one handler serves every request of a kept-alive connection
         try:
-            if path.startswith("/discovery/"):
+            if path == "/discovery":  # the region's discovery, answered without a token (as the service does)
                 fake.requests["discovery"] += 1
-                return self._discovery(path)
+                return self._discovery()
             if not self._authorized():
                 return
             fault = fake.should_fail(f"{self.command} {self.path} {hashlib.md5(body).hexdigest()}")
@@ -401,7 +460,24 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The access token is from the wrong issuer 'https://sts.windows.net/{claims.get('tid')}/'. It must match the tenant associated with this subscription.",
             )
             return False
-        return True
+        path = urlsplit(self.path).path
+        return self._right_audience(claims, "mlflow" if MLFLOW_RE.match(path) else "history" if HISTORY_RE.match(path) else "arm")
+
+    def _right_audience(self, claims: dict, family: str) -> bool:
+        """A token for another resource is refused, with ARM's 401 InvalidAuthenticationTokenAudience."""
+        allowed = AUDIENCES[family]
+        if str(claims.get("aud", "")).rstrip("/") in allowed:
+            return True
+        self.fake.requests[f"wrong_audience_{family}"] += 1
+        listed = ",".join(f"'{a}/','{a}'" for a in allowed)
+        self._error(
+            401,
+            "InvalidAuthenticationTokenAudience",
+            f"The access token has been obtained for wrong audience or resource '{claims.get('aud')}'. "
+            f"It should exactly match with one of the allowed audiences {listed}.",
+            {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="The access token has been obtained for wrong audience or resource"'},
+        )
+        return False
 
     # -- ARM / MFE --------------------------------------------------------------------------
 
@@ -490,7 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "properties": WorkspaceProperties(
                     friendly_name=ws.name,
                     description="fake workspace",
-                    discovery_url=f"https://{host}/discovery/workspaces/{ws.workspace_id}",
+                    discovery_url=f"https://{host}/discovery",
                     ml_flow_tracking_uri=f"azureml://{host}/mlflow/v1.0{ws.scope}",
                     workspace_id=ws.workspace_id,
                     tenant_id=ws.tenant,
@@ -532,13 +608,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- discovery and run history ------------------------------------------------------------
 
-    def _discovery(self, path: str) -> None:
-        workspace_id = path.rstrip("/").rsplit("/", 1)[-1]
-        if not any(ws.workspace_id == workspace_id for ws in self.fake.workspaces.values()):
-            return self._error(404, "NotFound", "unknown workspace id")
-        url = self.fake.url
-        urls = {key: url for key in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
-        self._send(200, json.dumps(urls).encode())
+    def _discovery(self) -> None:
+        """The region's service hosts, with the keys of the real answer (recordings: 2026). `api` is
+        this server; the others are hosts of their own that serve nothing (a client sending run
+        history to `history`, as the key's name suggests, is answered 404 there)."""
+        self._send(200, json.dumps({"api": self.fake.url, **self.fake.elsewhere_urls()}).encode())
 
     def _history(self, scope: str, query: dict, body: bytes = b"") -> None:
         fake = self.fake
@@ -565,9 +639,11 @@ class _Handler(BaseHTTPRequestHandler):
         start = int((query.get("$continuationtoken") or ["0"])[0])
         size = min(int((query.get("$top") or [self.fake.children_page])[0]), self.fake.children_page)
         page = kids[start : start + size]
-        body = {"value": [json.loads(dump(ws.runs[k])) for k in page], "nextLink": None}
-        # The service pages run children with a continuation token, not a nextLink.
-        body["continuationToken"] = str(start + size) if start + size < len(kids) else None
+        body = {"value": [json.loads(dump(ws.runs[k])) for k in page]}
+        # The service pages run children with a continuation token, not a nextLink; its last page
+        # has no continuation key at all, not a null one (tests/recordings: `{"value": [...]}` only).
+        if start + size < len(kids):
+            body["continuationToken"] = str(start + size)
         self._send(200, json.dumps(body).encode())
 
     # -- MLflow ------------------------------------------------------------------------------

@@ -36,18 +36,25 @@ def attach_datastore(ws: FakeWorkspace, storage, account: str = "acct1", contain
         SystemData,
     )
 
+    # As recorded (pipeline_job_download.json): description, tags and properties null; the artifact
+    # store's subscriptionId and resourceGroup null too.
+    artifacts = name == "workspaceartifactstore"
     props = AzureBlobDatastore(
         credentials=AccountKeyDatastoreCredentials({"credentialsType": "AccountKey"}),
         account_name=account, container_name=container, endpoint=ENDPOINT, protocol="https",
-        service_data_access_auth_identity="None", subscription_id=ws.subscription, resource_group=ws.resource_group,
-        description=f"fake datastore on {account}/{container}", tags={}, properties={},
+        service_data_access_auth_identity="None",
     )
+    for key, value in (("subscriptionId", None if artifacts else ws.subscription), ("resourceGroup", None if artifacts else ws.resource_group),
+                       ("description", None), ("tags", None), ("properties", None)):
+        props[key] = value
     props["isDefault"] = default  # read-only on the wire: only the service sets it
     found = Datastore(properties=props)
     found["id"] = ws.arm_id("datastores", name)
     found["name"] = name
     found["type"] = "Microsoft.MachineLearningServices/workspaces/datastores"
-    found["systemData"] = SystemData(created_by="ada@contoso.test", created_by_type="User", created_at="2024-01-01T00:00:00Z").as_dict()
+    # As recorded (pipeline_job_download.json): the workspace made its datastores, so no createdBy.
+    found["systemData"] = SystemData(created_at="2024-01-01T00:00:00Z", last_modified_at="2024-01-01T00:00:02Z",
+                                     last_modified_by="Sanitized", last_modified_by_type="Application").as_dict()
     stores = datastores(ws)
     if default:
         for other in stores.values():

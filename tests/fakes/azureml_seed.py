@@ -297,7 +297,7 @@ def history_run(ws: FakeWorkspace, spec: Spec, experiment_id: str, by_name: dict
         created_utc=iso(spec.created),
         start_time_utc=iso(spec.start),
         end_time_utc=iso(spec.end),
-        created_by=User(user_name=spec.created_by, user_object_id=USER_OID, user_tenant_id=ws.tenant, upn="ada@contoso.test"),
+        created_by=User(user_name=spec.created_by, user_object_id=USER_OID, user_tenant_id=ws.tenant),  # upn: null in every recorded run
         display_name=spec.display_name,
         description=spec.description or None,
         run_type=spec.run_type,
@@ -364,10 +364,17 @@ def root_job(ws: FakeWorkspace, spec: Spec, builder: str, specs: list[Spec]):
         env_name, env_version = spec.environment.split(":")[1:]
         props.environment_id = f"{ws.scope}/environments/{env_name}/versions/{env_version}"
     props["status"] = spec.status
+    # The service answers null for what was not sent (tests/recordings): a description, and each
+    # output's description and uri (a pipeline's named outputs keep `"uri": null`).
+    props["description"] = props.get("description")
+    for output in (props.get("outputs") or {}).values():
+        for key in ("description", "uri"):
+            output[key] = output.get(key)
     rest["id"] = ws.arm_id("jobs", spec.name)
     rest["name"] = spec.name
     rest["type"] = "Microsoft.MachineLearningServices/workspaces/jobs"
-    rest["systemData"] = SystemData(created_by=spec.created_by, created_by_type="User", created_at=iso(spec.created), last_modified_at=iso(spec.end or spec.created)).as_dict()
+    # A job's systemData has no lastModifiedAt (tests/recordings: createdAt, createdBy, createdByType only).
+    rest["systemData"] = SystemData(created_by=spec.created_by, created_by_type="User", created_at=iso(spec.created)).as_dict()
     return rest
 
 
