@@ -17,7 +17,7 @@ from runner import ends  # noqa: F401 - loads both ends: their stores and tracki
 from runner.core import logs
 from runner.core import retry
 from runner.mlflow import sync_state
-from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, ReplayerError, UsageError
+from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, EXIT_USAGE, ReplayerError, UsageError
 from runner.core.filters import Filters, as_bool, as_int, as_list, as_seconds
 
 COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
@@ -111,7 +111,8 @@ def run(command: str, flags: dict, body) -> None:
         logger.error("unexpected {}: {} (details in {})", type(error).__name__, error, log_path)
         code = EXIT_DIFFERENCES
     logger.debug("exit code {}", code)
-    logger.info("log: {}", log_path)
+    if code != EXIT_USAGE:  # bad input stays one line; work done (or failed) names its log
+        logger.info("log: {}", log_path)
     sys.exit(code)
 
 
