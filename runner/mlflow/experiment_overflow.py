@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from loguru import logger
 
+from runner.mlflow.run_files import read_checked
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG
 
 BOOKKEEPING = "replayer-experiments"
@@ -79,11 +79,5 @@ def read(client, tags: dict[str, str]) -> dict[str, str]:
     where = parse(tags.get(OVERFLOW_TAG))
     if not where.get("run"):
         return {}
-    folder = tempfile.mkdtemp()
-    try:
-        text = Path(client.download_artifacts(where["run"], OVERFLOW_PATH, folder)).read_text(encoding="utf-8")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if hashlib.sha1(text.encode()).hexdigest() != where.get("sha1"):
-        raise ValueError(f"{OVERFLOW_PATH} of run {where['run']} is not what experiment tag {OVERFLOW_TAG} names")
+    text = read_checked(client, where["run"], OVERFLOW_PATH, where.get("sha1"), f"what experiment tag {OVERFLOW_TAG} names")
     return json.loads(text)["tags"]

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from loguru import logger
 
+from runner.mlflow.run_files import read_checked
 from runner.mlflow import uris
 from runner.core.errors import UsageError
 from runner.core.filters import Filters
@@ -240,17 +241,7 @@ def read_state(target: str, key: str) -> SyncState | None:
 
 
 def read_state_run(client, where: dict) -> str:
-    import shutil
-    import tempfile
-
-    folder = tempfile.mkdtemp()
-    try:
-        text = Path(client.download_artifacts(where["run"], STATE_FILE, folder)).read_text(encoding="utf-8")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if hashlib.sha1(text.encode()).hexdigest() != where.get("sha1"):
-        raise ValueError(f"{STATE_FILE} of run {where['run']} is not the state its tag names")
-    return text
+    return read_checked(client, where["run"], STATE_FILE, where.get("sha1"), "the state its tag names")
 
 
 # -- through a manifest: extract prepares, replay commits ----------------------------------------
