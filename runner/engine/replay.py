@@ -43,6 +43,7 @@ class Summary:
     metric_points: int = 0
     overflowed: int = 0  # runs with replay/overflow.json (target caps exceeded)
     overflow: dict[str, int] = field(default_factory=dict)  # what those files hold, by kind (tags, params, metrics)
+    left_out: dict[str, int] = field(default_factory=dict)  # kinds the target has no API for -> runs that lost them
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -65,6 +66,7 @@ class Summary:
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
             + (f", {self.overflowed} runs over the target's limits ({self.overflow_line()} in replay/overflow.json on them)" if self.overflowed else "")
+            + "".join(f"; NOT copied, the target has no API for them: {kind} of {runs} runs" for kind, runs in sorted(self.left_out.items()))
         )
 
 
@@ -127,6 +129,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         logger.info("artifacts: {}", files.line())  # how many went server-side, streamed, or were already there
     summary.overflowed = getattr(target, "overflowed", 0)
     summary.overflow = dict(getattr(target, "overflow_counts", {}))
+    summary.left_out = target.left_out() if hasattr(target, "left_out") else {}
     summary.seconds = time.monotonic() - started
     return summary
 
