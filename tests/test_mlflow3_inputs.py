@@ -177,8 +177,13 @@ class Refusing:
         self.calls = 0
 
     def log_inputs(self, run_id, datasets):
+        import requests
+        from mlflow.utils.rest_utils import verify_rest_response
+
         self.calls += 1
-        raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-inputs failed with error code 404 != 200")
+        page = requests.Response()
+        page.status_code, page._content = 404, b"<!doctype html><title>404 Not Found</title>"
+        verify_rest_response(page, LOG_INPUTS)  # raises as MLflow's REST client does on that answer
 
 
 def test_a_plain_404_is_a_missing_route_and_is_asked_once():
