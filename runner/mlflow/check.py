@@ -24,7 +24,7 @@ from runner.files.hashing import md5_file
 from runner.files.options import REFS_FILE, ArtifactOptions
 from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
-from runner.mlflow import experiment_overflow, run_inputs
+from runner.mlflow import experiment_overflow, logged_models, run_inputs
 from runner.mlflow.source import metric_history
 
 
@@ -53,6 +53,7 @@ class JobChecker:
             theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
             if mine != theirs:
                 out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
+            out += [Difference(*row) for row in logged_models.compare(self.source, self.client, experiment, found.experiment_id)]
         return out
 
     def compare(self, job: JobRecord) -> list[Difference]:

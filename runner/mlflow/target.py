@@ -276,9 +276,22 @@ class DirectTarget:
             self.overflow_counts.update(counts)
         logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
 
+    def copy_logged_models(self, source, mapping):
+        """The MLflow 3 logged models of an MLflow source's experiments, after its runs
+        (runner.mlflow.logged_models); None from a source that has none (a manifest, Azure ML jobs)."""
+        from runner.mlflow.logged_models import LoggedModelCopier
+
+        if not hasattr(getattr(source, "client", None), "search_logged_models"):
+            return None
+        found = LoggedModelCopier(source, self, mapping).run()
+        if found.left_out:
+            self._models_left_out = found.left_out
+        return found
+
     def left_out(self) -> dict[str, int]:
         """What the target had no API for, by kind: runs whose part of that kind was not copied."""
-        return self.inputs.left_out_counts()
+        models = getattr(self, "_models_left_out", 0)
+        return {**self.inputs.left_out_counts(), **({"logged models": models} if models else {})}
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
