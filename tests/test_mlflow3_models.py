@@ -170,3 +170,20 @@ def test_target_without_logged_models_warns_once_and_copies_the_runs(servers, tm
     assert "NOT copied, the target has no API for them: 2 logged models" in result.stderr
     run = replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["run"])
     assert "replay.complete" in run.data.tags
+
+
+def test_a_source_without_logged_models_copies_its_runs_quietly(servers, tmp_path, unique):
+    """An MLflow server before 3 has no logged-model routes: nothing to copy, nothing to warn about."""
+    source, target = servers
+    name = f"models-old-source-{unique}"
+    ids = seed(MlflowClient(source.uri), name, tmp_path)
+    with FaultProxy(source.uri, rate=0, refuse=LOGGED_MODEL_ROUTES) as proxy:
+        args = ["--source", proxy.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+        result = run_cli("migrate", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert proxy.refused["/api/2.0/mlflow/logged-models/search"] >= 1
+        check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "logged model" not in result.stderr.lower()
+    assert "replay.complete" in replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["run"]).data.tags
+    assert MlflowClient(target.uri).get_experiment_by_name(name) is not None

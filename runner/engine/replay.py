@@ -151,7 +151,7 @@ def copy_models(source, target, mapping: Mapping, summary: Summary) -> None:
     if found.copied or found.completed or found.skipped or found.failures:
         summary.logged_models = found.line()
     summary.failed += len(found.failures)
-    summary.failures += [(f"logged model {model_id}", reason) for model_id, reason in found.failures]
+    summary.failures += found.failures
 
 
 RUN_FILTERS = ("include", "since", "until", "status", "limit", "shard", "tags")  # they pick runs, not experiments

@@ -278,10 +278,11 @@ class DirectTarget:
 
     def copy_logged_models(self, source, mapping):
         """The MLflow 3 logged models of an MLflow source's experiments, after its runs
-        (runner.mlflow.logged_models); None from a source that has none (a manifest, Azure ML jobs)."""
-        from runner.mlflow.logged_models import LoggedModelCopier
+        (runner.mlflow.logged_models); None from a source that has none (a manifest, Azure ML jobs,
+        Azure ML's MLflow endpoint)."""
+        from runner.mlflow.logged_models import LoggedModelCopier, readable
 
-        if not hasattr(getattr(source, "client", None), "search_logged_models"):
+        if not readable(source):
             return None
         found = LoggedModelCopier(source, self, mapping).run()
         if found.left_out:
