@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from runner.core.errors import ReplayerError
 from runner.engine.ledger import ORIGINAL_WORKSPACE
 from runner.files.copier import copy_artifacts
 from runner.files.roots import open_store
@@ -158,7 +159,7 @@ class LoggedModelCopier:
                                label=f"files of logged model {model.model_id}")
         if stats.failed:
             path, reason = stats.failed[0]
-            raise RuntimeError(f"{len(stats.failed)} files not copied (first: {path}: {reason}); rerun to resume")
+            raise ReplayerError(f"{len(stats.failed)} files not copied (first: {path}: {reason}); rerun to resume")
 
     def copy_metrics(self, model, copy) -> None:
         """The model's metrics on the replayed run they were logged on. A point the run already
