@@ -370,7 +370,9 @@ def test_a_workspace_without_aliases_stages_or_logged_models(servers, workspace,
         check = run_cli("verify", *args, "--report", str(report), cwd=tmp_path, env=workspace["env"])
         differences = {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
         assert differences == {(f"model:{churn}/v4", "version"), (f"model:{churn}", "aliases"), (f"model:{fraud}/v2", "version"),
-                               (f"model:{fraud}/v3", "version"), (f"model:{fraud}", "aliases")}, "stages and churn's copied alias read back"
+                               (f"model:{fraud}/v3", "version"), (f"model:{fraud}", "aliases"),
+                               (seeded["net"], "logged_model")}, "stages and churn's copied alias read back; the logged model is missing"
+        assert "has no logged-model API" in result.stderr  # replay's own copy of it met the refusal first
         again = run_cli("migrate", *args, cwd=tmp_path, env=workspace["env"])
         assert "versions: created 0, repaired 0, skipped 3, failed 3" in again.stderr, again.stderr[-2000:]
         assert workspace["fake"].requests["mlflow_refused_aliases"] == 1, "a known-missing feature is not asked for again"

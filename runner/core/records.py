@@ -61,6 +61,9 @@ class JobRecord:
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""  # a failed job's error message (AzureML run history; at most 3,000 characters there)
+    # MLflow dataset inputs: {"name", "digest", "source_type", "source", "schema", "profile", "tags": {...}}
+    # (runner.mlflow.run_inputs). Empty for sources without them and for manifests written before.
+    datasets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,6 +96,8 @@ class JobRecord:
             "tags": sorted(self.tags.items()),
             "metrics": sorted((k, encode_float(v)) for k, v in self.latest_metrics.items()),
         }
+        if self.datasets:  # only when present: runs without inputs keep the digest they were copied with
+            state["datasets"] = sorted(json.dumps(d, sort_keys=True) for d in self.datasets)
         return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -43,6 +43,8 @@ class Summary:
     metric_points: int = 0
     overflowed: int = 0  # runs with replay/overflow.json (target caps exceeded)
     overflow: dict[str, int] = field(default_factory=dict)  # what those files hold, by kind (tags, params, metrics)
+    left_out: dict[str, int] = field(default_factory=dict)  # kinds the target has no API for -> how many were not copied
+    logged_models: str = ""  # the logged models' own line (runner.mlflow.logged_models), when the source has any
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -65,6 +67,8 @@ class Summary:
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
             + (f", {self.overflowed} runs over the target's limits ({self.overflow_line()} in replay/overflow.json on them)" if self.overflowed else "")
+            + (f"; {self.logged_models}" if self.logged_models else "")
+            + "".join(f"; NOT copied, the target has no API for them: {left_out(kind, n)}" for kind, n in sorted(self.left_out.items()))
         )
 
 
@@ -121,14 +125,33 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     ensure_runless_experiments(source, target, options.mapping)
+    copy_models(source, target, options.mapping, summary)
     sync_deleted_experiments(source, target, options.mapping)
     files = getattr(target, "artifact_stats", None)
     if files is not None and files.files:
         logger.info("artifacts: {}", files.line())  # how many went server-side, streamed, or were already there
     summary.overflowed = getattr(target, "overflowed", 0)
     summary.overflow = dict(getattr(target, "overflow_counts", {}))
+    summary.left_out = target.left_out() if hasattr(target, "left_out") else {}
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def left_out(kind: str, count: int) -> str:
+    return f"{count} {kind}" if kind == "logged models" else f"{kind} of {count} runs"
+
+
+def copy_models(source, target, mapping: Mapping, summary: Summary) -> None:
+    """A target that copies more than runs (MLflow 3 logged models) does it once the runs are there,
+    so each copy links its replayed run; a failed model counts as a failure of the command."""
+    copy = getattr(target, "copy_logged_models", None)
+    found = copy(source, mapping) if copy is not None else None
+    if found is None:
+        return
+    if found.copied or found.completed or found.skipped or found.failures:
+        summary.logged_models = found.line()
+    summary.failed += len(found.failures)
+    summary.failures += found.failures
 
 
 RUN_FILTERS = ("include", "since", "until", "status", "limit", "shard", "tags")  # they pick runs, not experiments

@@ -24,7 +24,7 @@ from runner.files.hashing import md5_file
 from runner.files.options import REFS_FILE, ArtifactOptions
 from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
-from runner.mlflow import experiment_overflow
+from runner.mlflow import experiment_overflow, logged_models, run_inputs
 from runner.mlflow.source import metric_history
 
 
@@ -53,6 +53,7 @@ class JobChecker:
             theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
             if mine != theirs:
                 out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
+            out += [Difference(*row) for row in logged_models.compare(self.source, self.client, experiment, found.experiment_id)]
         return out
 
     def compare(self, job: JobRecord) -> list[Difference]:
@@ -88,6 +89,7 @@ class JobChecker:
         if ORIGINAL_ERROR in data.tags:  # runs copied before the error field have none: nothing to compare
             pairs.append(("error", error_tag(job.error), data.tags[ORIGINAL_ERROR]))
         pairs += keyed("param", job.params, params) + keyed("tag", user_tags(job.tags), expected_user_tags(job, tags))
+        pairs += run_inputs.compare(job.datasets, run)
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
         out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)

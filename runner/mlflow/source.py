@@ -19,6 +19,7 @@ from runner.mlflow import uris
 from runner.core.errors import UsageError
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
+from runner.mlflow import run_inputs
 from runner.mlflow.bulk import BulkHistories
 
 PAGE = 1000  # runs per search page
@@ -326,6 +327,7 @@ def to_record(run, node: Node, experiment: str) -> JobRecord:
         params=dict(data.params),
         tags=dict(data.tags),
         latest_metrics=dict(data.metrics),
+        datasets=run_inputs.read_datasets(run),
     )
 
 

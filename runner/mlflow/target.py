@@ -20,7 +20,7 @@ from runner.files.options import ArtifactOptions
 from runner.files.stats import CopyStats
 from runner.files.roots import source_store
 from runner.mlflow import artifact_store  # noqa: F401 - registers MLflow artifact roots with runner.files
-from runner.mlflow import experiment_overflow, uris
+from runner.mlflow import experiment_overflow, run_inputs, uris
 from runner.core.errors import ReplayerError, UsageError
 from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, RUN_NAME_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
 from runner.engine import limits as caps
@@ -56,6 +56,7 @@ class DirectTarget:
         # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
         self.completes_in_batch = not resolved.startswith("azureml")
         self._completed: set[str] = set()  # runs whose completion tag is written already
+        self.inputs = run_inputs.InputWriter()  # dataset inputs; remembers a target without that route
 
     def describe(self) -> dict:
         return {"kind": "direct", "uri": uris.redact(self.uri)}
@@ -189,6 +190,7 @@ class DirectTarget:
         with self._lock:
             overflow = new_overflow(self._tag_overflow.pop(run_id, {}))
         params = self.fit_params(job.params, overflow)
+        self.inputs.write(self.client, run_id, job.datasets)  # before the completion tag, like every write
         if not self.completes_in_batch:
             written = self._log(run_id, params, self.fit_metrics(job, source.metrics(job), overflow))
             self._copy_artifacts(run_id, None, job, source, scratch, fresh=True)
@@ -231,6 +233,8 @@ class DirectTarget:
         params = self.fit_params(job.params, overflow)
         missing_params = {k: v for k, v in params.items() if k not in run.data.params}
         self._log(run_id, missing_params, [], changed_tags)
+        if not getattr(run.inputs, "dataset_inputs", None):  # inputs cannot be removed: a run holding some keeps them
+            self.inputs.write(self.client, run_id, job.datasets)
         written = 0
         for key, points in itertools.groupby(self.fit_metrics(job, source.metrics(job), overflow), key=lambda p: p.key):
             have = Counter(self._history_identities(run_id, key))
@@ -271,6 +275,24 @@ class DirectTarget:
             self.overflowed += 1
             self.overflow_counts.update(counts)
         logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
+
+    def copy_logged_models(self, source, mapping):
+        """The MLflow 3 logged models of an MLflow source's experiments, after its runs
+        (runner.mlflow.logged_models); None from a source that has none (a manifest, Azure ML jobs,
+        Azure ML's MLflow endpoint)."""
+        from runner.mlflow.logged_models import LoggedModelCopier, readable
+
+        if not readable(source):
+            return None
+        found = LoggedModelCopier(source, self, mapping).run()
+        if found.left_out:
+            self._models_left_out = found.left_out
+        return found
+
+    def left_out(self) -> dict[str, int]:
+        """What the target had no API for, by kind: runs whose part of that kind was not copied."""
+        models = getattr(self, "_models_left_out", 0)
+        return {**self.inputs.left_out_counts(), **({"logged models": models} if models else {})}
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)

@@ -8,6 +8,9 @@ At a chosen rate (seeded, so a failing run can be replayed) each request meets o
 - `reset` : the connection is closed without an answer, not forwarded
 - `slow`  : forwarded after a delay
 - `401`   : answered 401 as MLflow does for a rejected credential, not forwarded (only when asked for)
+
+Paths in `refuse` are always answered 404 ENDPOINT_NOT_FOUND, as a server without that route
+answers (an MLflow server older than the route), and never forwarded.
 """
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.2, faults=FAULTS, seed: int = 1, slow_seconds: float = 0.3,
-                 spare=("/health",)):
+                 spare=("/health",), refuse=()):
         self.upstream = urlsplit(upstream)
         self.rate, self.faults, self.slow_seconds, self.spare = rate, tuple(faults), slow_seconds, spare
+        self.refuse = tuple(refuse)
+        self.refused: Counter = Counter()  # refused requests by path
         self.random = random.Random(seed)
         self.injected: Counter = Counter()
         self.forwarded = 0
@@ -47,6 +52,9 @@ class FaultProxy:
 
     def pick(self, path: str) -> str | None:
         with self._lock:
+            if urlsplit(path).path in self.refuse:
+                self.refused[urlsplit(path).path] += 1
+                return "404"
             if any(path.startswith(p) for p in self.spare) or self.random.random() >= self.rate:
                 return None
             fault = self.random.choice(self.faults)
@@ -81,6 +89,8 @@ class FaultProxy:
                 if fault == "reset":
                     self.close_connection = True
                     return
+                if fault == "404":
+                    return self._send(404, [], b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "No such route."}', {})
                 if fault == "401":
                     return self._send(401, [], b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}', {})
                 if fault in ("429", "503"):

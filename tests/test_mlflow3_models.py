@@ -1,0 +1,189 @@
+"""MLflow 3 logged models that no registered version uses, copied with the runs (real servers).
+
+Read back with MlflowClient directly: name, type, status, params, tags, files, metrics with their
+model id and dataset, the replayed run as source run and as a run output; a rerun skips; a copy
+left PENDING is completed; a target without the logged-model API is warned about once.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, ViewType
+
+from conftest import run_cli
+
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))
+from fault_proxy import FaultProxy  # noqa: E402
+
+T0 = 1_700_000_000_000
+FILES = {"MLmodel": b"flavors: {}\n", "model.pkl": bytes(range(256)) * 8, "sub/notes ✓.txt": "unicode ✓\n".encode()}
+LOGGED_MODEL_ROUTES = ("/api/2.0/mlflow/logged-models", "/api/2.0/mlflow/logged-models/search")
+
+
+def seed(client: MlflowClient, name: str, scratch: Path, finalize: bool = True) -> dict:
+    """A run that logged a model `clf` at step 3 (files, params, tags, an eval metric), and a
+    model `broken` logged without a run, FAILED."""
+    experiment = client.create_experiment(name)
+    run_id = client.create_run(experiment, start_time=T0, run_name="trainer").info.run_id
+    client.log_metric(run_id, "loss", 0.5, T0 + 1, 0)
+    model = client.create_logged_model(experiment, name="clf", source_run_id=run_id, params={"C": "0.1", "penalty": "l2"},
+                                       tags={"team": "a", "note": "λ ✓"}, model_type="sklearn")
+    folder = scratch / name
+    for rel, content in FILES.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+    client.log_model_artifacts(model.model_id, str(folder))
+    client.log_metric(run_id, "accuracy", 0.93, T0 + 2, 3, model_id=model.model_id, dataset_name="eval", dataset_digest="e9f0")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 3)])
+    if finalize:
+        client.finalize_logged_model(model.model_id, "READY")
+    client.set_terminated(run_id, "FINISHED", end_time=T0 + 10)
+    broken = client.create_logged_model(experiment, name="broken", params={"k": "v"})
+    client.finalize_logged_model(broken.model_id, "FAILED")
+    return {"run": run_id, "clf": model.model_id, "broken": broken.model_id, "experiment": experiment}
+
+
+def copies(client: MlflowClient, name: str) -> dict[str, object]:
+    """original_model_id -> the target's logged model, in the target experiment `name`."""
+    experiment = client.get_experiment_by_name(name)
+    found = client.search_logged_models([experiment.experiment_id])
+    out = {}
+    for model in found:
+        original = model.tags["original_model_id"]
+        assert original not in out, f"two copies of {original}"
+        out[original] = model
+    return out
+
+
+def files_of(client: MlflowClient, model_id: str, scratch: Path) -> dict[str, bytes]:
+    folder = scratch / model_id
+    folder.mkdir(parents=True)
+    from mlflow.artifacts import download_artifacts
+
+    root = Path(download_artifacts(artifact_uri=client.get_logged_model(model_id).artifact_location, dst_path=str(folder),
+                                   tracking_uri=client.tracking_uri))
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def replayed_run(client: MlflowClient, workspace: str, source_run: str):
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(ids, f"tags.original_job_id = '{source_run}' AND tags.original_workspace = '{workspace}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def migrated(servers, tmp_path_factory):
+    import uuid
+
+    source, target = servers
+    name = f"models-{uuid.uuid4().hex[:8]}"
+    work = tmp_path_factory.mktemp("models")
+    src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
+    ids = seed(src, name, work)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    result = run_cli("migrate", *args, cwd=work)
+    assert result.returncode == 0, result.stderr
+    return {"ids": ids, "args": args, "work": work, "src": src, "dst": dst, "name": name, "result": result}
+
+
+def test_logged_models_are_copied_with_their_run_link(migrated, tmp_path):
+    src, dst, ids = migrated["src"], migrated["dst"], migrated["ids"]
+    found = copies(dst, migrated["name"])
+    assert set(found) == {ids["clf"], ids["broken"]}
+    run = replayed_run(dst, f"ws-{migrated['name']}", ids["run"])
+    for original, copy in found.items():
+        source = src.get_logged_model(original)
+        assert (copy.name, copy.model_type, copy.status, copy.params) == (source.name, source.model_type, source.status, source.params)
+        assert {k: v for k, v in copy.tags.items() if not k.startswith("original_")} == source.tags
+        assert copy.tags["original_workspace"] == f"ws-{migrated['name']}"
+    clf = found[ids["clf"]]
+    assert clf.source_run_id == run.info.run_id and found[ids["broken"]].source_run_id in (None, "")
+    assert str(clf.status) in ("READY", "LoggedModelStatus.READY") and "FAILED" in str(found[ids["broken"]].status)
+    assert files_of(dst, clf.model_id, tmp_path / "dst") == files_of(src, ids["clf"], tmp_path / "src")
+    assert [(m.key, m.value, m.step, m.timestamp, m.dataset_name, m.dataset_digest, m.model_id, m.run_id) for m in clf.metrics] == [
+        ("accuracy", 0.93, 3, T0 + 2, "eval", "e9f0", clf.model_id, run.info.run_id)
+    ]
+    outputs = dst.get_run(run.info.run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(clf.model_id, 3)]
+    # The model's metric point is in the run's history once, as in the source.
+    assert len(dst.get_metric_history(run.info.run_id, "accuracy")) == len(src.get_metric_history(ids["run"], "accuracy")) == 1
+    assert "logged models: copied 2, completed 0, skipped 0, failed 0" in migrated["result"].stderr
+
+
+def test_a_rerun_skips_them_and_verify_stays_clean(migrated):
+    again = run_cli("migrate", *migrated["args"], cwd=migrated["work"])
+    assert again.returncode == 0, again.stderr
+    assert "logged models: copied 0, completed 0, skipped 2, failed 0" in again.stderr
+    assert len(copies(migrated["dst"], migrated["name"])) == 2
+    check = run_cli("verify", *migrated["args"], cwd=migrated["work"])
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_verify_names_a_changed_tag_and_a_missing_file_of_a_copy(migrated, tmp_path):
+    import json
+
+    dst, ids = migrated["dst"], migrated["ids"]
+    clf = copies(dst, migrated["name"])[ids["clf"]]
+    dst.set_logged_model_tags(clf.model_id, {"team": "b"})
+    extra = tmp_path / "extra.txt"
+    extra.write_text("not in the source\n")
+    dst.log_model_artifact(clf.model_id, str(extra))
+    report = tmp_path / "report.json"
+    check = run_cli("verify", *migrated["args"], "--report", str(report), cwd=migrated["work"])
+    assert check.returncode == 1, check.stdout + check.stderr
+    found = {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
+    assert found == {(ids["clf"], "logged_model:tags"), (ids["clf"], "logged_model:file:extra.txt")}
+
+
+def test_a_pending_copy_is_completed_once_the_source_finalizes(servers, tmp_path, unique):
+    source, target = servers
+    src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
+    name = f"models-pending-{unique}"
+    ids = seed(src, name, tmp_path, finalize=False)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    first = run_cli("migrate", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "PENDING" in str(copies(dst, name)[ids["clf"]].status)
+    src.finalize_logged_model(ids["clf"], "READY")
+    second = run_cli("migrate", *args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "logged models: copied 0, completed 1, skipped 1, failed 0" in second.stderr
+    clf = copies(dst, name)[ids["clf"]]
+    assert "READY" in str(clf.status) and len(clf.metrics) == 1
+    run = replayed_run(dst, f"ws-{name}", ids["run"])
+    assert len(dst.get_run(run.info.run_id).outputs.model_outputs) == 1
+
+
+def test_target_without_logged_models_warns_once_and_copies_the_runs(servers, tmp_path, unique):
+    source, target = servers
+    name = f"models-refused-{unique}"
+    ids = seed(MlflowClient(source.uri), name, tmp_path)
+    with FaultProxy(target.uri, rate=0, refuse=LOGGED_MODEL_ROUTES) as proxy:
+        args = ["--source", source.uri, "--target", proxy.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+        result = run_cli("migrate", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("has no logged-model API") == 1
+    assert "NOT copied, the target has no API for them: 2 logged models" in result.stderr
+    run = replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["run"])
+    assert "replay.complete" in run.data.tags
+
+
+def test_a_source_without_logged_models_copies_its_runs_quietly(servers, tmp_path, unique):
+    """An MLflow server before 3 has no logged-model routes: nothing to copy, nothing to warn about."""
+    source, target = servers
+    name = f"models-old-source-{unique}"
+    ids = seed(MlflowClient(source.uri), name, tmp_path)
+    with FaultProxy(source.uri, rate=0, refuse=LOGGED_MODEL_ROUTES) as proxy:
+        args = ["--source", proxy.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+        result = run_cli("migrate", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert proxy.refused["/api/2.0/mlflow/logged-models/search"] >= 1
+        check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "logged model" not in result.stderr.lower()
+    assert "replay.complete" in replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["run"]).data.tags
+    assert MlflowClient(target.uri).get_experiment_by_name(name) is not None
