@@ -182,6 +182,7 @@ class BlobCounter:
                 body = self.rfile.read(length) if length else b""
                 if not self.headers.get("User-Agent", "").startswith("axios"):
                     shaped(counter.fake, "blob")  # never throttled: no bucket for blob
+                    counter.fake.requests[f"blob_{self.command.lower()}"] += 1
                 status, headers, payload = counter.forward(self.command, self.path, self.headers, body)
                 self.send_response(status)
                 head = self.command == "HEAD"  # its Content-Length is the blob's size, not this (empty) body's
