@@ -131,13 +131,16 @@ def command(name: str, ends: tuple[str, str], args, env: dict, cwd: Path, fake) 
 def projection(row: dict, jobs: int, files: int, shape, args, nodes: int) -> dict:
     """Hours for --project jobs: the latency bound (every request's mean latency, --parallel in flight per
     node, nodes side by side) against the throttle bound (each family's bucket, the same for any number
-    of nodes); the larger wins."""
+    of nodes); the larger wins. The latency bound is a floor: requests within a job go one after the
+    other and the node's CPU has its share, so `measured_scale_h` also scales this run's own wall time
+    (its process start included) by jobs and nodes, never below the throttle bound."""
     scale = args.project / jobs
     latency_s = sum(row["requests"][f] * scale * shape.mean_ms(f) / 1000 for f in FAMILIES) / (args.parallel * nodes)
     throttle = {f: max(0.0, row["requests"][f] * scale - b.burst) / b.rate for f, b in shape.buckets.items()}
     worst = max(throttle, key=throttle.get) if throttle else None
     hours = max(latency_s, throttle.get(worst, 0.0)) / 3600
-    return {"nodes": nodes, "latency_bound_h": round(latency_s / 3600, 2),
+    measured = max(row["wall_s"] * scale / nodes, throttle.get(worst, 0.0)) / 3600
+    return {"nodes": nodes, "latency_bound_h": round(latency_s / 3600, 2), "measured_scale_h": round(measured, 2),
             "throttle_bound_h": round(throttle[worst] / 3600, 2) if worst else 0.0, "throttle_family": worst, "hours": round(hours, 2)}
 
 
@@ -164,7 +167,8 @@ def table(results: dict) -> None:
               f"429s absorbed {row['throttled'] or 0}")
         for p in row["projection"]:
             print(f"  {results['data']['project']:,} jobs on {p['nodes']} node(s): {p['hours']} h "
-                  f"(latency bound {p['latency_bound_h']} h, throttle bound {p['throttle_bound_h']} h on {p['throttle_family']})")
+                  f"(latency bound {p['latency_bound_h']} h, throttle bound {p['throttle_bound_h']} h on {p['throttle_family']}); "
+                  f"this run's wall time scaled: {p['measured_scale_h']} h")
 
 
 # -- main ---------------------------------------------------------------------------------------------------
