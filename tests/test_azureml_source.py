@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -366,6 +367,29 @@ def test_artifacts_listed_with_sizes_and_md5_without_reading_bytes(azure, monkey
     assert sum(len(v) for v in listed.values()) == 10 and len(listed["bright_kiwi_01"]) == 6  # two listing pages
     fit = next(s for s in azure.specs if s.step == "fit")
     assert [r.md5 for r in listed[fit.name] if r.path == "outputs/model/model.pkl"] == [""]  # a block upload has no md5
+
+
+def test_read_sas_asked_per_folder_not_per_file_and_per_file_without_the_route(azure, monkeypatch):
+    """A folder holding two or more of a run's files costs one prefix/contentinfo; a lone file its own
+    contentinfo; without the prefix route (404) every file is asked alone, and the listing is the same."""
+    def listed_and_asked() -> tuple[dict, dict]:
+        before = dict(azure.fake.requests)
+        src = source()
+        listed = {job.source_id: sorted(src.artifacts(job), key=lambda r: r.path) for job in src.jobs()}
+        kinds = ("artifact_prefix_contentinfo", "artifact_contentinfo")
+        return listed, {k: azure.fake.requests[k] - before.get(k, 0) for k in kinds}
+
+    expected = {s.name: expected_files(s) for s in azure.specs}
+    folders = [Counter(p.split("/", 1)[0] for p in s.files) for s in azure.specs if s.files]
+    shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
+    assert (shared, alone) == (2, 5)  # outputs/ of bright_kiwi_01 and of fit; five files alone in their folders
+    listed, asked = listed_and_asked()
+    assert listed == expected
+    assert asked == {"artifact_prefix_contentinfo": shared, "artifact_contentinfo": alone}
+    monkeypatch.setattr(azureml_artifacts, "PREFIX_ROUTE", False)
+    listed, asked = listed_and_asked()
+    assert listed == expected
+    assert asked == {"artifact_prefix_contentinfo": 0, "artifact_contentinfo": 10}
 
 
 def test_extract_lists_files_and_logs_without_secrets(azure, tmp_path):

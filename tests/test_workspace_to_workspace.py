@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import re
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -159,13 +160,18 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
     before = dict(move.fake.requests)
     result, line, total = first_migration(move, pair, workspace, tmp_path)
     asked = {k: v - before.get(k, 0) for k, v in move.fake.requests.items()}
-    # Per file: the source's contentinfo once (its read SAS serves the copy), one registration, and
-    # the target's contentinfo once (the check that every copy landed); a source file without an
-    # MD5 is read once more, to hash it, and its copy's read SAS is asked for once more, to keep the
-    # copy's content headers while setting the MD5 (the write SAS may not read them).
+    # Per file: one registration. Read SAS URLs, on the source (they serve the copy) and on the
+    # target (the check that every copy landed): one prefix/contentinfo per run folder holding two
+    # or more files, one contentinfo per file alone in its folder. A source file without an MD5 is
+    # read once more, to hash it, and its copy's read SAS is asked for once more, to keep the copy's
+    # content headers while setting the MD5 (the write SAS may not read them).
     unhashed = without_md5(pair.src_store, expected_files(move.specs))
     assert unhashed == 2
-    assert (asked["artifact_contentinfo"], asked["artifact_create"]) == (2 * total + 2 * unhashed, total), asked
+    folders = [Counter(p.split("/", 1)[0] for p in files) for files in expected_files(move.specs).values()]
+    shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
+    assert (shared, alone) == (2, 4)  # outputs/ of bright_kiwi_01 and of fit; four files alone in their folders
+    pages = sum(-(-n // azureml_artifacts.PAGE) for f in folders for n in f.values() if n > 1)  # 4 files in one outputs/: 2 pages
+    assert (asked["artifact_prefix_contentinfo"], asked["artifact_contentinfo"], asked["artifact_create"]) == (2 * pages, 2 * alone + 2 * unhashed, total), asked
     assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
     check_files(move, pair, workspace)
 

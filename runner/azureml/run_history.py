@@ -7,13 +7,17 @@ writes them through local files. This store talks to the same run history routes
 
     GET  .../experiments/E/runs/R/artifacts                  paths, paged (continuationToken)
     GET  .../experiments/E/runs/R/artifacts/contentinfo?path  the blob's URL with a read SAS
+    GET  .../experiments/E/runs/R/artifacts/prefix/contentinfo?path=FOLDER/
+                                                              the same for every path in a folder, paged
     POST .../experiments/E/runs/R/artifacts/batch/metadata    registers a path; answers its blob's
                                                               URL with a create/write SAS
 
 so a copy between two workspaces never passes the bytes through this process: the destination
 blob (write SAS) pulls them from the source blob (read SAS) with Put Blob From URL or Copy Blob
 (runner.azureml.blob.copy_into_blob). Size and MD5 come from a HEAD on the blob (the service keeps
-neither). Where the storage accounts cannot copy between them (a firewall, another cloud) the
+neither). On Azure each request costs tens of milliseconds, so a run's read SAS URLs are asked per
+top-level folder (prefix/contentinfo, one request a page) rather than per file; a path no answer
+covered (or a service without the route: 404) is asked for alone. Where the storage accounts cannot copy between them (a firewall, another cloud) the
 copy engine streams instead, still through the write SAS, in blocks.
 
 Run history registers a path once: a second batch/metadata for it is refused ("Resource Conflict
@@ -112,6 +116,24 @@ class RunHistory:
             raise EndpointError(f"run history gave no content URI for {path} of run {run}")
         return body["contentUri"]
 
+    def read_uris(self, experiment: str, run: str, prefix: str) -> dict[str, str] | None:
+        """path -> the blob's URL with a read SAS, for every path under `prefix`, page by page (None
+        when run history has no such route: a 404)."""
+        from azure.ai.ml._restclient.runhistory.operations._operations import (
+            build_run_artifacts_list_sas_by_prefix_by_experiment_name_request as build,
+        )
+
+        found, token = {}, None
+        while True:
+            request = build(*self._scope(), experiment, run, path=prefix, continuation_token_parameter=token)
+            body = self.request_json(request, f"locate the files under {prefix} of run {run}", missing_ok=True)
+            if body is None:
+                return None
+            found.update((info["path"], info["contentUri"]) for info in body.get("value") or [] if info.get("path") and info.get("contentUri"))
+            token = body.get("continuationToken")
+            if not token:
+                return found
+
     def upload_uri(self, experiment: str, run: str, path: str) -> str:
         """Register `path` in the run and return its blob's URL with a write SAS."""
         from azure.ai.ml._restclient.runhistory.operations._operations import (
@@ -167,10 +189,11 @@ class RunHistoryStore:
             raise RegisteredWithoutBytes(path, self.run, "its blob is not on HTTPS, where a token may be sent")
         return self._blob(address, self._credential())
 
-    def stat(self, path: str):
-        """Size, MD5 and etag from a HEAD on the blob; None when run history or the blob lacks it."""
+    def stat(self, path: str, url: str | None = None):
+        """Size, MD5 and etag from a HEAD on the blob (at `url`, a read SAS run history just gave, or
+        one asked for now); None when run history or the blob lacks it."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
-        url = self.history.content_uri(self.experiment, self.run, path, missing_ok=True)
+        url = url or self.history.content_uri(self.experiment, self.run, path, missing_ok=True)
         if url is None:
             return None
         try:
@@ -186,15 +209,32 @@ class RunHistoryStore:
     def listing(self) -> dict:
         """path -> Stat for every file of the run that has its bytes (HEADs in parallel)."""
         paths = list(self.history.paths(self.experiment, self.run))
+        urls = self._read_uris(paths)
         if len(paths) <= 1:
-            found = [self.stat(p) for p in paths]
+            found = [self.stat(p, urls.get(p)) for p in paths]
         else:
             with ThreadPoolExecutor(min(HEAD_THREADS, len(paths)), thread_name_prefix="runhistory-head") as pool:
-                found = list(pool.map(self.stat, paths))
+                found = list(pool.map(lambda p: self.stat(p, urls.get(p)), paths))
         missing = [path for path, stat in zip(paths, found) if stat is None]
         if missing:  # registered, never uploaded: a job killed mid-upload, or a copy of ours cut short
             logger.debug("{} file(s) of run {} are listed without bytes, first {}", len(missing), self.run, missing[0])
         return {path: stat for path, stat in zip(paths, found) if stat is not None}
+
+    def _read_uris(self, paths: list[str]) -> dict[str, str]:
+        """Read SAS URLs for `paths`, one prefix/contentinfo per top-level folder holding two or more
+        of them (a lone file costs one request either way); the rest are asked per file by stat."""
+        folders: dict[str, int] = {}
+        for path in paths:
+            if "/" in path:
+                folder = path.split("/", 1)[0] + "/"
+                folders[folder] = folders.get(folder, 0) + 1
+        wanted, urls = set(paths), {}
+        for folder in sorted(f for f, n in folders.items() if n > 1):
+            answer = self.history.read_uris(self.experiment, self.run, folder)
+            if answer is None:  # no such route here: per file, as before
+                return {}
+            urls.update((p, u) for p, u in answer.items() if p in wanted)
+        return urls
 
     def list(self) -> Iterator[ArtifactRef]:
         for path, found in self.listing().items():

@@ -9,6 +9,10 @@ ones the AzureML source uses:
       page also carries a `nextLink` to the next one, which is what azureml-mlflow's pager follows);
 - GET .../experiments/EXP/runs/RUN/artifacts/contentinfo?path=P
       one file's ArtifactContentInformation: `contentUri`, the blob's URL with a read-only SAS;
+- GET .../experiments/EXP/runs/RUN/artifacts/prefix/contentinfo?path=PREFIX
+      the same for every path starting with PREFIX, paged like the listing
+      (PaginatedArtifactContentInformationList; run history's REST spec, `RunArtifacts_ListSasByPrefix`;
+      no recorded answer);
 - POST .../experiments/EXP/runs/RUN/artifacts/batch/metadata   {"paths": [{"path": P}, ...]}
       registers empty artifacts and answers, per path, a `contentUri` with a create/write SAS the
       client uploads the bytes to (BatchArtifactContentInformationResult); a path the run already
@@ -43,7 +47,8 @@ from urllib.parse import quote
 from fakes.azureml_control_plane import HISTORY_ROUTES, MLFLOW_ANSWERS, FakeWorkspace, dump
 
 PAGE = 3  # paths per listing page: small, so paging is exercised
-ROUTE = re.compile(r"^/experiments/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts(?P<what>/contentinfo|/batch/metadata)?$")
+PREFIX_ROUTE = True  # False: prefix/contentinfo answers 404, as a service without the route would
+ROUTE = re.compile(r"^/experiments/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts(?P<what>/contentinfo|/prefix/contentinfo|/batch/metadata)?$")
 STORES: dict[str, "ArtifactStore"] = {}  # workspace scope -> its artifact store
 
 
@@ -181,6 +186,13 @@ def history_route(handler, ws: FakeWorkspace, rest: str, query: dict, body: byte
     if what == "/batch/metadata":
         handler.fake.requests["artifact_create"] += 1
         return _create_empty(handler, ws, store, run, json.loads(body or b"{}"), known)
+    if what == "/prefix/contentinfo" and not PREFIX_ROUTE:
+        return False
+    if what == "/prefix/contentinfo":
+        handler.fake.requests["artifact_prefix_contentinfo"] += 1
+        prefix = (query.get("path") or [""])[0]
+        paths = sorted(p for p in set(store.paths(run) if store else []) | registered(ws, run) if p.startswith(prefix))
+        return _prefix_content_info(handler, store, run, paths, query)
     if what:
         handler.fake.requests["artifact_contentinfo"] += 1
         return _content_info(handler, store, run, (query.get("path") or [""])[0], known)
@@ -196,6 +208,21 @@ def _listing(handler, run: str, paths: list[str], query: dict) -> bool:
     more = start + PAGE < len(paths)
     answer = PaginatedArtifactList(
         value=[Artifact(artifact_id=f"ExperimentRun/dcid.{run}/{p}", origin="ExperimentRun", container=f"dcid.{run}", path=p) for p in page],
+        continuation_token=str(start + PAGE) if more else None,
+        next_link=f"{handler.fake.url}{handler.path.split('?')[0]}?continuationToken={start + PAGE}" if more else None,
+    )
+    handler._send(200, dump(answer))
+    return True
+
+
+def _prefix_content_info(handler, store: ArtifactStore | None, run: str, paths: list[str], query: dict) -> bool:
+    from azure.ai.ml._restclient.runhistory.models._models_py3 import ArtifactContentInformation, PaginatedArtifactContentInformationList
+
+    start = int((query.get("continuationToken") or ["0"])[0])
+    page = paths[start : start + PAGE] if store is not None else []
+    more = start + PAGE < len(paths)
+    answer = PaginatedArtifactContentInformationList(
+        value=[ArtifactContentInformation(content_uri=store.content_uri(run, p), origin="ExperimentRun", container=f"dcid.{run}", path=p) for p in page],
         continuation_token=str(start + PAGE) if more else None,
         next_link=f"{handler.fake.url}{handler.path.split('?')[0]}?continuationToken={start + PAGE}" if more else None,
     )

@@ -86,6 +86,10 @@ MLFLOW_ANSWERS: list = []
 # HISTORY_ROUTES take (handler, workspace, rest, query, body) for run history paths under a known
 # workspace (rest = /experiments/E/runs/R/artifacts...) other than runs/NAME[/children].
 HISTORY_ROUTES: list = []
+# REQUEST_HOOKS take (handler, path) for every request, discovery and unauthorized ones included,
+# before anything else: e.g. Azure-shaped latency and throttling (fakes/azureml_latency.py). A hook
+# answers and returns True (a 429), or returns False to let the request go on.
+REQUEST_HOOKS: list = []
 MLFLOW_RE = re.compile(
     r"^/mlflow/v[12]\.0/subscriptions/(?P<sub>[^/]+)/resource[gG]roups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
 )
@@ -405,6 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         self.lost = None  # one handler serves every request of a kept-alive connection
         try:
+            if any(hook(self, path) for hook in REQUEST_HOOKS):
+                return
             if path == "/discovery":  # the region's discovery, answered without a token (as the service does)
                 fake.requests["discovery"] += 1
                 return self._discovery()
@@ -670,3 +676,4 @@ from fakes import azureml_datastores  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_assets  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_computes  # noqa: E402,F401  (registers its routes)
 from fakes import azureml_limits  # noqa: E402,F401  (registers its routes: Azure ML's MLflow limits)
+from fakes import azureml_latency  # noqa: E402,F401  (registers its hook: off until turned on)

@@ -1,0 +1,130 @@
+"""Azure-shaped latency and throttling in the fake control plane (tests/fakes/azureml_latency.py).
+
+The bench (bench/bench_azure_scale.py) rests on three claims, each checked here against the real
+fake: requests are counted by route family and wait at least their family's latency, and only
+once turned on; an empty bucket answers 429 with Retry-After without doing the work; the tool's
+AzureML source absorbs those 429s (azure-core and MLflow's client honour Retry-After) and reads
+the same jobs. And the blob counter in front of Azurite passes reads, sizes and server-side copies
+through unchanged while counting them.
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from azurite import Azurite
+from fakes import azureml_latency as latency
+from fakes import azureml_seed as seed
+from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, make_token
+from servers import MlflowServer
+from test_azureml_source import fixture_histories, histories, source
+
+SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"  # test_azureml_source's `source()` reads this workspace
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory):
+    base = tmp_path_factory.mktemp("latency")
+    specs, builders = seed.build_specs()
+    seed.seed_mlflow(base / "mlflow", specs)
+    server = MlflowServer(base / "mlflow").start()
+    fake = FakeControlPlane(base / "fake", server.uri).start()
+    ws = fake.add(FakeWorkspace(SUB, RG, WS))
+    seed.install(ws, specs, builders)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in fake.environ().items():
+                patch.setenv(key, value)
+            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, base=base)
+    finally:
+        latency.turn_off(fake)
+        fake.stop()
+        server.stop()
+
+
+def get(fake, path: str) -> requests.Response:
+    return requests.get(fake.url + path, headers={"Authorization": f"Bearer {make_token()}"}, verify=str(fake.ca_file), timeout=30)
+
+
+def test_off_by_default_then_counted_and_delayed_by_family(azure):
+    fake, ws = azure.fake, azure.ws
+    assert get(fake, ws.scope + "?api-version=2024-10-01-preview").status_code == 200
+    assert not any(k.startswith("family:") for k in fake.requests)  # off: nothing counted, nothing slowed
+    latency.turn_on(fake, latency={"arm": (300, 300), "history": (150, 150)}, buckets={})
+    try:
+        started = time.monotonic()
+        assert get(fake, ws.scope + "?api-version=2024-10-01-preview").status_code == 200
+        arm = time.monotonic() - started
+        started = time.monotonic()
+        assert get(fake, f"/history/v1.0{ws.scope}/runs/eager_owl_04").status_code == 200
+        history = time.monotonic() - started
+    finally:
+        latency.turn_off(fake)
+    assert arm >= 0.3 and history >= 0.15, (arm, history)
+    assert (fake.requests["family:arm"], fake.requests["family:history"]) == (1, 1)
+    assert latency.family(f"/history/v1.0{ws.scope}/experiments/e/runs/r/artifacts/contentinfo") == "artifacts"
+    assert latency.family(f"/mlflow/v2.0{ws.scope}/api/2.0/mlflow/runs/get") == "mlflow"
+
+
+def test_an_empty_bucket_answers_429_with_retry_after(azure):
+    fake, ws = azure.fake, azure.ws
+    before = fake.requests["jobs_get"]
+    latency.turn_on(fake, latency={}, buckets={"arm": (0.01, 2)})  # two at once, then one per 100 s
+    try:
+        answers = [get(fake, ws.scope + "/jobs/eager_owl_04?api-version=2024-01-01-preview") for _ in range(3)]
+    finally:
+        latency.turn_off(fake)
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert 90 <= int(answers[2].headers["Retry-After"]) <= 100, answers[2].headers
+    assert answers[2].json()["error"]["code"] == "TooManyRequests"
+    assert fake.requests["jobs_get"] - before == 2  # the throttled one was not carried out
+    assert fake.requests["throttled:arm"] == 1
+
+
+def test_the_source_absorbs_throttling_and_reads_the_same_jobs(azure):
+    baseline = {j.source_id: j.to_json() for j in source().jobs()}
+    latency.turn_on(azure.fake, latency={}, buckets={"arm": (20.0, 3), "history": (20.0, 3), "mlflow": (20.0, 3)})
+    try:
+        src = source(parallel=8)
+        jobs = list(src.jobs())
+        got = histories(src, jobs)
+    finally:
+        latency.turn_off(azure.fake)
+    throttled = {k: v for k, v in azure.fake.requests.items() if k.startswith("throttled:")}
+    assert throttled.get("throttled:arm", 0) > 0 and throttled.get("throttled:history", 0) > 0 and throttled.get("throttled:mlflow", 0) > 0, throttled
+    assert {j.source_id: j.to_json() for j in jobs} == baseline
+    assert got == fixture_histories(azure.specs)
+
+
+def test_blob_counter_passes_sizes_reads_and_copies_through(azure, tmp_path):
+    from azure.storage.blob import BlobClient, BlobSasPermissions, generate_blob_sas
+    from datetime import datetime, timedelta, timezone
+
+    fake = azure.fake
+    with Azurite(tmp_path / "azurite") as azurite:
+        key = azurite.accounts["acct1"]
+        azurite.service("acct1").create_container("cont")
+        data = bytes(range(256)) * 300
+        azurite.service("acct1").get_blob_client("cont", "a/source.bin").upload_blob(data)
+        counter = latency.BlobCounter(azurite.endpoint, fake).start()
+        latency.turn_on(fake, latency={}, buckets={})
+        try:
+            def via(name: str, **permission) -> str:
+                sas = generate_blob_sas("acct1", "cont", name, account_key=key, permission=BlobSasPermissions(**permission),
+                                        expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+                return f"{counter.account_url('acct1')}/cont/{name}?{sas}"
+
+            source_blob = BlobClient.from_blob_url(via("a/source.bin", read=True))
+            assert source_blob.get_blob_properties().size == len(data)
+            assert source_blob.download_blob().readall() == data
+            target = BlobClient.from_blob_url(via("b/copy.bin", create=True, write=True))
+            copy = target.start_copy_from_url(via("a/source.bin", read=True))
+            assert copy["copy_status"] == "success", copy
+        finally:
+            latency.turn_off(fake)
+            counter.stop()
+        assert azurite.service("acct1").get_blob_client("cont", "b/copy.bin").download_blob().readall() == data
+    assert fake.requests["family:blob"] == 3  # properties, download, copy; not Azurite's own check of the copy source
