@@ -163,6 +163,7 @@ def expected_root(body: dict, history: dict | None = None) -> dict:
         "command": p.get("command") or trial.get("command") or "",
         "inputs": inputs, "outputs": {k: io(v) for k, v in (p.get("outputs") or {}).items()},
         "error": ((history or {}).get("error") or {}).get("error", {}).get("message", "")[:3000] if p["status"] == "Failed" else "",
+        "datasets": [],  # dataset inputs come from MLflow's run (none here: no recorded MLflow answer)
     }
 
 
@@ -182,6 +183,7 @@ def expected_step(child: dict, root: dict, component: dict) -> dict:
         "inputs": {k: io(v) for k, v in (node.get("inputs") or {}).items()},
         "outputs": {k: io(v) for k, v in (node.get("outputs") or {}).items()},
         "error": ((child.get("error") or {}).get("error") or {}).get("message", "")[:3000],
+        "datasets": [],  # as for roots: from MLflow's run, none recorded
     }
 
 
