@@ -115,17 +115,21 @@ def open_client(uri: str, create: bool):
 def half_made(resolved: str) -> bool:
     """A sqlite store whose creation was killed midway by an older replayer (or by mlflow itself):
     its schema short of mlflow's latest (or alembic's scratch tables left) and nothing in it but
-    the Default experiment. It is removed, to be made anew; one that holds anything is never touched (mlflow then migrates it
-    or names the problem)."""
+    the Default experiment. It is removed, to be made anew; one that holds anything is never
+    touched (mlflow then migrates it or names the problem)."""
     import sqlite3
+    from contextlib import closing
 
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     db = sqlite_path(resolved)
     if db is None or not db.is_file():
         return False
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    # Read-write on purpose: a process stopped mid-write leaves a hot journal that only a writer
+    # may roll back ("attempt to write a readonly database" otherwise). Nothing is written here.
+    with closing(sqlite3.connect(db)) as connection:
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
         def rows(table: str) -> int:
             return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] if table in tables else 0
 
@@ -133,14 +137,6 @@ def half_made(resolved: str) -> bool:
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
     unfinished = any(name.startswith("_alembic_tmp_") for name in tables) or (version or [None])[0] != _get_latest_schema_revision()
     if unfinished and not held:
-        logger.warning("{} was left half-made by a killed process; making it anew", db)
-        db.unlink()
-        return True
-    return False
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        runs = connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-    if any(name.startswith("_alembic_tmp_") for name in tables) and not runs:
         logger.warning("{} was left half-made by a killed process; making it anew", db)
         db.unlink()
         return True
