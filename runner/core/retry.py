@@ -16,7 +16,6 @@ Whole command: `--retries N` runs the idempotent copy again for runs that failed
 from __future__ import annotations
 
 import os
-import random
 
 MAX_ATTEMPTS = 7  # per call
 BACKOFF_FACTOR = 1  # seconds: 1, 2, 4, ... plus jitter (MLflow takes a whole number here)
@@ -43,18 +42,6 @@ def azure_retry_kwargs() -> dict:
         "retry_backoff_factor": float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", BACKOFF_FACTOR)),
         "retry_backoff_max": MAX_BACKOFF,
     }
-
-
-def backoff(attempt: int, retry_after: str | None = None) -> float:
-    """Seconds to wait before attempt `attempt + 1`: Retry-After when given, else jittered exponential."""
-    if retry_after:
-        try:
-            return min(float(retry_after), MAX_BACKOFF)
-        except ValueError:
-            pass
-    factor = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", BACKOFF_FACTOR))
-    jitter = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", BACKOFF_JITTER))
-    return min(factor * 2**attempt + random.uniform(0, jitter), MAX_BACKOFF)
 
 
 def get_with_retries(url: str, timeout: float = 10):
