@@ -86,7 +86,10 @@ def test_an_empty_bucket_answers_429_with_retry_after(azure):
 
 def test_the_source_absorbs_throttling_and_reads_the_same_jobs(azure):
     baseline = {j.source_id: j.to_json() for j in source().jobs()}
-    latency.turn_on(azure.fake, latency={}, buckets={"arm": (20.0, 3), "history": (20.0, 3), "mlflow": (20.0, 3)})
+    # ARM sees few requests (workspace, jobs list, components): a bucket of one that refills in 2 s
+    # throttles its second request whatever the machine's load; run history (children listed 8 at once)
+    # holds two at 2/s, MLflow (hundreds of reads) three at 20/s.
+    latency.turn_on(azure.fake, latency={}, buckets={"arm": (0.5, 1), "history": (2.0, 2), "mlflow": (20.0, 3)})
     try:
         src = source(parallel=8)
         jobs = list(src.jobs())
