@@ -352,6 +352,39 @@ def settled(client: MlflowClient, workspace: str) -> dict[str, bool]:
     return previous
 
 
+# The migration kills itself (SIGKILL) right after the target answered a create_run for a source
+# run: the Nth one, or the one copying a given source run. That run exists with no data and no
+# completion tag, so the rerun has a half-written run to repair however fast or loaded the machine is.
+KILLED_AFTER_CREATE = """
+import os, signal, sys
+from mlflow import MlflowClient
+
+after, created, create = sys.argv.pop(1), [], MlflowClient.create_run
+
+def create_then_die(self, *args, **kwargs):
+    run = create(self, *args, **kwargs)
+    job = (kwargs.get("tags") or {}).get("original_job_id")
+    if job:
+        created.append(job)
+        if job == after or str(len(created)) == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return run
+
+MlflowClient.create_run = create_then_die
+from runner.cli import main
+main()
+"""
+
+
+def migrate_killed(args: list[str], cwd: Path, after: int | str) -> None:
+    """`replayer migrate ARGS`, killed by SIGKILL right after creating its `after`th target run (an
+    int) or the copy of source run `after` (a run id)."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_CREATE, str(after), "migrate", *args],
+                            cwd=cwd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "REPLAYER_LOG_DIR": str(cwd / "logs")})
+    assert killed.returncode == -signal.SIGKILL, f"exit {killed.returncode}: {killed.stderr[-2000:]}"
+
+
 def test_resume_after_kill_9(servers, tmp_path, unique):
     source, target = servers
     experiment = f"resume-{unique}"
@@ -359,30 +392,15 @@ def test_resume_after_kill_9(servers, tmp_path, unique):
     total = len(source_ids)
     assert total == 60
     dst = MlflowClient(tracking_uri=target.uri)
-    interrupted = 0  # runs caught half-written by a kill, over all rounds
-    for point in (15, 40):  # kill once at least this many target runs exist
+    for point in (15, 40):  # the migration dies once it has created this many target runs
         workspace = f"ws-{unique}-{point}"
         args = ["--source", source.uri, "--target", target.uri, "--experiments", experiment, "--workspace", workspace]
-        with open(tmp_path / "killed.stderr", "wb") as stderr:
-            process = start_migrate([*args, "--parallel", "4"], tmp_path, stderr)
-            seen = 0
-            try:
-                while process.poll() is None and seen < point:
-                    time.sleep(0.1)
-                    found = dst.get_experiment_by_name(experiment)
-                    if found is not None:  # one cheap query per poll: the single-worker server is busy enough
-                        seen = len(dst.search_runs([found.experiment_id], f"tags.original_workspace = '{workspace}'", ViewType.ALL))
-                still_running = process.poll() is None
-            finally:
-                process.send_signal(signal.SIGKILL)
-                process.wait(30)
-        assert still_running, f"migrate finished before kill point {point}: {(tmp_path / 'killed.stderr').read_text()[-1500:]}"
-        assert process.returncode == -signal.SIGKILL
+        migrate_killed([*args, "--parallel", "4"], tmp_path, after=point)
         partial = settled(dst, workspace)
         assert sum(replayed(dst, workspace).values()) == len(partial)
         assert point <= len(partial) < total, f"kill point {point}: {len(partial)} runs in target"
         complete = sum(partial.values())
-        interrupted += len(partial) - complete
+        assert complete < len(partial), f"kill point {point}: the run created last is complete already"
 
         line = summary_line(run_cli("migrate", *args, "--parallel", "4", cwd=tmp_path))
         expected = SUMMARY.format(total - len(partial), len(partial) - complete, complete)
@@ -391,7 +409,6 @@ def test_resume_after_kill_9(servers, tmp_path, unique):
         copies = replayed(dst, workspace)
         assert copies == Counter({run_id: 1 for run_id in source_ids}), f"kill point {point}: {copies - Counter(source_ids)}"
         assert all(r.info.lifecycle_stage == "active" for r in all_runs(dst, f"tags.original_workspace = '{workspace}'"))
-    assert interrupted > 0, "no kill caught a run half-written: the repair path was not exercised"
 
 
 # -- 4. a half-copied run found in the target is repaired, not duplicated ------------------------

@@ -9,7 +9,6 @@ the rest; verify is clean at the end.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from conftest import run_cli
-from test_failures import all_runs, replayed, start_migrate, verify_clean
+from test_failures import all_runs, migrate_killed, replayed, verify_clean
 from runner.mlflow import uris
 from runner.mlflow import sync_state
 from runner.core.filters import Filters
@@ -86,7 +85,7 @@ def test_incremental_sync_copies_exactly_the_new_and_the_finished(servers, tmp_p
     src.log_batch(b_running, metrics=[Metric("loss", 0.01, t, 99)])
     src.set_terminated(b_running, "FINISHED", end_time=t)
     src.set_terminated(b, "FINISHED", end_time=t)
-    d = make(src, exp, "d", now_ms(), points=60_000)  # big enough that a kill lands while it copies
+    d = make(src, exp, "d", now_ms(), points=3_000)  # more than one log_batch: the kill leaves D without its data
     d_kid = make(src, exp, "d-c1", now_ms(), d)
     e = make(src, exp, "e", t - 2 * DAY)
     src.set_tag(a, "reviewed", "yes")
@@ -95,17 +94,10 @@ def test_incremental_sync_copies_exactly_the_new_and_the_finished(servers, tmp_p
     # and its child finished since, C is inside the hour of overlap; E and A's new tag are not seen.
     assert counts(sync(*args, "plan2", "--incremental", "--dry-run")) == (2, 2, 1, 0)
 
-    # Sync 2, killed while copying D: no state is written, so the rerun redoes the whole window.
-    with open(tmp_path / "killed.stderr", "wb") as stderr:
-        process = start_migrate(["--source", source.uri, "--target", target.uri, "--workspace", workspace,
-                                 "--experiments", experiment, "--incremental"], tmp_path, stderr)
-        deadline = time.monotonic() + 120
-        while d not in replayed(dst, workspace) and time.monotonic() < deadline:
-            assert process.poll() is None, "sync 2 ended before it could be killed: " + (tmp_path / "killed.stderr").read_text()[-2000:]
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-    assert d in replayed(dst, workspace), "the kill should land while D is copied"
+    # Sync 2, killed once D's copy is created: no state is written, so the rerun redoes the whole window.
+    migrate_killed(["--source", source.uri, "--target", target.uri, "--workspace", workspace,
+                    "--experiments", experiment, "--incremental"], tmp_path, after=d)
+    assert d in replayed(dst, workspace), "the kill lands once D's copy exists"
     assert state(target, workspace) == after_1, "a killed sync must not move the watermark"
 
     created, repaired, skipped, failed = counts(sync(*args, "sync2", "--incremental"))
