@@ -11,13 +11,23 @@ source, which uploads the folder through the artifact service first (LocalUpload
 never registers local files, so that path is not faked.
 
 Whether the AzureML service implements every one of those routes cannot be checked here (aliases
-and MLflow 3 logged models are newer than the service's published support matrix). `refuse(ws,
-"aliases", "stages", "logged-model-create")` makes this workspace answer those routes as a store
-without them does: HTTP 404 with MLflow's `ENDPOINT_NOT_FOUND` error, so the replayer's fallbacks
-(aliases and stages kept as `replay.*` tags, a clear error for a version that needs a logged model)
-run. Only the creation of logged models can be refused: an MLflow 3 client searches logged models
-whenever it lists `runs:/RUN/path` artifacts, so a store without that search serves no MLflow 3
-client at all.
+are newer than the service's published support matrix). `refuse(ws, FEATURE, ...)` makes this
+workspace answer a feature's routes as a store without it does, so the replayer's fallbacks run:
+- "aliases", "stages": HTTP 404 with MLflow's `ENDPOINT_NOT_FOUND` error (what an MLflow server
+  without the route answers); aliases and stages are then kept as `replay.*` tags.
+- "logged-model-create": HTTP 404 with an EMPTY body, as the real service answers
+  `POST /api/2.0/mlflow/logged-models` (Azure/azure-sdk-for-python#44896, 2026-01, azureml-mlflow
+  1.60/1.61 with mlflow 3.5-3.8.1: "failed with error code 404 != 200. Response body: ''";
+  Azure/azureml-examples PRs #3846/#3868/#3891, 2026-03/04, still work around it). MLflow's client
+  reads an empty 404 as ENDPOINT_NOT_FOUND. Only the creation is refused: an MLflow 3 client
+  searches logged models whenever it lists `runs:/RUN/path` artifacts, and no report says that
+  search fails.
+- "traces": HTTP 403 with an empty body on the trace routes, as the service answered
+  `POST /api/2.0/mlflow/traces` (Azure/azure-sdk-for-python#40261, 2025-03, open; the answer there:
+  "mlflow tracing is not supported in AML yet"). MLflow's client reads it as PERMISSION_DENIED,
+  though the same credential writes runs: the replayer must not take it for a refused login.
+The fake does not refuse them by default: the reports are of a given time, and the service may
+have gained the routes since; tests that model today's service refuse them explicitly.
 """
 from __future__ import annotations
 
@@ -29,6 +39,12 @@ FEATURES = {  # feature -> does (method, rest) belong to it
     "aliases": lambda method, rest: rest.startswith("/api/2.0/mlflow/registered-models/alias"),
     "stages": lambda method, rest: rest.startswith("/api/2.0/mlflow/model-versions/transition-stage"),
     "logged-model-create": lambda method, rest: method == "POST" and rest.rstrip("/") == "/api/2.0/mlflow/logged-models",
+    "traces": lambda method, rest: rest.startswith(("/api/2.0/mlflow/traces", "/api/3.0/mlflow/traces")),
+}
+# How the service answers a refused feature: (status, body). See the module docstring for the sources.
+ANSWERS = {
+    "logged-model-create": (404, b""),
+    "traces": (403, b""),
 }
 
 
@@ -44,8 +60,8 @@ def _refused_routes(handler, workspace, rest: str, query: str, body: bytes) -> b
     for feature in getattr(workspace, "mlflow_refused", ()):
         if FEATURES[feature](handler.command, rest):
             handler.fake.requests[f"mlflow_refused_{feature}"] += 1
-            answer = {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{handler.command} {rest}'"}
-            handler._send(404, json.dumps(answer).encode())
+            missing = {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{handler.command} {rest}'"}
+            handler._send(*ANSWERS.get(feature, (404, json.dumps(missing).encode())))
             return True
     return False
 
