@@ -161,6 +161,19 @@ def test_a_rerun_creates_nothing_and_verify_is_clean(migrated):
     assert "3 traces compared" in check.stdout
 
 
+def test_a_source_trace_rated_since_is_brought_up_to_date(migrated):
+    src, dst, rated = migrated["src"], migrated["dst"], migrated["ids"]["rated"]
+    mlflow.set_tracking_uri(src.tracking_uri)
+    mlflow.log_feedback(trace_id=rated, name="late", value=0.5, source=AssessmentSource("LLM_JUDGE", "judge-1"))
+    again = run_cli("migrate", *migrated["args"], cwd=migrated["work"])
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 0, completed 1, skipped 2, failed 0" in again.stderr
+    assert [a.to_dictionary() for a in dst.get_trace(rated).info.assessments] == \
+        [a.to_dictionary() for a in src.get_trace(rated).info.assessments]
+    check = run_cli("verify", *migrated["args"], cwd=migrated["work"])
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_verify_names_a_changed_span_and_tag(migrated, tmp_path):
     """Last of the module's tests on `migrated`: it changes the target's copies."""
     from mlflow.entities import Span
@@ -181,8 +194,9 @@ def test_verify_names_a_changed_span_and_tag(migrated, tmp_path):
     assert "llm-renamed" in check.stdout
 
 
-# The migration kills itself (SIGKILL) right after the target answered the Nth start_trace: that
-# trace has its spans and info but no completion tag, and the traces after it are not there.
+# The migration kills itself (SIGKILL) right after the target answered the Nth start_trace (the
+# write that completes a copy): the traces after it have their spans (logged a page at a time)
+# but no info, no lineage tag and no completion mark.
 KILLED_AFTER_TRACE = """
 import os, signal, sys
 from mlflow.store.tracking.rest_store import RestStore
@@ -212,12 +226,12 @@ def test_a_kill_9_between_traces_resumes_without_duplicates(servers, tmp_path, u
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     dst = MlflowClient(target.uri)
     partial = target_traces(dst, name)
-    assert len(partial) == 2 and sum("replay.complete" in t.info.tags for t in partial.values()) == 1
+    assert sorted(partial) == sorted(ids) and sum("replay.complete" in t.info.tags for t in partial.values()) == 2
     dry = run_cli("migrate", *args, "--dry-run", cwd=tmp_path)
-    assert "traces: would copy 3, complete 1, skip 1" in dry.stderr, dry.stderr
+    assert "traces: would copy 3, complete 0, skip 2" in dry.stderr, dry.stderr
     again = run_cli("migrate", *args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "traces: copied 3, completed 1, skipped 1, failed 0" in again.stderr
+    assert "traces: copied 3, completed 0, skipped 2, failed 0" in again.stderr
     found = target_traces(dst, name)
     assert sorted(found) == sorted(ids) and all("replay.complete" in t.info.tags for t in found.values())
     src = MlflowClient(source.uri)

@@ -9,9 +9,10 @@ state, previews, tags, metadata and assessments (with their ids). Links are rema
 logged model's copy (runner.mlflow.logged_models.find_copy); a run linked with `link_traces_to_run`
 is linked to its replayed run. What has no copy in the target keeps the source's id.
 
-Last, `replay.complete` (a fingerprint of the source trace) is set: a trace id is unique, so a copy
-can never be made twice, and one an interrupted migration left without that tag (or one whose
-source changed: a new assessment, a tag) is written again; every write is an upsert.
+The info carries `replay.complete` (a fingerprint of the source trace) and is written last, after
+the spans (logged a page of traces per request) and the run links. A trace id is unique, so a copy
+can never be made twice; one an interrupted migration left without that tag (spans only), or whose
+source changed since (a new assessment, a tag), is written again: every write is an upsert.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from runner.mlflow.logged_models import find_copy
 from runner.mlflow.registry import unsupported
 
 PAGE = 100
+SPANS_PER_REQUEST = 500  # spans of several traces in one OTLP request, a few MB at most
 SOURCE_RUN = "mlflow.sourceRun"
 MODEL_ID = "mlflow.modelId"
 ASSESSMENT_RUN = "mlflow.assessment.sourceRunId"
@@ -187,11 +189,11 @@ class Remap:
         return out
 
 
-def target_info(info, experiment_id: str, remap: Remap, workspace: str):
+def target_info(info, experiment_id: str, remap: Remap, workspace: str, mark: str | None):
     """The source trace's info as its copy in target experiment `experiment_id` carries it."""
     from mlflow.entities import TraceLocation
 
-    tags = {**user_tags(info.tags), ORIGINAL_WORKSPACE: workspace}
+    tags = {**user_tags(info.tags), ORIGINAL_WORKSPACE: workspace, **({COMPLETE: mark} if mark else {})}
     return replace(info, trace_location=TraceLocation.from_experiment_id(experiment_id), tags=tags,
                    trace_metadata=remap.metadata(info.trace_metadata, experiment_id),
                    assessments=[remap.assessment(a) for a in info.assessments or []])
@@ -285,17 +287,30 @@ class TraceCopier:
         if not page:
             return
         traces = full(self.source_store, [info for info, _, _ in page])
+        logged = self.log_spans(experiment_id, [traces[info.trace_id] for info, _, _ in page])
         with ThreadPoolExecutor(max(1, self.parallel), thread_name_prefix="traces") as pool:
             for info, mark, action in page:
-                pool.submit(self.each, traces[info.trace_id], experiment_id, mark, action)
+                pool.submit(self.each, traces[info.trace_id], experiment_id, mark, action, logged)
 
-    def each(self, trace, experiment_id: str, mark: str, action: str) -> None:
+    def log_spans(self, experiment_id: str, traces: list) -> bool:
+        """The spans of a page of traces in few requests (the OTLP route takes many traces at once);
+        False where that failed: each trace then logs its own, so a failure is named per trace."""
+        ready = [t for t in traces if otel_id(t)]
+        try:
+            for chunk in chunks(ready):
+                self.writer.store.log_spans(experiment_id, [span for trace in chunk for span in trace.data.spans])
+        except Exception as error:  # noqa: BLE001 - retried trace by trace, where the error is told
+            logger.debug("logging the spans of {} traces at once failed: {}", len(ready), error)
+            return False
+        return True
+
+    def each(self, trace, experiment_id: str, mark: str, action: str, logged: bool) -> None:
         trace_id = trace.info.trace_id
         if self._refused:
             self.refused(1)
             return
         try:
-            self.write(trace, experiment_id, mark)
+            self.write(trace, experiment_id, mark, logged)
         except Exception as error:  # noqa: BLE001 - one trace's failure must not stop the others
             if no_api(error):
                 self.refused(1)
@@ -308,18 +323,40 @@ class TraceCopier:
         with self._lock:
             setattr(self.summary, action, getattr(self.summary, action) + 1)
 
-    def write(self, trace, experiment_id: str, mark: str) -> None:
-        """Spans, then the info, then links, then the completion mark: each an upsert, so a rerun
-        after any of them only finishes the copy."""
+    def write(self, trace, experiment_id: str, mark: str, logged: bool) -> None:
+        """Spans, links, then the info carrying the completion mark: the last write, and an upsert
+        like the others, so a rerun after any of them only finishes the copy. A trace without
+        spans has no row before its info: there the mark is set after the links."""
         trace_id = trace.info.trace_id
         if not otel_id(trace):
             raise ReplayerError(f"trace {trace_id}: its id is not its spans' OpenTelemetry id (an MLflow 2 trace?); "
                                 "copying those is not supported yet")
-        if trace.data.spans:
-            self.writer.store.log_spans(experiment_id, trace.data.spans)
-        written = self.writer.store.start_trace(target_info(trace.info, experiment_id, self.remap, self.workspace))
+        spans = trace.data.spans
+        if spans and not logged:
+            self.writer.store.log_spans(experiment_id, spans)
+        if spans:
+            self.link(trace_id)
+        written = self.writer.store.start_trace(target_info(trace.info, experiment_id, self.remap, self.workspace,
+                                                            mark if spans else None))
         if written.trace_id != trace_id:
             raise ReplayerError(f"the target gave trace {trace_id} a new id {written.trace_id}")
+        if not spans:
+            self.link(trace_id)
+            self.client.set_trace_tag(trace_id, COMPLETE, mark)
+
+    def link(self, trace_id: str) -> None:
         for run_id in sorted(self.links.get(trace_id, ())):
             self.client.link_traces_to_run([trace_id], self.remap.run(run_id))
-        self.client.set_trace_tag(trace_id, COMPLETE, mark)
+
+
+def chunks(traces: list):
+    """Traces in groups of at most SPANS_PER_REQUEST spans (a bigger trace goes alone)."""
+    group, size = [], 0
+    for trace in traces:
+        if group and size + len(trace.data.spans) > SPANS_PER_REQUEST:
+            yield group
+            group, size = [], 0
+        group.append(trace)
+        size += len(trace.data.spans)
+    if group:
+        yield group
