@@ -268,3 +268,48 @@ def test_skip_traces_leaves_them_out_of_migrate_and_verify(servers, tmp_path, un
     assert run_cli("verify", *args, "--skip-traces", cwd=tmp_path).returncode == 0
     check = run_cli("verify", *args, cwd=tmp_path)
     assert check.returncode == 1 and ids[0] in check.stdout, check.stdout
+
+
+def file_trace(uri: str, experiment_id: str, template) -> str:
+    """A copy of trace `template` under a new id whose spans sit in a file of the trace's artifact
+    folder, as MLflow servers before 3.4 keep them (no span rows): only a per-trace read finds them."""
+    import base64
+    import uuid
+
+    from mlflow.entities import Span, TraceData, TraceLocation
+    from mlflow.tracing.client import TracingClient
+
+    otel = uuid.uuid4().hex
+    trace_id = f"tr-{otel}"
+    spans = []
+    for span in template.data.spans:
+        d = span.to_dict()
+        d["trace_id"] = base64.b64encode(bytes.fromhex(otel)).decode()
+        d["attributes"]["mlflow.traceRequestId"] = json.dumps(trace_id)
+        spans.append(Span.from_dict(d))
+    info = template.info
+    info = type(info)(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment_id),
+                      request_time=info.request_time, state=info.state, execution_duration=info.execution_duration,
+                      request_preview=info.request_preview, trace_metadata={"kept": "as a file"}, tags={"kind": "file"})
+    tracing = TracingClient(uri)
+    written = tracing.store.start_trace(info)
+    tracing._upload_trace_data(written, TraceData(spans=spans))
+    return trace_id
+
+
+def test_a_trace_kept_as_a_file_is_copied_with_its_spans(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-file-{unique}"
+    template = MlflowClient(source.uri).get_trace(plain_traces(source.uri, name, 1)[0])
+    src = MlflowClient(source.uri)
+    trace_id = file_trace(source.uri, src.get_experiment_by_name(name).experiment_id, template)
+    assert "mlflow.trace.spansLocation" not in src.get_trace(trace_id).info.tags and len(src.get_trace(trace_id).data.spans) == 2
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    result = run_cli("migrate", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "traces: copied 2, completed 0, skipped 0, failed 0" in result.stderr
+    copy = MlflowClient(target.uri).get_trace(trace_id)
+    assert [s.to_dict() for s in copy.data.spans] == [s.to_dict() for s in src.get_trace(trace_id).data.spans]
+    assert copy.info.tags["kind"] == "file" and copy.info.trace_metadata["kept"] == "as a file"
+    check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr

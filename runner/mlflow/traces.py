@@ -35,8 +35,9 @@ SPANS_PER_REQUEST = 500  # spans of several traces in one OTLP request, a few MB
 SOURCE_RUN = "mlflow.sourceRun"
 MODEL_ID = "mlflow.modelId"
 ASSESSMENT_RUN = "mlflow.assessment.sourceRunId"
+SPANS_LOCATION = "mlflow.trace.spansLocation"
 # Tags each server writes for itself (where it keeps the spans and the trace's files): never copied or compared.
-SERVER_TAGS = ("mlflow.artifactLocation", "mlflow.trace.spansLocation", "mlflow.trace.archiveLocation",
+SERVER_TAGS = ("mlflow.artifactLocation", SPANS_LOCATION, "mlflow.trace.archiveLocation",
                "mlflow.trace.archivalFailure")
 
 
@@ -100,7 +101,10 @@ def full(store, found: list) -> dict:
 
     if not found:
         return {}
-    by_id = {t.info.trace_id: t for t in store.store.batch_get_traces([i.trace_id for i in found])}
+    # A batch get answers spans kept in the database only (others come back empty): the rest,
+    # kept as files or archived, one by one through MLflow's client, which reads them where they are.
+    in_db = [i.trace_id for i in found if i.tags.get(SPANS_LOCATION) == "TRACKING_STORE"]
+    by_id = {t.info.trace_id: t for t in store.store.batch_get_traces(in_db)} if in_db else {}
     out = {}
     for info in found:
         data = by_id[info.trace_id].data if info.trace_id in by_id else store.get_trace(info.trace_id).data
