@@ -73,11 +73,12 @@ def tracing(client):
     return TracingClient(client.tracking_uri)
 
 
-def infos(client, experiment_id: str, filter_string: str | None = None):
-    """Every trace info (no spans) of one experiment, a page at a time."""
+def infos(client, experiment_id: str | list[str], filter_string: str | None = None):
+    """Every trace info (no spans) of one experiment (or several), a page at a time."""
     token = None
+    locations = [experiment_id] if isinstance(experiment_id, str) else list(experiment_id)
     while True:
-        page = client.search_traces(locations=[experiment_id], filter_string=filter_string, max_results=PAGE,
+        page = client.search_traces(locations=locations, filter_string=filter_string, max_results=PAGE,
                                     page_token=token, include_spans=False)
         yield from (trace.info for trace in page)
         token = page.token
@@ -130,7 +131,7 @@ def run_links(client, experiment_ids: list[str], run_ids, parallel: int) -> dict
 
     def linked(run_id: str) -> list[tuple[str, str]]:
         query = f"attribute.run_id = '{run_id}'"
-        found = [i for e in experiment_ids for i in infos(client, e, query)] if experiment_ids else []
+        found = list(infos(client, experiment_ids, query)) if experiment_ids else []
         return [(i.trace_id, run_id) for i in found if i.trace_metadata.get(SOURCE_RUN) != run_id]
 
     out: dict[str, set[str]] = {}
