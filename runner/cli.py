@@ -60,6 +60,7 @@ class Settings:
         self.models_only = as_bool(options.get("models_only", False), "--models-only")
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
+        self.skip_traces = as_bool(options.get("skip_traces", False), "--skip-traces")
         # runner.mlflow.sync_state: --incremental continues from the sync state in the target; --full reads all and resets it
         self.full = as_bool(flags.get("full", False), "--full")
         self.incremental = as_bool(flags.get("incremental", False), "--incremental") or self.full
@@ -84,8 +85,8 @@ SYNC_FLAGS = ("incremental", "full")  # runner.mlflow.sync_state
 COMMAND_FLAGS = {
     "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS,
     "replay": SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS,
-    "migrate": SELECT + ("report", "models", "models_only") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS,
-    "verify": SELECT + ("report", "models", "models_only", "rename_file") + ARTIFACT_FLAGS,
+    "migrate": SELECT + ("report", "models", "models_only", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS,
+    "verify": SELECT + ("report", "models", "models_only", "rename_file", "skip_traces") + ARTIFACT_FLAGS,
     "tree": SELECT,
     "demo": ("verbose",),
     "step": COMMON_FLAGS + ("max_tags", "max_metric_keys"),
@@ -211,7 +212,7 @@ class Replayer:
         """Extract and replay in one go, straight from source to target (no manifest on disk).
 
         --source URI|config.yml  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
-        [--models NAME,GLOB|all] [--models-only] [--rename-file F] [--import-source-tags] [--use-source-user]
+        [--models NAME,GLOB|all] [--models-only] [--rename-file F] [--import-source-tags] [--use-source-user] [--skip-traces]
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         [--incremental [--full]] (only what changed since the last incremental sync; state kept in the target)
         """
@@ -227,7 +228,8 @@ class Replayer:
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
             if not s.models_only:
-                options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
+                options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
+                                        skip_traces=s.skip_traces)
                 code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
                 if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
                     sync_state.commit(dst.client, sync.next_state(src))
@@ -244,7 +246,7 @@ class Replayer:
         """Compare source (URI or manifest folder) and target run by run; exit 1 on any difference.
 
         --source URI|DIR|config.yml  --target URI|config.yml  [--report verify-report.json] [filters]
-        [--models NAME,GLOB|all [--models-only]] [--rename-file F]
+        [--models NAME,GLOB|all [--models-only]] [--rename-file F] [--skip-traces]
         """
 
         def body():
@@ -255,7 +257,8 @@ class Replayer:
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
             # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
-            report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only)
+            report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only,
+                            traces=not (s.skip_traces or s.models_only))
             print_table(report)
             if s.report:  # written only when asked: nothing lands in the working directory by itself
                 write_report(report, Path(s.report))

@@ -32,6 +32,7 @@ class ReplayOptions:
     parallel: int = 8
     retries: int = 2  # extra passes over runs that failed (the copy is idempotent)
     mapping: Mapping = field(default_factory=Mapping)  # experiment renames, source tags, source user
+    skip_traces: bool = False  # --skip-traces: MLflow 3 traces stay behind
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Summary:
     overflow: dict[str, int] = field(default_factory=dict)  # what those files hold, by kind (tags, params, metrics)
     left_out: dict[str, int] = field(default_factory=dict)  # kinds the target has no API for -> how many were not copied
     logged_models: str = ""  # the logged models' own line (runner.mlflow.logged_models), when the source has any
+    traces: str = ""  # the traces' own line (runner.mlflow.traces), when the source has any
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -62,12 +64,14 @@ class Summary:
 
     def line(self, dry_run: bool = False) -> str:
         if dry_run:
-            return f"dry run: would create {self.created}, repair {self.repaired}, skip {self.skipped}; nothing written"
+            return (f"dry run: would create {self.created}, repair {self.repaired}, skip {self.skipped}"
+                    + (f"; {self.traces}" if self.traces else "") + "; nothing written")
         return (
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
             + (f", {self.overflowed} runs over the target's limits ({self.overflow_line()} in replay/overflow.json on them)" if self.overflowed else "")
             + (f"; {self.logged_models}" if self.logged_models else "")
+            + (f"; {self.traces}" if self.traces else "")
             + "".join(f"; NOT copied, the target has no API for them: {left_out(kind, n)}" for kind, n in sorted(self.left_out.items()))
         )
 
@@ -112,6 +116,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         logger.warning("target holds {} duplicate replayed runs for this source; verify will list them", ledger.duplicates)
     if options.dry_run:
         summary = plan(source, ledger)
+        copy_traces(source, target, options, summary)
         summary.seconds = time.monotonic() - started
         return summary
     ledger = remove_orphans(target, source.workspace, ledger)
@@ -126,6 +131,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     ensure_runless_experiments(source, target, options.mapping)
     copy_models(source, target, options.mapping, summary)
+    copy_traces(source, target, options, summary)
     sync_deleted_experiments(source, target, options.mapping)
     files = getattr(target, "artifact_stats", None)
     if files is not None and files.files:
@@ -138,7 +144,7 @@ def replay(source, target, options: ReplayOptions) -> Summary:
 
 
 def left_out(kind: str, count: int) -> str:
-    return f"{count} {kind}" if kind == "logged models" else f"{kind} of {count} runs"
+    return f"{count} {kind}" if kind in ("logged models", "traces") else f"{kind} of {count} runs"
 
 
 def copy_models(source, target, mapping: Mapping, summary: Summary) -> None:
@@ -150,6 +156,22 @@ def copy_models(source, target, mapping: Mapping, summary: Summary) -> None:
         return
     if found.copied or found.completed or found.skipped or found.failures:
         summary.logged_models = found.line()
+    summary.failed += len(found.failures)
+    summary.failures += found.failures
+
+
+def copy_traces(source, target, options: ReplayOptions, summary: Summary) -> None:
+    """MLflow 3 traces, after the runs and logged models they link to (a dry run counts them);
+    a failed trace counts as a failure of the command."""
+    copy = getattr(target, "copy_traces", None)
+    found = None if options.skip_traces or copy is None else copy(source, options.mapping, options.parallel, options.dry_run)
+    if found is None:
+        return
+    if options.dry_run:
+        summary.traces = f"traces: would copy {found.copied}, complete {found.completed}, skip {found.skipped}"
+        return
+    if found.copied or found.completed or found.skipped or found.failures:
+        summary.traces = found.line()
     summary.failed += len(found.failures)
     summary.failures += found.failures
 

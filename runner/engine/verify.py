@@ -44,6 +44,7 @@ class VerifyReport:
     compared: int = 0
     equal: int = 0
     models: int = 0  # registered models compared (with --models)
+    traces: int = 0  # MLflow 3 traces compared (an MLflow source's; not with --skip-traces)
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -57,7 +58,7 @@ class VerifyReport:
             "target": self.target,
             "summary": {
                 "compared": self.compared, "equal": self.equal, "differing": self.compared - self.equal,
-                "models": self.models, "by_field": dict(kinds),
+                "models": self.models, "traces": self.traces, "by_field": dict(kinds),
             },
             "differences": [asdict(d) for d in self.differences],
         }
@@ -76,7 +77,7 @@ class Checker(Protocol):
 
 
 def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None,
-           runs: bool = True) -> VerifyReport:
+           runs: bool = True, traces: bool = True) -> VerifyReport:
     """Source against target: every selected run (unless `runs=False`, e.g. the pipeline's models
     step) and the registered models `models` names."""
     mapping = mapping or Mapping()
@@ -92,6 +93,9 @@ def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, mo
         compare_runs(source, target, ledger, checker, report, mapping, parallel)
     if models:
         report.models, found = target.compare_models(source, ledger, models, checker.scratch)
+        report.differences += found
+    if traces and hasattr(target, "compare_traces"):
+        report.traces, found = target.compare_traces(source, ledger, mapping, parallel)
         report.differences += found
     checker.close()
     return report
@@ -178,6 +182,7 @@ def print_table(report: VerifyReport, limit: int = 50) -> None:
     differing = report.compared - report.equal
     others = sum(1 for d in report.differences if not d.job)
     models = f", {report.models} models compared" if report.models else ""
+    models += f", {report.traces} traces compared" if report.traces else ""
     print(f"verify: {report.compared} runs compared, {report.equal} equal, {differing} differ{models}"
           + (f"; {others} other differences (experiments, runs only the target has, registry)" if others else ""))
     if not report.differences:
@@ -196,8 +201,11 @@ NOT_CHANGES = {"run", "experiment", "target_only", "duplicates", "orphans", "tar
 
 def fixes(differences: list[Difference]) -> list[str]:
     """What fixes which kind of difference, one line each."""
-    kinds = {d.field for d in differences}
+    kinds = {d.field for d in differences if not d.field.startswith("trace")}
     hints = []
+    if len(kinds) < len({d.field for d in differences}):
+        hints.append("fix: missing or unfinished traces: rerun the same `replayer migrate`; a trace changed in the target "
+                     "since its copy: delete it there (`mlflow traces delete`) and rerun migrate")
     if kinds & {"run", "experiment"}:
         hints.append("fix: missing or interrupted runs: rerun the same `replayer migrate` (or replay); it creates and repairs only those")
     if kinds - NOT_CHANGES:

@@ -289,10 +289,32 @@ class DirectTarget:
             self._models_left_out = found.left_out
         return found
 
+    def copy_traces(self, source, mapping, parallel: int = 8, dry_run: bool = False):
+        """The MLflow 3 traces of an MLflow source's experiments, after its runs and logged models
+        (runner.mlflow.traces); None from a source that has none. A dry run only counts them."""
+        from runner.mlflow.traces import TraceCopier, readable
+
+        if not readable(source):
+            return None
+        copier = TraceCopier(source, self, mapping, parallel)
+        if dry_run:
+            return copier.plan()
+        found = copier.run()
+        self._traces_left_out = found.left_out
+        return found
+
+    def compare_traces(self, source, ledger, mapping, parallel: int = 8):
+        """Verify's trace part: (traces compared, differences) (runner.mlflow.traces_check)."""
+        from runner.mlflow.traces_check import compare_traces
+
+        return compare_traces(source, self, ledger, mapping, parallel)
+
     def left_out(self) -> dict[str, int]:
         """What the target had no API for, by kind: runs whose part of that kind was not copied."""
         models = getattr(self, "_models_left_out", 0)
-        return {**self.inputs.left_out_counts(), **({"logged models": models} if models else {})}
+        traces = getattr(self, "_traces_left_out", 0)
+        return {**self.inputs.left_out_counts(), **({"logged models": models} if models else {}),
+                **({"traces": traces} if traces else {})}
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)

@@ -1,0 +1,315 @@
+"""MLflow 3 traces copied with the runs (real servers): ids, spans, info, tags, metadata,
+assessments and links equal, remapped to the copies; a rerun skips; a kill -9 in the middle
+resumes; verify names a changed span or tag; a target without the trace API is warned about once.
+
+Read back with MlflowClient directly, field by field against the source's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import AssessmentSource, SpanEvent, SpanStatusCode
+
+from conftest import run_cli
+from test_mlflow3_models import copies as model_copies
+from test_mlflow3_models import replayed_run
+
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))
+from fault_proxy import FaultProxy  # noqa: E402
+
+TRACE_ROUTES = ("/api/3.0/mlflow/traces", "/api/3.0/mlflow/traces/search", "/api/2.0/mlflow/traces", "/v1/traces")
+SERVER_TAGS = ("mlflow.artifactLocation", "mlflow.trace.spansLocation")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def synchronous_traces():
+    """The fluent API logs a trace in the background by default: seeding must be written when it returns."""
+    before = os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING")
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING")
+    else:
+        os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = before
+
+
+def seed(uri: str, name: str) -> dict:
+    """Three traces: nested spans (attributes, an event, an error status) inside a run; one of an
+    external logged model; one rated (feedback and expectation), tagged, linked to a second run."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(name)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_name="agent-run") as run:
+        with mlflow.start_span("agent", span_type="CHAIN") as root:
+            root.set_inputs({"question": "λ?"})
+            root.set_attributes({"temperature": 0.2, "ks": [1, 2]})
+            with mlflow.start_span("retrieve", span_type="RETRIEVER") as middle:
+                with mlflow.start_span("llm", span_type="LLM") as leaf:
+                    leaf.add_event(SpanEvent("token", attributes={"n": 3}))
+                    leaf.set_outputs("answer ✓")
+                middle.set_status(SpanStatusCode.ERROR)
+            root.set_outputs({"answer": "yes"})
+        in_run = mlflow.get_last_active_trace_id()
+    model = mlflow.create_external_model(name="support-agent")
+    mlflow.set_active_model(model_id=model.model_id)
+    with mlflow.start_span("answer") as span:
+        span.set_inputs("x")
+        span.set_outputs("y")
+    of_model = mlflow.get_last_active_trace_id()
+    mlflow.clear_active_model()
+    with mlflow.start_span("rated") as span:
+        span.set_inputs("how?")
+        mlflow.update_current_trace(tags={"team": "a", "note": "λ ✓"}, metadata={"release": "7"})
+    rated = mlflow.get_last_active_trace_id()
+    mlflow.log_feedback(trace_id=rated, name="helpful", value=True, source=AssessmentSource("HUMAN", "bob"), rationale="fine")
+    mlflow.log_expectation(trace_id=rated, name="expected", value={"answer": "yes"})
+    with mlflow.start_run(run_name="judge") as judge:
+        pass
+    client.link_traces_to_run([rated], judge.info.run_id)
+    return {"in_run": in_run, "of_model": of_model, "rated": rated, "run": run.info.run_id, "judge": judge.info.run_id,
+            "model": model.model_id, "experiment": experiment_id}
+
+
+def plain_traces(uri: str, name: str, count: int) -> list[str]:
+    """`count` two-span traces in a new experiment without runs."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(uri).create_experiment(name))
+    ids = []
+    for n in range(count):
+        with mlflow.start_span(f"step-{n}") as root:
+            root.set_inputs({"n": n})
+            with mlflow.start_span("inner") as inner:
+                inner.set_attribute("n", n)
+        ids.append(mlflow.get_last_active_trace_id())
+    return ids
+
+
+def target_traces(client: MlflowClient, name: str) -> dict:
+    experiment = client.get_experiment_by_name(name)
+    return {t.info.trace_id: t for t in client.search_traces(locations=[experiment.experiment_id], max_results=500)}
+
+
+def linked(client: MlflowClient, run_id: str) -> list[str]:
+    experiment = client.get_run(run_id).info.experiment_id
+    return [t.info.trace_id for t in client.search_traces(locations=[experiment], filter_string=f"attribute.run_id = '{run_id}'",
+                                                          include_spans=False)]
+
+
+@pytest.fixture(scope="module")
+def migrated(servers, tmp_path_factory):
+    import uuid
+
+    source, target = servers
+    name = f"traces-{uuid.uuid4().hex[:8]}"
+    work = tmp_path_factory.mktemp("traces")
+    ids = seed(source.uri, name)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    dry = run_cli("migrate", *args, "--dry-run", cwd=work)
+    result = run_cli("migrate", *args, cwd=work)
+    assert result.returncode == 0, result.stderr
+    return {"ids": ids, "args": args, "work": work, "src": MlflowClient(source.uri), "dst": MlflowClient(target.uri),
+            "name": name, "result": result, "dry": dry}
+
+
+def test_every_trace_is_copied_with_its_ids_spans_and_links(migrated):
+    src, dst, ids, name = migrated["src"], migrated["dst"], migrated["ids"], migrated["name"]
+    assert "traces: would copy 3, complete 0, skip 0" in migrated["dry"].stderr
+    assert "traces: copied 3, completed 0, skipped 0, failed 0" in migrated["result"].stderr
+    found = target_traces(dst, name)
+    assert set(found) == {ids["in_run"], ids["of_model"], ids["rated"]}
+    workspace = f"ws-{name}"
+    run, judge = replayed_run(dst, workspace, ids["run"]).info.run_id, replayed_run(dst, workspace, ids["judge"]).info.run_id
+    model = model_copies(dst, name)[ids["model"]].model_id
+    for trace_id, copy in found.items():
+        source = src.get_trace(trace_id)
+        want, have = source.info, copy.info
+        assert [s.to_dict() for s in copy.data.spans] == [s.to_dict() for s in source.data.spans]
+        for field in ("request_time", "execution_duration", "state", "request_preview", "response_preview", "client_request_id"):
+            assert getattr(have, field) == getattr(want, field), field
+        assert {k: v for k, v in have.tags.items() if k not in SERVER_TAGS and not k.startswith(("original_", "replay."))} == \
+            {k: v for k, v in want.tags.items() if k not in SERVER_TAGS}
+        assert have.tags["original_workspace"] == workspace and have.tags["replay.complete"]
+        expected = {**want.trace_metadata, **{k: v for k, v in (("mlflow.sourceRun", run), ("mlflow.modelId", model))
+                                               if k in want.trace_metadata}}
+        assert dict(have.trace_metadata) == expected
+        assert [a.to_dictionary() for a in have.assessments] == [a.to_dictionary() for a in want.assessments]
+    spans = {s.name: s for s in found[ids["in_run"]].data.spans}
+    assert spans["llm"].parent_id == spans["retrieve"].span_id and spans["retrieve"].parent_id == spans["agent"].span_id
+    assert [e.name for e in spans["llm"].events] == ["token"] and spans["retrieve"].status.status_code == "ERROR"
+    assert found[ids["in_run"]].info.trace_metadata["mlflow.sourceRun"] == run != ids["run"]
+    assert found[ids["of_model"]].info.trace_metadata["mlflow.modelId"] == model != ids["model"]
+    assert len(found[ids["rated"]].info.assessments) == 2 and found[ids["rated"]].info.tags["team"] == "a"
+    assert linked(dst, judge) == [ids["rated"]] and linked(dst, run) == [ids["in_run"]]
+
+
+def test_a_rerun_creates_nothing_and_verify_is_clean(migrated):
+    again = run_cli("migrate", *migrated["args"], cwd=migrated["work"])
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 0, completed 0, skipped 3, failed 0" in again.stderr
+    assert len(target_traces(migrated["dst"], migrated["name"])) == 3
+    check = run_cli("verify", *migrated["args"], cwd=migrated["work"])
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "3 traces compared" in check.stdout
+
+
+def test_a_source_trace_rated_since_is_brought_up_to_date(migrated):
+    src, dst, rated = migrated["src"], migrated["dst"], migrated["ids"]["rated"]
+    mlflow.set_tracking_uri(src.tracking_uri)
+    mlflow.log_feedback(trace_id=rated, name="late", value=0.5, source=AssessmentSource("LLM_JUDGE", "judge-1"))
+    again = run_cli("migrate", *migrated["args"], cwd=migrated["work"])
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 0, completed 1, skipped 2, failed 0" in again.stderr
+    assert [a.to_dictionary() for a in dst.get_trace(rated).info.assessments] == \
+        [a.to_dictionary() for a in src.get_trace(rated).info.assessments]
+    check = run_cli("verify", *migrated["args"], cwd=migrated["work"])
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_verify_names_a_changed_span_and_tag(migrated, tmp_path):
+    """Last of the module's tests on `migrated`: it changes the target's copies."""
+    from mlflow.entities import Span
+    from mlflow.tracing.client import TracingClient
+
+    dst, ids = migrated["dst"], migrated["ids"]
+    dst.set_trace_tag(ids["rated"], "team", "b")
+    trace = dst.get_trace(ids["in_run"])
+    leaf = next(s for s in trace.data.spans if s.name == "llm")
+    changed = leaf.to_dict()
+    changed["name"] = "llm-renamed"
+    TracingClient(dst.tracking_uri).store.log_spans(trace.info.experiment_id, [Span.from_dict(changed)])
+    report = tmp_path / "report.json"
+    check = run_cli("verify", *migrated["args"], "--report", str(report), cwd=migrated["work"])
+    assert check.returncode == 1, check.stdout + check.stderr
+    found = {(d["job"], d["field"]) for d in json.loads(report.read_text())["differences"]}
+    assert found == {(ids["rated"], "trace:tags"), (ids["in_run"], f"trace:span:{leaf.span_id}:name")}
+    assert "llm-renamed" in check.stdout
+
+
+# The migration kills itself (SIGKILL) right after the target answered the Nth start_trace (the
+# write that completes a copy): the traces after it have their spans (logged a page at a time)
+# but no info, no lineage tag and no completion mark.
+KILLED_AFTER_TRACE = """
+import os, signal, sys
+from mlflow.store.tracking.rest_store import RestStore
+
+after, written, start = int(sys.argv.pop(1)), [], RestStore.start_trace
+
+def start_then_die(self, trace_info):
+    info = start(self, trace_info)
+    written.append(info.trace_id)
+    if len(written) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return info
+
+RestStore.start_trace = start_then_die
+from runner.cli import main
+main()
+"""
+
+
+def test_a_kill_9_between_traces_resumes_without_duplicates(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-killed-{unique}"
+    ids = plain_traces(source.uri, name, 5)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}", "--parallel", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRACE, "2", "migrate", *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    dst = MlflowClient(target.uri)
+    partial = target_traces(dst, name)
+    assert sorted(partial) == sorted(ids) and sum("replay.complete" in t.info.tags for t in partial.values()) == 2
+    dry = run_cli("migrate", *args, "--dry-run", cwd=tmp_path)
+    assert "traces: would copy 3, complete 0, skip 2" in dry.stderr, dry.stderr
+    again = run_cli("migrate", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 3, completed 0, skipped 2, failed 0" in again.stderr
+    found = target_traces(dst, name)
+    assert sorted(found) == sorted(ids) and all("replay.complete" in t.info.tags for t in found.values())
+    src = MlflowClient(source.uri)
+    assert all([s.to_dict() for s in found[i].data.spans] == [s.to_dict() for s in src.get_trace(i).data.spans] for i in ids)
+    check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_target_without_traces_warns_once_and_copies_the_runs(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-refused-{unique}"
+    ids = seed(source.uri, name)
+    with FaultProxy(target.uri, rate=0, refuse=TRACE_ROUTES) as proxy:
+        args = ["--source", source.uri, "--target", proxy.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+        result = run_cli("migrate", *args, cwd=tmp_path)
+        check = run_cli("verify", *args, cwd=tmp_path)
+        skipped = run_cli("verify", *args, "--skip-traces", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("has no trace API") == 1
+    assert "NOT copied, the target has no API for them: 3 traces" in result.stderr
+    assert "replay.complete" in replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["judge"]).data.tags
+    assert check.returncode == 1 and "the target has no trace API" in check.stdout, check.stdout
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+
+
+def test_skip_traces_leaves_them_out_of_migrate_and_verify(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-skipped-{unique}"
+    ids = plain_traces(source.uri, name, 1)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    result = run_cli("migrate", *args, "--skip-traces", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "traces:" not in result.stderr and target_traces(MlflowClient(target.uri), name) == {}
+    assert run_cli("verify", *args, "--skip-traces", cwd=tmp_path).returncode == 0
+    check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 1 and ids[0] in check.stdout, check.stdout
+
+
+def file_trace(uri: str, experiment_id: str, template) -> str:
+    """A copy of trace `template` under a new id whose spans sit in a file of the trace's artifact
+    folder, as MLflow servers before 3.4 keep them (no span rows): only a per-trace read finds them."""
+    import base64
+    import uuid
+
+    from mlflow.entities import Span, TraceData, TraceLocation
+    from mlflow.tracing.client import TracingClient
+
+    otel = uuid.uuid4().hex
+    trace_id = f"tr-{otel}"
+    spans = []
+    for span in template.data.spans:
+        d = span.to_dict()
+        d["trace_id"] = base64.b64encode(bytes.fromhex(otel)).decode()
+        d["attributes"]["mlflow.traceRequestId"] = json.dumps(trace_id)
+        spans.append(Span.from_dict(d))
+    info = template.info
+    info = type(info)(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment_id),
+                      request_time=info.request_time, state=info.state, execution_duration=info.execution_duration,
+                      request_preview=info.request_preview, trace_metadata={"kept": "as a file"}, tags={"kind": "file"})
+    tracing = TracingClient(uri)
+    written = tracing.store.start_trace(info)
+    tracing._upload_trace_data(written, TraceData(spans=spans))
+    return trace_id
+
+
+def test_a_trace_kept_as_a_file_is_copied_with_its_spans(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-file-{unique}"
+    template = MlflowClient(source.uri).get_trace(plain_traces(source.uri, name, 1)[0])
+    src = MlflowClient(source.uri)
+    trace_id = file_trace(source.uri, src.get_experiment_by_name(name).experiment_id, template)
+    assert "mlflow.trace.spansLocation" not in src.get_trace(trace_id).info.tags and len(src.get_trace(trace_id).data.spans) == 2
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    result = run_cli("migrate", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "traces: copied 2, completed 0, skipped 0, failed 0" in result.stderr
+    copy = MlflowClient(target.uri).get_trace(trace_id)
+    assert [s.to_dict() for s in copy.data.spans] == [s.to_dict() for s in src.get_trace(trace_id).data.spans]
+    assert copy.info.tags["kind"] == "file" and copy.info.trace_metadata["kept"] == "as a file"
+    check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
