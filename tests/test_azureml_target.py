@@ -410,3 +410,42 @@ def test_a_write_in_blocks_through_run_history_never_reads_through_the_write_sas
     assert len(blob.get_block_list("committed")[0]) == 4
     assert blob.get_blob_properties().content_settings.content_md5.hex() == hashlib.md5(data).hexdigest()
 
+
+
+def test_mlflow3_history_into_azureml_as_the_service_answers_today(servers, target, unique, tmp_path):
+    """Azure ML's MLflow endpoint refuses logged-model creation (an empty 404) and the trace routes
+    (403 to the token that writes the runs), as users reported of the real service
+    (tests/fakes/azureml_registry.py). The runs still come over whole; the logged model and the
+    traces are said, once each, to be left out, not failed and not taken for a refused login; verify
+    names them, and leaves them out when told to."""
+    from fakes.azureml_registry import refuse
+    from test_mlflow3_traces import seed as seed_traces
+
+    source, _ = servers
+    name = f"aml-mlflow3-{unique}"
+    before = os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING")
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # seeded traces are written when seed returns
+    try:
+        ids = seed_traces(source.uri, name)
+    finally:
+        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING") if before is None else os.environ.update(MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=before)
+    az_path, _ = counting_az(tmp_path / "az")
+    env = {**target.env, "PATH": f"{az_path}{os.pathsep}{os.environ['PATH']}"}
+    refuse(target.ws, "logged-model-create", "traces")
+    try:
+        args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}", "--credential", "cli"]
+        result = run_cli("migrate", *args, cwd=tmp_path, env=env)
+        check = run_cli("verify", *args, cwd=tmp_path, env=env)
+        left_out = run_cli("verify", *args, "--skip-traces", "--skip-logged-models", cwd=tmp_path, env=env)
+    finally:
+        target.ws.mlflow_refused = set()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("has no trace API") == 1, result.stderr[-3000:]
+    assert result.stderr.count("has no logged-model API") == 1, result.stderr[-3000:]
+    assert "3 traces" in result.stderr and "refused our credentials" not in result.stderr
+    assert target.fake.requests["mlflow_refused_traces"] >= 1 and target.fake.requests["mlflow_refused_logged-model-create"] >= 1
+    copies = replayed_runs(target.backing.uri, f"ws-{name}")
+    assert set(copies) == {ids["run"], ids["judge"]}
+    assert all("replay.complete" in MlflowClient(target.backing.uri).get_run(run_id).data.tags for run_id in copies.values())
+    assert check.returncode == 1 and "the target has no trace API" in check.stdout, check.stdout[-3000:]
+    assert left_out.returncode == 0, left_out.stdout[-3000:] + left_out.stderr[-2000:]

@@ -60,10 +60,15 @@ def readable(source) -> bool:
     return hasattr(client, "search_traces") and not str(client.tracking_uri).startswith("azureml")
 
 
-def no_api(error: Exception) -> bool:
+def no_api(error: Exception, client=None) -> bool:
     """The store has no trace route: ENDPOINT_NOT_FOUND, a bare 404, or a server MLflow's client
-    knows to be too old for span logging (before 3.4: NotImplementedError)."""
-    return unsupported(error) or isinstance(error, NotImplementedError) or "error code 404" in str(error)
+    knows to be too old for span logging (before 3.4: NotImplementedError). Azure ML's MLflow
+    endpoint answers its trace routes 403 (Azure/azure-sdk-for-python#40261: "not supported in AML
+    yet") to the very token that writes its runs: on an azureml:// store that is no route either."""
+    if unsupported(error) or isinstance(error, NotImplementedError) or "error code 404" in str(error):
+        return True
+    azure = client is not None and str(getattr(client, "tracking_uri", "")).startswith("azureml")
+    return azure and getattr(error, "error_code", "") == "PERMISSION_DENIED"
 
 
 def tracing(client):
@@ -171,7 +176,7 @@ class Remap:
             try:
                 found = find_copy(self.client, experiment_id, model_id, self.workspace)
             except Exception as error:  # noqa: BLE001 - a target without logged models holds no copy
-                if not no_api(error):
+                if not no_api(error, self.client):
                     raise
                 found = None
             self._models[key] = found.model_id if found else model_id
@@ -246,7 +251,7 @@ class TraceCopier:
             try:
                 self.experiment(experiment)
             except Exception as error:  # noqa: BLE001 - one experiment's listing costs its traces only
-                if no_api(error):
+                if no_api(error, self.client):
                     self.refused(sum(1 for _ in source_infos(self.reader, experiment.source_id)))
                     continue
                 logger.error("failed copying the traces of experiment {}: {}", experiment.name, error)
@@ -317,7 +322,7 @@ class TraceCopier:
         try:
             self.write(trace, experiment_id, mark, logged)
         except Exception as error:  # noqa: BLE001 - one trace's failure must not stop the others
-            if no_api(error):
+            if no_api(error, self.client):
                 self.refused(1)
                 return
             logger.opt(exception=error).debug("trace {} failed", trace_id)

@@ -31,7 +31,7 @@ def compare_traces(source, target, ledger, mapping, parallel: int = 8) -> tuple[
     try:
         checker.links_of([e.source_id for e, _ in pairs], [found.experiment_id for _, found in pairs if found])
     except Exception as error:  # noqa: BLE001 - a target without the trace routes: one row, not one per trace
-        if not no_api(error):
+        if not no_api(error, client):
             raise
         total = sum(1 for e in with_traces for _ in source_infos(source.client, e.source_id))
         return total, [Difference("", "", "traces", f"{total} traces",

@@ -26,6 +26,8 @@ workspace answer a feature's routes as a store without it does, so the replayer'
   `POST /api/2.0/mlflow/traces` (Azure/azure-sdk-for-python#40261, 2025-03, open; the answer there:
   "mlflow tracing is not supported in AML yet"). MLflow's client reads it as PERMISSION_DENIED,
   though the same credential writes runs: the replayer must not take it for a refused login.
+  OpenTelemetry's `/v1/traces` under the workspace (where MLflow's client sends spans) has no
+  report: it answers 404, as a route the service lacks.
 The fake does not refuse them by default: the reports are of a given time, and the service may
 have gained the routes since; tests that model today's service refuse them explicitly.
 """
@@ -39,7 +41,7 @@ FEATURES = {  # feature -> does (method, rest) belong to it
     "aliases": lambda method, rest: rest.startswith("/api/2.0/mlflow/registered-models/alias"),
     "stages": lambda method, rest: rest.startswith("/api/2.0/mlflow/model-versions/transition-stage"),
     "logged-model-create": lambda method, rest: method == "POST" and rest.rstrip("/") == "/api/2.0/mlflow/logged-models",
-    "traces": lambda method, rest: rest.startswith(("/api/2.0/mlflow/traces", "/api/3.0/mlflow/traces")),
+    "traces": lambda method, rest: rest.startswith(("/api/2.0/mlflow/traces", "/api/3.0/mlflow/traces", "/v1/traces")),
 }
 # How the service answers a refused feature: (status, body). See the module docstring for the sources.
 ANSWERS = {
@@ -61,7 +63,10 @@ def _refused_routes(handler, workspace, rest: str, query: str, body: bytes) -> b
         if FEATURES[feature](handler.command, rest):
             handler.fake.requests[f"mlflow_refused_{feature}"] += 1
             missing = {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{handler.command} {rest}'"}
-            handler._send(*ANSWERS.get(feature, (404, json.dumps(missing).encode())))
+            status, body = ANSWERS.get(feature, (404, json.dumps(missing).encode()))
+            if rest.startswith("/v1/"):  # OpenTelemetry's route: no report of it; a route the service lacks
+                status, body = 404, b""
+            handler._send(status, body)
             return True
     return False
 
