@@ -23,6 +23,7 @@ OPTION_KEYS = ("parallel", "dry_run", "report", "verbose", "retries", "credentia
 ARTIFACT_KEYS = ("artifacts", "max_artifact_size", "artifact_include", "artifact_exclude")  # runner.files.options.ArtifactOptions
 OPTION_KEYS += ARTIFACT_KEYS
 OPTION_KEYS += ("max_tags", "max_metric_keys")  # override the target kind's caps (runner.mlflow.target.Limits)
+OPTION_KEYS += ("skip_logged_models",)  # runs only: no MLflow 3 logged models, nor model inputs
 
 
 @dataclass
