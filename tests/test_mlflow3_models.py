@@ -341,3 +341,120 @@ def test_a_model_changed_in_the_source_is_updated_on_rerun(servers, tmp_path, un
     assert check.returncode == 0, check.stdout + check.stderr
     third = run_cli("migrate", *args, cwd=tmp_path)
     assert "logged models: copied 0, completed 0, updated 0, skipped 2, failed 0" in third.stderr
+
+
+def test_skip_logged_models_copies_runs_only_and_the_dry_run_counts_each_kind(servers, tmp_path, unique):
+    source, _ = servers
+    name = f"models-skip-{unique}"
+    src = MlflowClient(source.uri)
+    ids = seed_evaluated(src, name, tmp_path)
+    src.create_experiment(f"{name}-empty", tags={"mlflow.note.content": "a GenAI project, no runs yet"})
+    target = tmp_path / "target"
+    args = ["--source", source.uri, "--target", str(target), "--experiments", f"{name}*", "--workspace", f"ws-{name}"]
+    dry = run_cli("migrate", *args, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "selected: 3 runs, 0 dataset inputs, 3 logged models, 1 model inputs, 1 runless experiments" in dry.stdout
+    skipped = run_cli("migrate", *args, "--dry-run", "--skip-logged-models", cwd=tmp_path)
+    assert "selected: 3 runs, 0 dataset inputs, 1 runless experiments" in skipped.stdout
+    result = run_cli("migrate", *args, "--skip-logged-models", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "created 3" in result.stderr and "logged models" not in result.stderr
+    dst = MlflowClient(f"sqlite:///{target / 'mlflow.db'}")
+    assert copies(dst, name) == {}
+    assert model_inputs_of(dst, replayed_run(dst, f"ws-{name}", ids["evaluator"]).info.run_id) == []
+    check = run_cli("verify", *args, "--skip-logged-models", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    full = run_cli("verify", *args, cwd=tmp_path)
+    assert full.returncode == 1
+    for field in ("logged_model ", f"model_input:{ids['clf']}"):
+        assert field in full.stdout, full.stdout
+
+
+def test_logged_models_travel_through_a_manifest(servers, tmp_path, unique):
+    """extract writes the models (records and files) and the runs' model inputs; replay creates
+    them in an embedded target; verify from the manifest and from the live source are clean; a
+    second replay creates nothing."""
+    import json
+
+    source, _ = servers
+    name = f"models-manifest-{unique}"
+    src = MlflowClient(source.uri)
+    ids = seed_evaluated(src, name, tmp_path)
+    manifest, target = tmp_path / "manifest", tmp_path / "target"
+    select = ["--experiments", name, "--workspace", f"ws-{name}"]
+    extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), *select, cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    header = json.loads((manifest / "manifest.json").read_text())
+    assert header["counts"]["logged_models"] == 3
+    records = {r["model_id"]: r for r in map(json.loads, (manifest / "logged_models.jsonl").read_text().splitlines())}
+    assert records[ids["trial"]]["output_steps"] == [2] and records[ids["clf"]]["params"] == {"C": "0.1", "penalty": "l2"}
+    jobs = {j["source_id"]: j for j in map(json.loads, (manifest / "jobs.jsonl").read_text().splitlines())}
+    assert jobs[ids["evaluator"]]["model_inputs"] == [ids["clf"]]
+    replayed = run_cli("replay", "--manifest", str(manifest), "--target", str(target), cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "logged models: copied 3, completed 0, updated 0, skipped 0, failed 0; model inputs added 1" in replayed.stderr
+    dst = MlflowClient(f"sqlite:///{target / 'mlflow.db'}")
+    found = copies(dst, name)
+    assert set(found) == set(records)
+    clf = found[ids["clf"]]
+    assert files_of(dst, clf.model_id, tmp_path / "dst") == files_of(src, ids["clf"], tmp_path / "src")
+    evaluator = replayed_run(dst, f"ws-{name}", ids["evaluator"]).info.run_id
+    assert model_inputs_of(dst, evaluator) == [clf.model_id]
+    sweep = replayed_run(dst, f"ws-{name}", ids["sweep"]).info.run_id
+    assert [(o.model_id, o.step) for o in dst.get_run(sweep).outputs.model_outputs] == [(found[ids["trial"]].model_id, 2)]
+    for origin in (str(manifest), source.uri):
+        check = run_cli("verify", "--source", origin, "--target", str(target), *select, cwd=tmp_path)
+        assert check.returncode == 0, origin + check.stdout + check.stderr
+    again = run_cli("replay", "--manifest", str(manifest), "--target", str(target), cwd=tmp_path)
+    assert "logged models: copied 0, completed 0, updated 0, skipped 3, failed 0" in again.stderr
+
+
+# The migration SIGKILLs itself right after the target answered its Nth create_logged_model: that
+# copy exists PENDING, without files, metrics, output or status, whatever the machine's speed.
+KILLED_AFTER_MODEL = """
+import os, signal, sys
+from mlflow import MlflowClient
+
+after, created, create = int(sys.argv.pop(1)), [], MlflowClient.create_logged_model
+
+def create_then_die(self, *args, **kwargs):
+    model = create(self, *args, **kwargs)
+    created.append(model.model_id)
+    if len(created) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return model
+
+MlflowClient.create_logged_model = create_then_die
+from runner.cli import main
+main()
+"""
+
+
+def test_a_migration_killed_among_the_logged_models_resumes_without_duplicates(servers, tmp_path, unique):
+    import os
+    import signal
+    import subprocess
+
+    source, target = servers
+    name = f"models-killed-{unique}"
+    src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
+    ids = seed_evaluated(src, name, tmp_path)
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}", "--parallel", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_MODEL, "2", "migrate", *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    half = copies(dst, name)
+    assert len(half) == 2 and sorted("PENDING" in str(m.status) for m in half.values()) == [False, True]
+    evaluator = replayed_run(dst, f"ws-{name}", ids["evaluator"]).info.run_id
+    assert model_inputs_of(dst, evaluator) == []  # killed before the model inputs
+    again = run_cli("migrate", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "logged models: copied 1, completed 1, updated 0, skipped 1, failed 0; model inputs added 1" in again.stderr
+    found = copies(dst, name)  # asserts one copy per source model
+    assert set(found) == {ids["clf"], ids["broken"], ids["trial"]}
+    assert all("PENDING" not in str(m.status) for m in found.values())
+    assert model_inputs_of(dst, evaluator) == [found[ids["clf"]].model_id]
+    check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    third = run_cli("migrate", *args, cwd=tmp_path)
+    assert "logged models: copied 0, completed 0, updated 0, skipped 3, failed 0" in third.stderr
