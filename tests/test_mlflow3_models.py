@@ -161,13 +161,16 @@ def test_a_pending_copy_is_completed_once_the_source_finalizes(servers, tmp_path
 def test_target_without_logged_models_warns_once_and_copies_the_runs(servers, tmp_path, unique):
     source, target = servers
     name = f"models-refused-{unique}"
-    ids = seed(MlflowClient(source.uri), name, tmp_path)
+    ids = seed_evaluated(MlflowClient(source.uri), name, tmp_path)
     with FaultProxy(target.uri, rate=0, refuse=LOGGED_MODEL_ROUTES) as proxy:
         args = ["--source", source.uri, "--target", proxy.uri, "--experiments", name, "--workspace", f"ws-{name}"]
         result = run_cli("migrate", *args, cwd=tmp_path)
+        check = run_cli("verify", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("has no logged-model API") == 1
-    assert "NOT copied, the target has no API for them: 2 logged models" in result.stderr
+    assert "NOT copied, the target has no API for them: 3 logged models; NOT copied, the target has no API for them: 1 model inputs" in result.stderr
+    assert check.returncode == 1  # verify says what was left out: each model, and the evaluator's model input
+    assert check.stdout.count(" logged_model ") == 3 and f"model_input:{ids['clf']}" in check.stdout, check.stdout
     run = replayed_run(MlflowClient(target.uri), f"ws-{name}", ids["run"])
     assert "replay.complete" in run.data.tags
 
