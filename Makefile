@@ -41,6 +41,7 @@ bench: venv $(AZURITE)
 	$(BIN)/python bench/bench_migrate.py --workers 1  # one worker per server: the servers' CPU is the limit
 	$(BIN)/python bench/bench_registry.py
 	$(BIN)/python bench/bench_mlflow3.py  # MLflow 3 kinds (traces) per second against plain runs
+	$(BIN)/python bench/bench_logged_models.py  # MLflow 3 logged models and model inputs per second against plain runs
 	$(BIN)/python bench/bench_artifacts.py
 	$(BIN)/python bench/bench_workspace_artifacts.py
 	$(BIN)/python bench/bench_azure_scale.py  # latency and throttling: requests per job and file, hours for 100,000 jobs

@@ -58,6 +58,7 @@ class Settings:
         self.mapping = Mapping.build(options.get("rename_file"), options.get("import_source_tags"), options.get("use_source_user"))
         self.models = as_list(options.get("models"))  # registered model names or globs, or `all`
         self.models_only = as_bool(options.get("models_only", False), "--models-only")
+        self.logged_models = not as_bool(options.get("skip_logged_models", False), "--skip-logged-models")
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
         self.skip_traces = as_bool(options.get("skip_traces", False), "--skip-traces")
@@ -81,12 +82,13 @@ SELECT = COMMON_FLAGS + FILTER_FLAGS
 MAPPING_FLAGS = ("rename_file", "import_source_tags", "use_source_user")
 ARTIFACT_FLAGS = tuple(config_file.ARTIFACT_KEYS) + ("max_tags", "max_metric_keys")  # what a target run holds
 SYNC_FLAGS = ("incremental", "full")  # runner.mlflow.sync_state
+KIND_FLAGS = ("skip_logged_models",)  # kinds beyond runs that can be left out
 # What each command takes besides its named arguments (Settings refuses the rest; --help lists them).
 COMMAND_FLAGS = {
-    "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS,
-    "replay": SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS,
-    "migrate": SELECT + ("report", "models", "models_only", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS,
-    "verify": SELECT + ("report", "models", "models_only", "rename_file", "skip_traces") + ARTIFACT_FLAGS,
+    "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS + KIND_FLAGS,
+    "replay": SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS + KIND_FLAGS,
+    "migrate": SELECT + ("report", "models", "models_only", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS + KIND_FLAGS,
+    "verify": SELECT + ("report", "models", "models_only", "rename_file", "skip_traces") + ARTIFACT_FLAGS + KIND_FLAGS,
     "tree": SELECT,
     "demo": ("verbose",),
     "step": COMMON_FLAGS + ("max_tags", "max_metric_keys"),
@@ -134,6 +136,12 @@ def open_target(uri: str, dry_run: bool = False, artifacts=None, limits: dict | 
     return target
 
 
+def skip_model_inputs(source, s: Settings) -> None:
+    """--skip-logged-models: a live MLflow source then spares the get_run per run that model inputs cost."""
+    if not s.logged_models and hasattr(source, "reads_model_inputs"):
+        source.reads_model_inputs = False
+
+
 def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
     logger.info("summary: {}", summary.line(dry_run))
     for job_id, reason in summary.failures[:20]:
@@ -169,8 +177,12 @@ class Replayer:
             if not out:
                 raise UsageError("missing --out: give an empty folder for the manifest")
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            skip_model_inputs(src, s)
             sync = sync_state.begin(src, s.endpoints.get("target"), s.full) if s.incremental else None
-            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts)
+            from runner.mlflow.logged_models import reader_for
+
+            models = reader_for(src) if s.logged_models else None
+            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts, models=models)
             if sync and not s.dry_run:  # replay writes it into the target once the manifest is in
                 sync_state.write_pending(str(out), sync, src)
             logger.info("summary: {}", header.get("counts"))
@@ -200,7 +212,8 @@ class Replayer:
             require_files(src, s.artifacts.mode, "replay")
             s.mapping.check_against(src.experiments())
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
-            options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping)
+            options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
+                                    logged_models=s.logged_models)
             code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
             if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
                 sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
@@ -223,13 +236,14 @@ class Replayer:
 
             s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["migrate"])
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            skip_model_inputs(src, s)
             sync = sync_state.begin(src, s.need("target", "target"), s.full) if s.incremental else None
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
             if not s.models_only:
                 options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
-                                        skip_traces=s.skip_traces)
+                                        skip_traces=s.skip_traces, logged_models=s.logged_models)
                 code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
                 if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
                     sync_state.commit(dst.client, sync.next_state(src))
@@ -255,10 +269,11 @@ class Replayer:
 
             s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["verify"])
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            skip_model_inputs(src, s)
             dst = open_target(s.need("target", "target"), dry_run=True, artifacts=s.artifacts, limits=s.limits)
             # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
             report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only,
-                            traces=not (s.skip_traces or s.models_only))
+                            traces=not (s.skip_traces or s.models_only), logged_models=s.logged_models)
             print_table(report)
             if s.report:  # written only when asked: nothing lands in the working directory by itself
                 write_report(report, Path(s.report))

@@ -35,6 +35,7 @@ FLAGS = {
     "models": ("-", "registered models to copy too: names, globs or all"),
     "models_only": ("false", "the registered models alone"),
     "skip_traces": ("false", "leave MLflow 3 traces out (copy and verify only runs, models)"),
+    "skip_logged_models": ("false", "leave MLflow 3 logged models and the runs' model inputs out (runs only)"),
     "rename_file": ("-", "a YAML of experiment renames (source name: target name)"),
     "import_source_tags": ("false", "the source's own facts as tags on each run"),
     "use_source_user": ("false", "the source's user as the run's mlflow.user"),

@@ -64,6 +64,10 @@ class JobRecord:
     # MLflow dataset inputs: {"name", "digest", "source_type", "source", "schema", "profile", "tags": {...}}
     # (runner.mlflow.run_inputs). Empty for sources without them and for manifests written before.
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    # MLflow 3 model inputs: the source ids of the logged models this run evaluated
+    # (runner.mlflow.model_inputs). Not in the fingerprint: they are written in the logged-model
+    # pass, which checks every run holding some, so the run itself never needs a repair for them.
+    model_inputs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -99,6 +103,53 @@ class JobRecord:
         if self.datasets:  # only when present: runs without inputs keep the digest they were copied with
             state["datasets"] = sorted(json.dumps(d, sort_keys=True) for d in self.datasets)
         return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelMetric:
+    """A logged model's metric point: the model's own view of a run metric (run, dataset)."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+    run_id: str | None = None
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+
+
+@dataclass
+class ModelRecord:
+    """An MLflow 3 logged model as a source or a manifest holds it; `files` is where its files are
+    read from (an artifact root URI, or a manifest's folder), `output_steps` the steps its source
+    run logged it at as an output (None: not read yet)."""
+
+    model_id: str
+    experiment: str
+    name: str
+    model_type: str = ""
+    status: str = "READY"
+    source_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[ModelMetric] = field(default_factory=list)
+    output_steps: list[int] | None = None
+    files: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = [{**asdict(m), "value": encode_float(m.value)} for m in self.metrics]
+        data.pop("files")  # where the files sit is the reader's business, not the record's
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], files: str = "") -> "ModelRecord":
+        known = {f.name for f in fields(cls)} - {"files"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}")
+        metrics = [ModelMetric(**{**m, "value": decode_float(m["value"])}) for m in data.get("metrics", [])]
+        return cls(**{**data, "metrics": metrics}, files=files)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,15 @@ from runner.core.errors import UsageError
 from runner.engine.manifest import ManifestWriter
 from runner.core.records import ArtifactRef, JobRecord
 from runner.core.progress import Progress
-from runner.engine.replay import describe
+from runner.engine.manifest_models import extract_models
+from runner.engine.replay import describe, selects_whole_experiments
+from runner.engine.selection import Selection
 
 
-def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifacts: ArtifactOptions | None = None) -> dict:
-    """Write the selected jobs of `source` into a new manifest at `out`; returns its header."""
+def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifacts: ArtifactOptions | None = None,
+            models=None) -> dict:
+    """Write the selected jobs of `source` into a new manifest at `out`, then the MLflow 3 logged
+    models `models` (a reader, runner.mlflow.logged_models.reader_for) holds for them; returns its header."""
     started = time.monotonic()
     options = artifacts or ArtifactOptions()
     if dry_run:
@@ -46,6 +50,7 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifact
     errors: list[str] = []
     fatal: list[UsageError] = []  # bad input met midway (a credential refused): stops the extract, said once
     left_out = CopyStats()  # filtered and too large, over all jobs
+    selection = Selection(whole_experiments=selects_whole_experiments(source))  # what the logged models follow
 
     def one(job: JobRecord, scratch: Path) -> None:
         try:
@@ -88,6 +93,7 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifact
             if fatal:
                 break
             writer.add_job(job)
+            selection.add(job)
             window.acquire()
             pool.submit(bounded, job, Path(scratch))
     if fatal:
@@ -98,6 +104,8 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifact
         error = ReplayerError(f"{len(errors)} runs could not be extracted (first: {errors[0]}); {out} is left unfinished, rerun extract into an empty folder")
         error.exit_code = 1
         raise error
+    if models is not None:  # after the runs: a model follows its source run (runner.engine.selection)
+        writer.counts["logged_models"] = extract_models(models, experiments, selection, Path(out), options)
     chosen = {**options.describe(), "filtered": left_out.skipped_filtered, "too_large": left_out.skipped_too_large}
     header = writer.close(source.describe(), getattr(source, "filters", None) or _no_filters(), chosen)
     logger.info("extracted {} in {:.1f}s", header["counts"], time.monotonic() - started)

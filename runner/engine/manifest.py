@@ -8,6 +8,7 @@ A folder:
     metrics/<job>.jsonl      [key, step, timestamp, value] per line, NaN/Infinity as strings
     artifacts/<job>.jsonl    {"path", "size", "md5"} per line
     files/<job>/<path>       the artifact bytes (none when extracted with `--artifacts list` or `none`)
+    logged_models.jsonl      MLflow 3 logged models, their files under models/ (runner.engine.manifest_models)
 
 Everything is streamed line by line: neither side holds a whole store in memory.
 """

@@ -22,6 +22,7 @@ from runner.engine.ledger import Ledger, TargetRun, action_for
 from runner.engine.mapping import Mapping, sync_deleted_experiments
 from runner.core.records import Experiment, JobRecord
 from runner.core.progress import Progress
+from runner.engine.selection import Selection, kinds_line
 
 SIGILS = {"create": "+", "repair": "*", "skip": "="}
 
@@ -33,6 +34,7 @@ class ReplayOptions:
     retries: int = 2  # extra passes over runs that failed (the copy is idempotent)
     mapping: Mapping = field(default_factory=Mapping)  # experiment renames, source tags, source user
     skip_traces: bool = False  # --skip-traces: MLflow 3 traces stay behind
+    logged_models: bool = True  # False with --skip-logged-models: runs only (nor model inputs, which name models)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Summary:
     left_out: dict[str, int] = field(default_factory=dict)  # kinds the target has no API for -> how many were not copied
     logged_models: str = ""  # the logged models' own line (runner.mlflow.logged_models), when the source has any
     traces: str = ""  # the traces' own line (runner.mlflow.traces), when the source has any
+    kinds: dict[str, int] = field(default_factory=dict)  # dry run: what would be looked at, per kind
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -65,7 +68,8 @@ class Summary:
     def line(self, dry_run: bool = False) -> str:
         if dry_run:
             return (f"dry run: would create {self.created}, repair {self.repaired}, skip {self.skipped}"
-                    + (f"; {self.traces}" if self.traces else "") + "; nothing written")
+                    + (f"; {self.traces}" if self.traces else "") + "; nothing written"
+                    + (f"; selected: {kinds_line(self.kinds)}" if self.kinds else ""))
         return (
             f"created {self.created}, repaired {self.repaired}, skipped {self.skipped}, failed {self.failed}, "
             f"metric points {self.metric_points}, {self.seconds:.1f}s"
@@ -115,12 +119,13 @@ def replay(source, target, options: ReplayOptions) -> Summary:
     if ledger.duplicates:
         logger.warning("target holds {} duplicate replayed runs for this source; verify will list them", ledger.duplicates)
     if options.dry_run:
-        summary = plan(source, ledger)
+        summary = plan(source, ledger, target, options)
         copy_traces(source, target, options, summary)
         summary.seconds = time.monotonic() - started
         return summary
     ledger = remove_orphans(target, source.workspace, ledger)
-    summary = Copier(source, target, ledger, options).run()
+    first = Copier(source, target, ledger, options)
+    summary = first.run()
     for attempt in range(options.retries):
         ledger = remove_orphans(target, source.workspace, target.ledger(source.workspace))
         if not summary.failed:
@@ -130,7 +135,8 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         again.progress.total = summary.failed
         summary.add(again.run(only={job_id for job_id, _ in summary.failures}))
     ensure_runless_experiments(source, target, options.mapping)
-    copy_models(source, target, options.mapping, summary)
+    if options.logged_models:
+        copy_models(source, target, options, summary, first.selection)
     copy_traces(source, target, options, summary)
     sync_deleted_experiments(source, target, options.mapping)
     files = getattr(target, "artifact_stats", None)
@@ -144,17 +150,18 @@ def replay(source, target, options: ReplayOptions) -> Summary:
 
 
 def left_out(kind: str, count: int) -> str:
-    return f"{count} {kind}" if kind in ("logged models", "traces") else f"{kind} of {count} runs"
+    return f"{count} {kind}" if kind in ("logged models", "model inputs", "traces") else f"{kind} of {count} runs"
 
 
-def copy_models(source, target, mapping: Mapping, summary: Summary) -> None:
-    """A target that copies more than runs (MLflow 3 logged models) does it once the runs are there,
-    so each copy links its replayed run; a failed model counts as a failure of the command."""
+def copy_models(source, target, options: ReplayOptions, summary: Summary, selection: Selection) -> None:
+    """A target that copies more than runs (MLflow 3 logged models, then the runs' model inputs)
+    does it once the runs are there, so each copy links its replayed run; a failed model counts as
+    a failure of the command."""
     copy = getattr(target, "copy_logged_models", None)
-    found = copy(source, mapping) if copy is not None else None
+    found = copy(source, options.mapping, selection, options.parallel) if copy is not None else None
     if found is None:
         return
-    if found.copied or found.completed or found.skipped or found.failures:
+    if found.copied or found.completed or found.updated or found.skipped or found.failures or found.inputs_added:
         summary.logged_models = found.line()
     summary.failed += len(found.failures)
     summary.failures += found.failures
@@ -210,15 +217,33 @@ def remove_orphans(target, workspace: str, ledger: Ledger) -> Ledger:
     return ledger
 
 
-def plan(source, ledger: Ledger) -> Summary:
-    """Dry run: the same decisions as a real run, printed as a tree; nothing is written."""
+def plan(source, ledger: Ledger, target=None, options: ReplayOptions | None = None) -> Summary:
+    """Dry run: the same decisions as a real run, printed as a tree, then what is selected per kind;
+    nothing is written."""
     summary = Summary()
+    selection = Selection(whole_experiments=selects_whole_experiments(source))
     print("plan (+ create, * repair, = skip):")
     for job in source.jobs():
         action = action_for(job, ledger.find(job.source_id))
         summary.count(action)
+        selection.add(job)
         print(f"{SIGILS[action]} {'  ' * job.depth}{describe(job)}")
+    summary.kinds = kinds(source, target, selection, options or ReplayOptions())
+    print(f"selected: {kinds_line(summary.kinds)}")
     return summary
+
+
+def kinds(source, target, selection: Selection, options: ReplayOptions) -> dict[str, int]:
+    """Counts per kind for the dry run: runs and their dataset inputs, what the target would copy
+    besides (logged models, model inputs) and the experiments without runs."""
+    found = {"runs": len(selection.runs), "dataset inputs": selection.dataset_inputs}
+    count = getattr(target, "count_logged_models", None)
+    if options.logged_models and count is not None:
+        found.update(count(source, selection))
+    if selection.whole_experiments:
+        found["runless experiments"] = sum(1 for e in source.experiments()
+                                           if e.lifecycle_stage == "active" and e.name not in selection.experiments)
+    return found
 
 
 def describe(job: JobRecord) -> str:
@@ -231,6 +256,7 @@ class Copier:
         self.source, self.target, self.ledger, self.options = source, target, ledger, options
         self.experiments = {e.name: e for e in source.experiments()}
         self.summary = Summary()
+        self.selection = Selection(whole_experiments=selects_whole_experiments(source))  # what later passes follow
         self.progress = Progress("replay", source.count())
         self._lock = threading.Lock()
         self._running = 0  # runs being written now (what a Ctrl-C waits for)
@@ -252,6 +278,7 @@ class Copier:
                         break
                     if only is not None and job.source_id not in only:
                         continue
+                    self.selection.add(job)
                     existing = self.ledger.find(job.source_id)
                     action = action_for(job, existing)
                     window.acquire()

@@ -77,9 +77,10 @@ class Checker(Protocol):
 
 
 def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, models: list[str] | None = None,
-           runs: bool = True, traces: bool = True) -> VerifyReport:
+           runs: bool = True, traces: bool = True, logged_models: bool = True) -> VerifyReport:
     """Source against target: every selected run (unless `runs=False`, e.g. the pipeline's models
-    step) and the registered models `models` names."""
+    step) and the registered models `models` names; `logged_models=False` leaves MLflow 3 logged
+    models and model inputs out (--skip-logged-models)."""
     mapping = mapping or Mapping()
     report = VerifyReport(source=source.describe(), target=target.describe())
     if target.client is None:
@@ -89,6 +90,8 @@ def verify(source, target, parallel: int = 8, mapping: Mapping | None = None, mo
     if runs and not ledger.runs:
         explain_other_sources(source, target)
     checker = target.checker(source, ledger, mapping)
+    if hasattr(checker, "logged_models"):
+        checker.logged_models = logged_models
     if runs:
         compare_runs(source, target, ledger, checker, report, mapping, parallel)
     if models:

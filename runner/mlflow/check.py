@@ -24,7 +24,8 @@ from runner.files.hashing import md5_file
 from runner.files.options import REFS_FILE, ArtifactOptions
 from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
-from runner.mlflow import experiment_overflow, logged_models, run_inputs
+from runner.mlflow import experiment_overflow, logged_model_check, model_inputs, run_inputs
+from runner.mlflow.logged_models import reader_for
 from runner.mlflow.source import metric_history
 
 
@@ -35,6 +36,8 @@ class JobChecker:
         self.client = target.client
         self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
         self._experiment_names: dict[str, str] = {}
+        self.logged_models = True  # False with --skip-logged-models: neither models nor model inputs compared
+        self._originals: dict[str, str] = {}  # target model id -> source model id, for model inputs
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -53,8 +56,20 @@ class JobChecker:
             theirs = {k: v for k, v in experiment.tags.items() if not is_own_tag(k)}
             if mine != theirs:
                 out.append(Difference("", experiment.name, "experiment_tags", show(theirs), show(mine)))
-            out += [Difference(*row) for row in logged_models.compare(self.source, self.client, experiment, found.experiment_id)]
+            out += self.compare_logged_models(experiment, found.experiment_id)
         return out
+
+    def compare_logged_models(self, experiment, target_experiment_id: str) -> list[Difference]:
+        reader = reader_for(self.source) if self.logged_models else None
+        if reader is None:
+            return []
+        if not hasattr(self, "_selection"):  # the runs the filters pick: models follow them (runner.engine.selection)
+            from runner.engine.replay import selects_whole_experiments
+            from runner.engine.selection import selected_runs
+
+            self._selection = selected_runs(self.source, selects_whole_experiments(self.source))
+        rows = logged_model_check.compare(reader, self._selection, self.source.workspace, self.client, experiment, target_experiment_id)
+        return [Difference(*row) for row in rows]
 
     def compare(self, job: JobRecord) -> list[Difference]:
         try:
@@ -90,6 +105,8 @@ class JobChecker:
             pairs.append(("error", error_tag(job.error), data.tags[ORIGINAL_ERROR]))
         pairs += keyed("param", job.params, params) + keyed("tag", user_tags(job.tags), expected_user_tags(job, tags))
         pairs += run_inputs.compare(job.datasets, run)
+        if self.logged_models:
+            pairs += model_inputs.compare(self.client, job.model_inputs, run, self._originals)
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
         out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)

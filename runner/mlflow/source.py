@@ -19,7 +19,7 @@ from runner.mlflow import uris
 from runner.core.errors import UsageError
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
-from runner.mlflow import run_inputs
+from runner.mlflow import model_inputs, run_inputs
 from runner.mlflow.bulk import BulkHistories
 
 PAGE = 1000  # runs per search page
@@ -54,6 +54,8 @@ class MlflowSource:
         self._artifact_uris: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._histories = BulkHistories(self.client)
+        self._model_inputs = model_inputs.SourceInputs(self.client)
+        self.reads_model_inputs = True  # False with --skip-logged-models: no get_run per run for them
         # Azure ML's MLflow endpoint takes no attribute filters (start time, run id) in run searches:
         # there the window and the fetch by id are done here, never sent (DESIGN.md).
         self._attribute_filters = not str(self.client.tracking_uri).startswith("azureml")
@@ -194,11 +196,14 @@ class MlflowSource:
             chunk = plan[start : start + FETCH]
             runs = {r.info.run_id: r for r in self._by_ids([n.run_id for n in chunk])}
             self._histories.prefetch({run_id: sorted(run.data.metrics) for run_id, run in runs.items()})
+            evaluated = self._model_inputs.fill(runs) if self.reads_model_inputs else {}  # search pages carry no model inputs: get_run, where models exist
             for node in chunk:
                 run = runs.get(node.run_id)
                 if run is not None:  # deleted between the two passes: nothing to copy
                     self._remember(run)
-                    yield to_record(run, node, names[node.experiment_id])
+                    record = to_record(run, node, names[node.experiment_id])
+                    record.model_inputs = evaluated.get(node.run_id, [])
+                    yield record
 
     # -- one run's contents -----------------------------------------------------------------
 

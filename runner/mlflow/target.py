@@ -276,17 +276,16 @@ class DirectTarget:
             self.overflow_counts.update(counts)
         logger.info("run {}: {} went to {}", run_id, counts, OVERFLOW_PATH)
 
-    def copy_logged_models(self, source, mapping):
-        """The MLflow 3 logged models of an MLflow source's experiments, after its runs
-        (runner.mlflow.logged_models); None from a source that has none (a manifest, Azure ML jobs,
-        Azure ML's MLflow endpoint)."""
-        from runner.mlflow.logged_models import LoggedModelCopier, readable
+    def copy_logged_models(self, source, mapping, selection=None, parallel: int = 8):
+        """The MLflow 3 logged models of the source's experiments (a live MLflow store or a manifest
+        holding them), after its runs, then the runs' model inputs (runner.mlflow.logged_models);
+        None from a source that has none (Azure ML jobs, Azure ML's MLflow endpoint)."""
+        from runner.mlflow.logged_models import LoggedModelCopier, reader_for
 
-        if not readable(source):
+        if reader_for(source) is None:
             return None
-        found = LoggedModelCopier(source, self, mapping).run()
-        if found.left_out:
-            self._models_left_out = found.left_out
+        found = LoggedModelCopier(source, self, mapping, selection, parallel).run()
+        self._models_left_out = {"logged models": found.left_out, "model inputs": found.inputs_left_out}
         return found
 
     def copy_traces(self, source, mapping, parallel: int = 8, dry_run: bool = False):
@@ -309,12 +308,21 @@ class DirectTarget:
 
         return compare_traces(source, self, ledger, mapping, parallel)
 
+    def count_logged_models(self, source, selection) -> dict[str, int]:
+        """The dry run's counts: logged models the selection takes, and the selected runs' model inputs."""
+        from runner.mlflow.logged_models import reader_for
+
+        reader = reader_for(source)
+        if reader is None:
+            return {}
+        models = sum(1 for e in source.experiments() for _ in selection.chosen(reader.models(e)))
+        return {"logged models": models, "model inputs": sum(map(len, selection.model_inputs.values()))}
+
     def left_out(self) -> dict[str, int]:
         """What the target had no API for, by kind: runs whose part of that kind was not copied."""
-        models = getattr(self, "_models_left_out", 0)
+        models = {kind: n for kind, n in getattr(self, "_models_left_out", {}).items() if n}
         traces = getattr(self, "_traces_left_out", 0)
-        return {**self.inputs.left_out_counts(), **({"logged models": models} if models else {}),
-                **({"traces": traces} if traces else {})}
+        return {**self.inputs.left_out_counts(), **models, **({"traces": traces} if traces else {})}
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
