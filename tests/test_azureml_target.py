@@ -443,6 +443,7 @@ def test_mlflow3_history_into_azureml_as_the_service_answers_today(servers, targ
     assert result.stderr.count("has no trace API") == 1, result.stderr[-3000:]
     assert result.stderr.count("has no logged-model API") == 1, result.stderr[-3000:]
     assert "3 traces" in result.stderr and "refused our credentials" not in result.stderr
+    assert result.stderr.count("Azure ML's MLflow endpoint does not implement them") == 2
     assert target.fake.requests["mlflow_refused_traces"] >= 1 and target.fake.requests["mlflow_refused_logged-model-create"] >= 1
     copies = replayed_runs(target.backing.uri, f"ws-{name}")
     assert set(copies) == {ids["run"], ids["judge"]}

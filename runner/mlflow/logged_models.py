@@ -171,8 +171,10 @@ class LoggedModelCopier:
                 first = not self.summary.left_out
                 self.summary.left_out += 1
             if first:
-                logger.warning("target {} has no logged-model API (an MLflow server before 3?): logged models and model "
-                               "inputs are not copied; runs are", self.client.tracking_uri)
+                why = ("Azure ML's MLflow endpoint does not implement them" if str(self.client.tracking_uri).startswith("azureml")
+                       else "an MLflow server before 3?")
+                logger.warning("target {} has no logged-model API ({}): logged models and model inputs are not copied; runs are",
+                               self.client.tracking_uri, why)
 
     def count(self, what: str, by: int = 1) -> None:
         with self._lock:

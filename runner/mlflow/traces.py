@@ -264,8 +264,9 @@ class TraceCopier:
         """The target has no trace route: said once; those traces are counted as left out."""
         with self._lock:
             if not self._refused:
-                logger.warning("target {} has no trace API (an MLflow server before 3.4, or an endpoint without "
-                               "traces): traces are not copied; runs are", self.client.tracking_uri)
+                why = ("Azure ML's MLflow endpoint does not implement them" if str(self.client.tracking_uri).startswith("azureml")
+                       else "an MLflow server before 3.4, or an endpoint without traces")
+                logger.warning("target {} has no trace API ({}): traces are not copied; runs are", self.client.tracking_uri, why)
             self._refused = True
             self.summary.left_out += count
 
