@@ -52,6 +52,7 @@ RUN_ROOT = re.compile(
     re.IGNORECASE,
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
+REGISTER_BATCH = 50  # paths per batch/metadata request: azureml-mlflow's own batch (AZUREML_ARTIFACT_BATCH_SIZE, default 50)
 FRESH_READ_SECONDS = 300  # a read SAS from the listing is reused this long; an older one is asked for again
 
 
@@ -136,21 +137,34 @@ class RunHistory:
 
     def upload_uri(self, experiment: str, run: str, path: str) -> str:
         """Register `path` in the run and return its blob's URL with a write SAS."""
+        answer = self.upload_uris(experiment, run, [path])[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def upload_uris(self, experiment: str, run: str, paths: list[str]) -> dict[str, "str | Exception"]:
+        """Register `paths` in the run in one batch/metadata request (its body takes a list:
+        ArtifactPathList of the generated client); path -> its blob's URL with a write SAS, or the
+        error run history answered for that path (AlreadyRegistered for one it has)."""
         from azure.ai.ml._restclient.runhistory.operations._operations import (
             build_run_artifacts_batch_create_empty_artifacts_by_experiment_name_request as build,
         )
 
-        body = self.request_json(build(*self._scope(), experiment, run, json={"paths": [{"path": path}]}), f"register {path} in run {run}")
-        error = (body.get("errors") or {}).get(path)
-        if error:
-            message = str((error.get("error") or {}).get("message") or error)
-            if "already exists" in message.lower() or "conflict" in message.lower():
-                raise AlreadyRegistered(path)
-            raise EndpointError(f"run history refused to register {path} in run {run}: {first_line(message)}")
-        uri = ((body.get("artifactContentInformation") or {}).get(path) or {}).get("contentUri")
-        if not uri:
-            raise EndpointError(f"run history gave no upload URI for {path} of run {run}")
-        return uri
+        doing = f"register {paths[0]} in run {run}" if len(paths) == 1 else f"register {len(paths)} files in run {run}"
+        body = self.request_json(build(*self._scope(), experiment, run, json={"paths": [{"path": p} for p in paths]}), doing)
+        errors, infos = body.get("errors") or {}, body.get("artifactContentInformation") or {}
+        return {path: registration(run, path, errors.get(path), infos.get(path)) for path in paths}
+
+
+def registration(run: str, path: str, error: dict | None, info: dict | None) -> "str | Exception":
+    """One path of a batch/metadata answer: its write SAS URL, or the error to raise when it is written."""
+    if error:
+        message = str((error.get("error") or {}).get("message") or error)
+        if "already exists" in message.lower() or "conflict" in message.lower():
+            return AlreadyRegistered(path)
+        return EndpointError(f"run history refused to register {path} in run {run}: {first_line(message)}")
+    uri = (info or {}).get("contentUri")
+    return uri or EndpointError(f"run history gave no upload URI for {path} of run {run}")
 
 
 class RunHistoryStore:
@@ -170,6 +184,9 @@ class RunHistoryStore:
         # Read SAS URLs the listing just got, kept in memory for the copy that follows (one request
         # less per file), used once and only while young: never logged, never written anywhere.
         self._fresh_reads: dict[str, tuple[str, float]] = {}
+        # Write SAS URLs (or the per-path refusal) from registering a run's paths in batches, each
+        # used once by the copy of its path: in memory only, like the read SAS URLs.
+        self._uploads: dict[str, "str | Exception"] = {}
 
     def __repr__(self) -> str:
         return f"RunHistoryStore({self.uri})"
@@ -267,10 +284,24 @@ class RunHistoryStore:
             kept = self._writers.pop(path, None)  # a server-side attempt that fell back to streaming
         if kept is not None:
             return kept
+        with self._lock:
+            registered = self._uploads.pop(path, None)
         try:
-            return self._blob(self.history.upload_uri(self.experiment, self.run, path)), False
+            if isinstance(registered, Exception):
+                raise registered
+            return self._blob(registered or self.history.upload_uri(self.experiment, self.run, path)), False
         except AlreadyRegistered:
             return self._direct_blob(path), True
+
+    def prepare(self, paths: list[str]) -> None:
+        """Register the paths about to be written in batches of REGISTER_BATCH (one request each,
+        not one a file); each copy then takes its path's write SAS from memory. azureml-mlflow's
+        upload_dir registers 50 paths in one request before uploading them too (its
+        BaseArtifactsClient._upload_files), so a write SAS waits as long as it does there."""
+        for start in range(0, len(paths), REGISTER_BATCH):
+            answers = self.history.upload_uris(self.experiment, self.run, paths[start : start + REGISTER_BATCH])
+            with self._lock:
+                self._uploads.update(answers)
 
     @contextmanager
     def _writing(self, path: str):
@@ -301,12 +332,12 @@ class RunHistoryStore:
             self._staged.pop(path, None)
         return written
 
-    def copy_from(self, src, src_path: str, path: str, source, options) -> None:
+    def copy_from(self, src, src_path: str, path: str, source, options) -> bool:
         with self._writing(path) as (blob, direct):
             try:
                 with server_side_refusals():
-                    copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key),
-                                   self._reader(path, direct))
+                    pinned = copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key),
+                                            self._reader(path, direct))
             except Exception:
                 with self._lock:  # the path is registered now: a streamed retry needs this same writer
                     self._writers[path] = (blob, direct)
@@ -314,6 +345,7 @@ class RunHistoryStore:
         if not source.md5:  # the engine hashes the source, then records the MD5 through the same client
             with self._lock:
                 self._writers[path] = (blob, direct)
+        return pinned
 
     def set_md5(self, path: str, md5_hex_value: str) -> None:
         with self._lock:
