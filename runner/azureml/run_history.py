@@ -7,18 +7,20 @@ writes them through local files. This store talks to the same run history routes
 
     GET  .../experiments/E/runs/R/artifacts                  paths, paged (continuationToken)
     GET  .../experiments/E/runs/R/artifacts/contentinfo?path  the blob's URL with a read SAS
-    GET  .../experiments/E/runs/R/artifacts/prefix/contentinfo?path=FOLDER/
-                                                              the same for every path in a folder, paged
-    POST .../experiments/E/runs/R/artifacts/batch/metadata    registers a path; answers its blob's
+    GET  .../experiments/E/runs/R/artifacts/prefix/contentinfo[?path=FOLDER/]
+                                                              the same for every path (in a folder), paged
+    POST .../experiments/E/runs/R/artifacts/batch/metadata    registers paths; answers each blob's
                                                               URL with a create/write SAS
 
 so a copy between two workspaces never passes the bytes through this process: the destination
 blob (write SAS) pulls them from the source blob (read SAS) with Put Blob From URL or Copy Blob
 (runner.azureml.blob.copy_into_blob). Size and MD5 come from a HEAD on the blob (the service keeps
-neither). On Azure each request costs tens of milliseconds, so a run's read SAS URLs are asked per
-top-level folder (prefix/contentinfo, one request a page) rather than per file; a path no answer
-covered (or a service without the route: 404) is asked for alone. Where the storage accounts cannot copy between them (a firewall, another cloud) the
-copy engine streams instead, still through the write SAS, in blocks.
+neither). On Azure each request costs tens of milliseconds, so requests go per run, not per file:
+prefix/contentinfo without a path lists a run's files with their read SAS URLs, a page a request
+(where refused: the listing, then per top-level folder, a lone file or a service without the
+route asked alone); a run's new paths are registered 50 to a request. Per file that leaves the
+HEAD and the copy. Where the storage accounts cannot copy between them (a firewall, another
+cloud) the copy engine streams instead, still through the write SAS, in blocks.
 
 Run history registers a path once: a second batch/metadata for it is refused ("Resource Conflict
 ... already exists"). A migration killed between registering a path and its bytes landing leaves
@@ -53,6 +55,7 @@ RUN_ROOT = re.compile(
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
 REGISTER_BATCH = 50  # paths per batch/metadata request: azureml-mlflow's own batch (AZUREML_ARTIFACT_BATCH_SIZE, default 50)
+_no_whole_run: set[str] = set()  # workspaces (copy_key) whose run history refused prefix/contentinfo without a path
 FRESH_READ_SECONDS = 300  # a read SAS from the listing is reused this long; an older one is asked for again
 
 
@@ -117,9 +120,9 @@ class RunHistory:
             raise EndpointError(f"run history gave no content URI for {path} of run {run}")
         return body["contentUri"]
 
-    def read_uris(self, experiment: str, run: str, prefix: str) -> dict[str, str] | None:
-        """path -> the blob's URL with a read SAS, for every path under `prefix`, page by page (None
-        when run history has no such route: a 404)."""
+    def read_uris(self, experiment: str, run: str, prefix: str | None) -> dict[str, str] | None:
+        """path -> the blob's URL with a read SAS, for every path under `prefix` (None: the whole
+        run), page by page (None when run history has no such route: a 404)."""
         from azure.ai.ml._restclient.runhistory.operations._operations import (
             build_run_artifacts_list_sas_by_prefix_by_experiment_name_request as build,
         )
@@ -127,7 +130,7 @@ class RunHistory:
         found, token = {}, None
         while True:
             request = build(*self._scope(), experiment, run, path=prefix, continuation_token_parameter=token)
-            body = self.request_json(request, f"locate the files under {prefix} of run {run}", missing_ok=True)
+            body = self.request_json(request, f"locate the files under {prefix or '/'} of run {run}", missing_ok=True)
             if body is None:
                 return None
             found.update((info["path"], info["contentUri"]) for info in body.get("value") or [] if info.get("path") and info.get("contentUri"))
@@ -184,8 +187,7 @@ class RunHistoryStore:
         # Read SAS URLs the listing just got, kept in memory for the copy that follows (one request
         # less per file), used once and only while young: never logged, never written anywhere.
         self._fresh_reads: dict[str, tuple[str, float]] = {}
-        # Write SAS URLs (or the per-path refusal) from registering a run's paths in batches, each
-        # used once by the copy of its path: in memory only, like the read SAS URLs.
+        # Write SAS URLs (or a path's refusal) from registering in batches: used once, in memory only.
         self._uploads: dict[str, "str | Exception"] = {}
 
     def __repr__(self) -> str:
@@ -225,8 +227,9 @@ class RunHistoryStore:
 
     def listing(self) -> dict:
         """path -> Stat for every file of the run that has its bytes (HEADs in parallel)."""
-        paths = list(self.history.paths(self.experiment, self.run))
-        urls = self._read_uris(paths)
+        urls = self._whole_run()
+        paths = sorted(urls) if urls is not None else list(self.history.paths(self.experiment, self.run))
+        urls = urls if urls is not None else self._read_uris(paths)  # the listing, then read SAS URLs per folder
         if len(paths) <= 1:
             found = [self.stat(p, urls.get(p)) for p in paths]
         else:
@@ -236,6 +239,23 @@ class RunHistoryStore:
         if missing:  # registered, never uploaded: a job killed mid-upload, or a copy of ours cut short
             logger.debug("{} file(s) of run {} are listed without bytes, first {}", len(missing), self.run, missing[0])
         return {path: stat for path, stat in zip(paths, found) if stat is not None}
+
+    def _whole_run(self) -> dict[str, str] | None:
+        """path -> read SAS URL for every file of the run: prefix/contentinfo without a prefix, the
+        listing too. `path` is optional in azure-ai-ml's generated client (RunArtifacts_ListSasByPrefix),
+        but nothing recorded shows a service taking none: where refused (an error, a 404) the
+        process asks the other way from then on."""
+        key = self.copy_key
+        if key in _no_whole_run:
+            return None
+        try:
+            found = self.history.read_uris(self.experiment, self.run, None)
+        except EndpointError as error:
+            logger.debug("run history of {} lists no run without a prefix ({}); listing, then per folder", self.uri, error)
+            found = None
+        if found is None:
+            _no_whole_run.add(key)
+        return found
 
     def _read_uris(self, paths: list[str]) -> dict[str, str]:
         """Read SAS URLs for `paths`, one prefix/contentinfo per top-level folder holding two or more
