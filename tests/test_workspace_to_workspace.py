@@ -30,6 +30,7 @@ from azurite import Azurite
 from cloud_storage import CloudStorage
 from conftest import replayed_runs, run_cli
 from fakes import azureml_artifacts
+from fakes.azureml_latency import BlobCounter
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
 from servers import MlflowServer
@@ -54,9 +55,11 @@ def move(tmp_path_factory):
     azurite = Azurite(base / "azurite")
     storage = CloudStorage(base / "storage", ca=fake.ca)
     pairs = {}
+    counter = None
     try:
         azurite.start()
         storage.start()
+        counter = BlobCounter(azurite.endpoint, fake).start()  # counts the blob requests of the same-account pair
         for name, where, accounts in (("same", azurite, ("acct1", "acct1")), ("cross", storage, ("acct1", "acct2"))):
             src = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-src"))
             seed.install(src, specs, builders)
@@ -66,6 +69,8 @@ def move(tmp_path_factory):
             dst = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-dst", mlflow_uri=target_mlflow.uri))
             dst_store = azureml_artifacts.attach(dst, where, accounts[1], container=f"{name}-dst")
             azureml_artifacts.serve_run_artifacts(dst)
+            if where is azurite:  # the SAS URLs handed out name the counting proxy
+                src_store.public, dst_store.public = counter.account_url(accounts[0]), counter.account_url(accounts[1])
             pairs[name] = SimpleNamespace(
                 source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}", src_store=src_store,
                 target=f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0{dst.scope}", dst=dst, dst_store=dst_store,
@@ -78,6 +83,8 @@ def move(tmp_path_factory):
             azureml_artifacts.STORES.pop(pair.dst.scope, None)
         for ws in list(fake.workspaces.values()):
             azureml_artifacts.STORES.pop(ws.scope, None)
+        if counter is not None:
+            counter.stop()
         storage.stop()
         azurite.stop()
         fake.stop()
@@ -173,6 +180,10 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
     routes = ("artifact_list", "artifact_prefix_contentinfo", "artifact_contentinfo", "artifact_create")
     assert tuple(asked.get(k, 0) for k in routes) == (0, pages, 2 * unhashed, len(runs)), asked
     assert total > 2 * len(runs)  # so one registration a run is fewer than one a file
+    # Blob requests per file: the source's HEAD (size, MD5, etag) and the copy, nothing on the target
+    # to check it; a file without an MD5 adds the HEAD and the PUT that set its copy's MD5 (and the
+    # GETs that hash it). Refused requests (Azurite has no Put Blob From URL: 501) retry as Copy Blob.
+    assert (asked.get("blob_head", 0), asked.get("blob_put", 0) - asked.get("blob_refused", 0)) == (total + unhashed, total + unhashed), asked
     assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
     check_files(move, pair, workspace)
 
