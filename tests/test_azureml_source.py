@@ -404,6 +404,32 @@ def test_a_runs_files_are_listed_with_their_read_sas_in_one_paged_call_else_per_
     assert asked == {"artifact_list": pages, "artifact_prefix_contentinfo": 0, "artifact_contentinfo": 10}
 
 
+def test_a_parents_children_come_from_one_mlflow_search_not_one_get_each(azure):
+    """A parent with two or more children in the plan costs one runs/search for them all (they carry
+    mlflow.parentRunId); every other job one runs/get. The records are the same either way (the other
+    tests check them field by field)."""
+    from fakes.azureml_control_plane import REQUEST_HOOKS
+
+    asked = Counter()
+
+    def count(handler, path: str) -> bool:
+        if "/api/2.0/mlflow/" in path:
+            asked[path.split("/api/2.0/mlflow/", 1)[1]] += 1
+        return False
+
+    REQUEST_HOOKS.insert(0, count)
+    try:
+        records = {job.source_id: job for job in source().jobs()}
+    finally:
+        REQUEST_HOOKS.remove(count)
+    children = Counter(s.parent for s in azure.specs if s.parent)
+    searched = [p for p, n in children.items() if n > 1]
+    assert len(records) == len(azure.specs) and len(searched) >= 4
+    assert (asked["runs/search"], asked["runs/get"]) == (len(searched), len(azure.specs) - sum(children[p] for p in searched)), asked
+    for spec in azure.specs:  # what the search brought is each child's own run
+        assert records[spec.name].params == spec.params and records[spec.name].latest_metrics.keys() == spec.metrics.keys(), spec.name
+
+
 def test_extract_lists_files_and_logs_without_secrets(azure, tmp_path):
     out = tmp_path / "manifest"
     env = cli_env(azure, tmp_path)
