@@ -369,27 +369,65 @@ def test_artifacts_listed_with_sizes_and_md5_without_reading_bytes(azure, monkey
     assert [r.md5 for r in listed[fit.name] if r.path == "outputs/model/model.pkl"] == [""]  # a block upload has no md5
 
 
-def test_read_sas_asked_per_folder_not_per_file_and_per_file_without_the_route(azure, monkeypatch):
-    """A folder holding two or more of a run's files costs one prefix/contentinfo; a lone file its own
-    contentinfo; without the prefix route (404) every file is asked alone, and the listing is the same."""
+def test_a_runs_files_are_listed_with_their_read_sas_in_one_paged_call_else_per_folder_else_per_file(azure, monkeypatch):
+    """prefix/contentinfo without a prefix is the listing and every read SAS at once: one request a
+    page of a job's files (as the listing alone costs), none per folder or file. Where the service wants a path (400), the listing comes
+    first and a folder holding two or more files costs one prefix/contentinfo, a lone file its own
+    contentinfo; without the prefix route (404) every file is asked alone. The listing is the same."""
+    from runner.azureml import run_history
+
     def listed_and_asked() -> tuple[dict, dict]:
+        monkeypatch.setattr(run_history, "_no_whole_run", set())  # what a refusal taught one process
         before = dict(azure.fake.requests)
         src = source()
         listed = {job.source_id: sorted(src.artifacts(job), key=lambda r: r.path) for job in src.jobs()}
-        kinds = ("artifact_prefix_contentinfo", "artifact_contentinfo")
+        kinds = ("artifact_list", "artifact_prefix_contentinfo", "artifact_contentinfo")
         return listed, {k: azure.fake.requests[k] - before.get(k, 0) for k in kinds}
 
     expected = {s.name: expected_files(s) for s in azure.specs}
-    folders = [Counter(p.split("/", 1)[0] for p in s.files) for s in azure.specs if s.files]
-    shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
-    assert (shared, alone) == (2, 5)  # outputs/ of bright_kiwi_01 and of fit; five files alone in their folders
+    with_files = [s for s in azure.specs if s.files]
+    pages = sum(max(1, -(-len(s.files) // azureml_artifacts.PAGE)) for s in azure.specs)  # every job is asked, files or not
     listed, asked = listed_and_asked()
     assert listed == expected
-    assert asked == {"artifact_prefix_contentinfo": shared, "artifact_contentinfo": alone}
+    assert asked == {"artifact_list": 0, "artifact_prefix_contentinfo": pages, "artifact_contentinfo": 0}  # as many as the bare listing
+
+    folders = [Counter(p.split("/", 1)[0] for p in s.files) for s in with_files]
+    shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
+    assert (shared, alone) == (2, 5)  # outputs/ of bright_kiwi_01 and of fit; five files alone in their folders
+    monkeypatch.setattr(azureml_artifacts, "WHOLE_RUN", False)
+    listed, asked = listed_and_asked()
+    assert listed == expected
+    assert asked == {"artifact_list": pages, "artifact_prefix_contentinfo": 1 + shared, "artifact_contentinfo": alone}  # 1: the refusal, once
     monkeypatch.setattr(azureml_artifacts, "PREFIX_ROUTE", False)
     listed, asked = listed_and_asked()
     assert listed == expected
-    assert asked == {"artifact_prefix_contentinfo": 0, "artifact_contentinfo": 10}
+    assert asked == {"artifact_list": pages, "artifact_prefix_contentinfo": 0, "artifact_contentinfo": 10}
+
+
+def test_a_parents_children_come_from_one_mlflow_search_not_one_get_each(azure):
+    """A parent with two or more children in the plan costs one runs/search for them all (they carry
+    mlflow.parentRunId); every other job one runs/get. The records are the same either way (the other
+    tests check them field by field)."""
+    from fakes.azureml_control_plane import REQUEST_HOOKS
+
+    asked = Counter()
+
+    def count(handler, path: str) -> bool:
+        if "/api/2.0/mlflow/" in path:
+            asked[path.split("/api/2.0/mlflow/", 1)[1]] += 1
+        return False
+
+    REQUEST_HOOKS.insert(0, count)
+    try:
+        records = {job.source_id: job for job in source().jobs()}
+    finally:
+        REQUEST_HOOKS.remove(count)
+    children = Counter(s.parent for s in azure.specs if s.parent)
+    searched = [p for p, n in children.items() if n > 1]
+    assert len(records) == len(azure.specs) and len(searched) >= 4
+    assert (asked["runs/search"], asked["runs/get"]) == (len(searched), len(azure.specs) - sum(children[p] for p in searched)), asked
+    for spec in azure.specs:  # what the search brought is each child's own run
+        assert records[spec.name].params == spec.params and records[spec.name].latest_metrics.keys() == spec.metrics.keys(), spec.name
 
 
 def test_extract_lists_files_and_logs_without_secrets(azure, tmp_path):

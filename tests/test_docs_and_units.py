@@ -40,6 +40,18 @@ def test_batches_respect_mlflow_limits_and_keep_every_point():
     assert [m.step for batch, _, _ in sent for m in batch] == list(range(5000))
 
 
+def test_params_and_tags_ride_beside_azures_250_metric_rows():
+    """Azure ML caps metric rows per batch at 250, not params and tags: 10 params, 5 tags and 1,000
+    points are 4 requests (not 5), each within 250 rows and MLflow's own limits."""
+    params, tags = {f"p{i}": str(i) for i in range(10)}, {f"t{i}": "v" for i in range(5)}
+    sent = list(batches(params, tags, (MetricPoint("m", float(i), i, i) for i in range(1000)), rows=250))
+    assert [len(m) for m, _, _ in sent] == [250] * 4
+    assert (len(sent[0][1]), len(sent[0][2])) == (10, 5) and not any(p or t for _, p, t in sent[1:])
+    assert [m.step for batch, _, _ in sent for m in batch] == list(range(1000))
+    plain = list(batches(params, tags, (MetricPoint("m", float(i), i, i) for i in range(1000))))  # MLflow: 1000 entities in all
+    assert [len(m) + len(p) + len(t) for m, p, t in plain] == [1000, 15]
+
+
 def test_batches_of_nothing_send_nothing():
     assert list(batches({}, {}, [])) == []
 

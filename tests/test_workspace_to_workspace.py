@@ -30,6 +30,7 @@ from azurite import Azurite
 from cloud_storage import CloudStorage
 from conftest import replayed_runs, run_cli
 from fakes import azureml_artifacts
+from fakes.azureml_latency import BlobCounter
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
 from servers import MlflowServer
@@ -54,9 +55,11 @@ def move(tmp_path_factory):
     azurite = Azurite(base / "azurite")
     storage = CloudStorage(base / "storage", ca=fake.ca)
     pairs = {}
+    counter = None
     try:
         azurite.start()
         storage.start()
+        counter = BlobCounter(azurite.endpoint, fake).start()  # counts the blob requests of the same-account pair
         for name, where, accounts in (("same", azurite, ("acct1", "acct1")), ("cross", storage, ("acct1", "acct2"))):
             src = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-src"))
             seed.install(src, specs, builders)
@@ -66,6 +69,8 @@ def move(tmp_path_factory):
             dst = fake.add(FakeWorkspace(SUB, RG, f"ws-{name}-dst", mlflow_uri=target_mlflow.uri))
             dst_store = azureml_artifacts.attach(dst, where, accounts[1], container=f"{name}-dst")
             azureml_artifacts.serve_run_artifacts(dst)
+            if where is azurite:  # the SAS URLs handed out name the counting proxy
+                src_store.public, dst_store.public = counter.account_url(accounts[0]), counter.account_url(accounts[1])
             pairs[name] = SimpleNamespace(
                 source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}", src_store=src_store,
                 target=f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0{dst.scope}", dst=dst, dst_store=dst_store,
@@ -78,6 +83,8 @@ def move(tmp_path_factory):
             azureml_artifacts.STORES.pop(pair.dst.scope, None)
         for ws in list(fake.workspaces.values()):
             azureml_artifacts.STORES.pop(ws.scope, None)
+        if counter is not None:
+            counter.stop()
         storage.stop()
         azurite.stop()
         fake.stop()
@@ -160,18 +167,23 @@ def test_same_account_copies_every_file_server_side(move, unique, tmp_path):
     before = dict(move.fake.requests)
     result, line, total = first_migration(move, pair, workspace, tmp_path)
     asked = {k: v - before.get(k, 0) for k, v in move.fake.requests.items()}
-    # Per file: one registration. Read SAS URLs, on the source (they serve the copy) and on the
-    # target (the check that every copy landed): one prefix/contentinfo per run folder holding two
-    # or more files, one contentinfo per file alone in its folder. A source file without an MD5 is
-    # read once more, to hash it, and its copy's read SAS is asked for once more, to keep the copy's
-    # content headers while setting the MD5 (the write SAS may not read them).
+    # Per run holding files: one registration for all its paths (batch/metadata takes a list). Per
+    # job, on the source only: one prefix/contentinfo without a prefix, a page per PAGE paths, that
+    # lists the files with their read SAS URLs. The target is not listed again after the copies:
+    # each copy was pinned to the source's etag. A source file without an MD5 is read once more, to
+    # hash it, and its copy's read SAS is asked for once more, to keep the copy's content headers
+    # while setting the MD5 (the write SAS may not read them).
     unhashed = without_md5(pair.src_store, expected_files(move.specs))
     assert unhashed == 2
-    folders = [Counter(p.split("/", 1)[0] for p in files) for files in expected_files(move.specs).values()]
-    shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
-    assert (shared, alone) == (2, 4)  # outputs/ of bright_kiwi_01 and of fit; four files alone in their folders
-    pages = sum(-(-n // azureml_artifacts.PAGE) for f in folders for n in f.values() if n > 1)  # 4 files in one outputs/: 2 pages
-    assert (asked["artifact_prefix_contentinfo"], asked["artifact_contentinfo"], asked["artifact_create"]) == (2 * pages, 2 * alone + 2 * unhashed, total), asked
+    runs = [files for files in expected_files(move.specs).values() if files]
+    pages = sum(max(1, -(-len(files) // azureml_artifacts.PAGE)) for files in expected_files(move.specs).values())  # every job is listed
+    routes = ("artifact_list", "artifact_prefix_contentinfo", "artifact_contentinfo", "artifact_create")
+    assert tuple(asked.get(k, 0) for k in routes) == (0, pages, 2 * unhashed, len(runs)), asked
+    assert total > 2 * len(runs)  # so one registration a run is fewer than one a file
+    # Blob requests per file: the source's HEAD (size, MD5, etag) and the copy, nothing on the target
+    # to check it; a file without an MD5 adds the HEAD and the PUT that set its copy's MD5 (and the
+    # GETs that hash it). Refused requests (Azurite has no Put Blob From URL: 501) retry as Copy Blob.
+    assert (asked.get("blob_head", 0), asked.get("blob_put", 0) - asked.get("blob_refused", 0)) == (total + unhashed, total + unhashed), asked
     assert line.startswith(f"{total} copied ({total} server-side, 0 streamed"), line
     check_files(move, pair, workspace)
 

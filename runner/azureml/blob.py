@@ -303,11 +303,12 @@ class BlobStore:
     def write(self, path: str, reader: BinaryIO, size: int | None, options: ArtifactOptions, on_bytes) -> Written:
         return write_block_blob(self.blob(path), path, reader, size, options, on_bytes)
 
-    def copy_from(self, src, src_path: str, path: str, source: Stat, options: ArtifactOptions) -> None:
-        """Server-side copy of one blob of `src` (a BlobStore or any store with `read_url`)."""
+    def copy_from(self, src, src_path: str, path: str, source: Stat, options: ArtifactOptions) -> bool:
+        """Server-side copy of one blob of `src` (a BlobStore or any store with `read_url`); True when
+        the service pinned it to the source's version (copy_into_blob)."""
         url = src.read_url(src_path, options.sas_minutes)
         with server_side_refusals():
-            copy_into_blob(self.blob(path), url, source, options, (src.copy_key, self.copy_key))
+            return copy_into_blob(self.blob(path), url, source, options, (src.copy_key, self.copy_key))
 
     def abort_pending(self, path: str, have: Stat) -> None:
         """A copy left pending by a killed run: abort it, the caller starts a fresh one."""
@@ -381,14 +382,18 @@ def write_block_blob(blob, path: str, reader: BinaryIO, size: int | None, option
     return Written(total, digest.hex(), reused)
 
 
-def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str], reader=None) -> None:
+def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair: tuple[str, str], reader=None) -> bool:
     """Server-side copy into `blob` (a BlobClient) from `url` (a source blob with a read SAS).
     Put Blob From URL first (synchronous, the source's MD5 checked by the service in transit, up
     to 5000 MiB), asked once without retries; where the service does not have it (Azurite answers
     501 with a key, 500 with a SAS), fails on its side, or the blob is bigger: Copy Blob, waiting
     while it is pending (cross-account). `pair` names the two accounts: a pair where Put Blob From
     URL failed so uses Copy Blob from then on. A pending copy is watched through `reader()` (a
-    BlobClient that may read the blob; default `blob` itself: a write-only SAS may not)."""
+    BlobClient that may read the blob; default `blob` itself: a write-only SAS may not).
+
+    True when the service copied exactly the source version `source` describes (its etag sent as
+    If-Match on the source): the destination then holds its size and MD5, and the caller need not
+    list it again to check (verify compares both ends); False without an etag to pin it."""
     from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError
 
@@ -402,14 +407,15 @@ def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair:
                 source_match_condition=MatchConditions.IfNotModified if source.etag else None,
                 retry_total=0,  # a failure here has Copy Blob to fall back on, not minutes of retries
             )
-            return
+            return bool(source.etag)
         except HttpResponseError as error:
             status = getattr(error, "status_code", None) or 0
             if not (status >= 500 or error_code(error) in ("NotImplemented", "FeatureNotSupported")):
                 raise
             logger.debug("{} has no Put Blob From URL ({}); using Copy Blob", pair[1], redact_error(error))
             _no_put_from_url.add(pair)
-    started = blob.start_copy_from_url(url, metadata=metadata)
+    pinned = {"source_etag": f'"{source.etag}"', "source_match_condition": MatchConditions.IfNotModified} if source.etag else {}
+    started = blob.start_copy_from_url(url, metadata=metadata, **pinned)
     status, delay, deadline, watcher = started.get("copy_status"), 0.05, time.monotonic() + options.copy_timeout, None
     while status == "pending":
         if time.monotonic() > deadline:
@@ -421,6 +427,7 @@ def copy_into_blob(blob, url: str, source: Stat, options: ArtifactOptions, pair:
         status = watcher.get_blob_properties().copy.status
     if status != "success":
         raise ArtifactCopyError(f"server-side copy ended {status}")
+    return bool(source.etag)
 
 
 @contextmanager

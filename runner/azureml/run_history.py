@@ -7,18 +7,20 @@ writes them through local files. This store talks to the same run history routes
 
     GET  .../experiments/E/runs/R/artifacts                  paths, paged (continuationToken)
     GET  .../experiments/E/runs/R/artifacts/contentinfo?path  the blob's URL with a read SAS
-    GET  .../experiments/E/runs/R/artifacts/prefix/contentinfo?path=FOLDER/
-                                                              the same for every path in a folder, paged
-    POST .../experiments/E/runs/R/artifacts/batch/metadata    registers a path; answers its blob's
+    GET  .../experiments/E/runs/R/artifacts/prefix/contentinfo[?path=FOLDER/]
+                                                              the same for every path (in a folder), paged
+    POST .../experiments/E/runs/R/artifacts/batch/metadata    registers paths; answers each blob's
                                                               URL with a create/write SAS
 
 so a copy between two workspaces never passes the bytes through this process: the destination
 blob (write SAS) pulls them from the source blob (read SAS) with Put Blob From URL or Copy Blob
 (runner.azureml.blob.copy_into_blob). Size and MD5 come from a HEAD on the blob (the service keeps
-neither). On Azure each request costs tens of milliseconds, so a run's read SAS URLs are asked per
-top-level folder (prefix/contentinfo, one request a page) rather than per file; a path no answer
-covered (or a service without the route: 404) is asked for alone. Where the storage accounts cannot copy between them (a firewall, another cloud) the
-copy engine streams instead, still through the write SAS, in blocks.
+neither). On Azure each request costs tens of milliseconds, so requests go per run, not per file:
+prefix/contentinfo without a path lists a run's files with their read SAS URLs, a page a request
+(where refused: the listing, then per top-level folder, a lone file or a service without the
+route asked alone); a run's new paths are registered 50 to a request. Per file that leaves the
+HEAD and the copy. Where the storage accounts cannot copy between them (a firewall, another
+cloud) the copy engine streams instead, still through the write SAS, in blocks.
 
 Run history registers a path once: a second batch/metadata for it is refused ("Resource Conflict
 ... already exists"). A migration killed between registering a path and its bytes landing leaves
@@ -52,6 +54,8 @@ RUN_ROOT = re.compile(
     re.IGNORECASE,
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
+REGISTER_BATCH = 50  # paths per batch/metadata request: azureml-mlflow's own batch (AZUREML_ARTIFACT_BATCH_SIZE, default 50)
+_no_whole_run: set[str] = set()  # workspaces (copy_key) whose run history refused prefix/contentinfo without a path
 FRESH_READ_SECONDS = 300  # a read SAS from the listing is reused this long; an older one is asked for again
 
 
@@ -116,9 +120,9 @@ class RunHistory:
             raise EndpointError(f"run history gave no content URI for {path} of run {run}")
         return body["contentUri"]
 
-    def read_uris(self, experiment: str, run: str, prefix: str) -> dict[str, str] | None:
-        """path -> the blob's URL with a read SAS, for every path under `prefix`, page by page (None
-        when run history has no such route: a 404)."""
+    def read_uris(self, experiment: str, run: str, prefix: str | None) -> dict[str, str] | None:
+        """path -> the blob's URL with a read SAS, for every path under `prefix` (None: the whole
+        run), page by page (None when run history has no such route: a 404)."""
         from azure.ai.ml._restclient.runhistory.operations._operations import (
             build_run_artifacts_list_sas_by_prefix_by_experiment_name_request as build,
         )
@@ -126,7 +130,7 @@ class RunHistory:
         found, token = {}, None
         while True:
             request = build(*self._scope(), experiment, run, path=prefix, continuation_token_parameter=token)
-            body = self.request_json(request, f"locate the files under {prefix} of run {run}", missing_ok=True)
+            body = self.request_json(request, f"locate the files under {prefix or '/'} of run {run}", missing_ok=True)
             if body is None:
                 return None
             found.update((info["path"], info["contentUri"]) for info in body.get("value") or [] if info.get("path") and info.get("contentUri"))
@@ -136,21 +140,34 @@ class RunHistory:
 
     def upload_uri(self, experiment: str, run: str, path: str) -> str:
         """Register `path` in the run and return its blob's URL with a write SAS."""
+        answer = self.upload_uris(experiment, run, [path])[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def upload_uris(self, experiment: str, run: str, paths: list[str]) -> dict[str, "str | Exception"]:
+        """Register `paths` in the run in one batch/metadata request (its body takes a list:
+        ArtifactPathList of the generated client); path -> its blob's URL with a write SAS, or the
+        error run history answered for that path (AlreadyRegistered for one it has)."""
         from azure.ai.ml._restclient.runhistory.operations._operations import (
             build_run_artifacts_batch_create_empty_artifacts_by_experiment_name_request as build,
         )
 
-        body = self.request_json(build(*self._scope(), experiment, run, json={"paths": [{"path": path}]}), f"register {path} in run {run}")
-        error = (body.get("errors") or {}).get(path)
-        if error:
-            message = str((error.get("error") or {}).get("message") or error)
-            if "already exists" in message.lower() or "conflict" in message.lower():
-                raise AlreadyRegistered(path)
-            raise EndpointError(f"run history refused to register {path} in run {run}: {first_line(message)}")
-        uri = ((body.get("artifactContentInformation") or {}).get(path) or {}).get("contentUri")
-        if not uri:
-            raise EndpointError(f"run history gave no upload URI for {path} of run {run}")
-        return uri
+        doing = f"register {paths[0]} in run {run}" if len(paths) == 1 else f"register {len(paths)} files in run {run}"
+        body = self.request_json(build(*self._scope(), experiment, run, json={"paths": [{"path": p} for p in paths]}), doing)
+        errors, infos = body.get("errors") or {}, body.get("artifactContentInformation") or {}
+        return {path: registration(run, path, errors.get(path), infos.get(path)) for path in paths}
+
+
+def registration(run: str, path: str, error: dict | None, info: dict | None) -> "str | Exception":
+    """One path of a batch/metadata answer: its write SAS URL, or the error to raise when it is written."""
+    if error:
+        message = str((error.get("error") or {}).get("message") or error)
+        if "already exists" in message.lower() or "conflict" in message.lower():
+            return AlreadyRegistered(path)
+        return EndpointError(f"run history refused to register {path} in run {run}: {first_line(message)}")
+    uri = (info or {}).get("contentUri")
+    return uri or EndpointError(f"run history gave no upload URI for {path} of run {run}")
 
 
 class RunHistoryStore:
@@ -170,6 +187,8 @@ class RunHistoryStore:
         # Read SAS URLs the listing just got, kept in memory for the copy that follows (one request
         # less per file), used once and only while young: never logged, never written anywhere.
         self._fresh_reads: dict[str, tuple[str, float]] = {}
+        # Write SAS URLs (or a path's refusal) from registering in batches: used once, in memory only.
+        self._uploads: dict[str, "str | Exception"] = {}
 
     def __repr__(self) -> str:
         return f"RunHistoryStore({self.uri})"
@@ -208,8 +227,9 @@ class RunHistoryStore:
 
     def listing(self) -> dict:
         """path -> Stat for every file of the run that has its bytes (HEADs in parallel)."""
-        paths = list(self.history.paths(self.experiment, self.run))
-        urls = self._read_uris(paths)
+        urls = self._whole_run()
+        paths = sorted(urls) if urls is not None else list(self.history.paths(self.experiment, self.run))
+        urls = urls if urls is not None else self._read_uris(paths)  # the listing, then read SAS URLs per folder
         if len(paths) <= 1:
             found = [self.stat(p, urls.get(p)) for p in paths]
         else:
@@ -219,6 +239,23 @@ class RunHistoryStore:
         if missing:  # registered, never uploaded: a job killed mid-upload, or a copy of ours cut short
             logger.debug("{} file(s) of run {} are listed without bytes, first {}", len(missing), self.run, missing[0])
         return {path: stat for path, stat in zip(paths, found) if stat is not None}
+
+    def _whole_run(self) -> dict[str, str] | None:
+        """path -> read SAS URL for every file of the run: prefix/contentinfo without a prefix, the
+        listing too. `path` is optional in azure-ai-ml's generated client (RunArtifacts_ListSasByPrefix),
+        but nothing recorded shows a service taking none: where refused (an error, a 404) the
+        process asks the other way from then on."""
+        key = self.copy_key
+        if key in _no_whole_run:
+            return None
+        try:
+            found = self.history.read_uris(self.experiment, self.run, None)
+        except EndpointError as error:
+            logger.debug("run history of {} lists no run without a prefix ({}); listing, then per folder", self.uri, error)
+            found = None
+        if found is None:
+            _no_whole_run.add(key)
+        return found
 
     def _read_uris(self, paths: list[str]) -> dict[str, str]:
         """Read SAS URLs for `paths`, one prefix/contentinfo per top-level folder holding two or more
@@ -267,10 +304,24 @@ class RunHistoryStore:
             kept = self._writers.pop(path, None)  # a server-side attempt that fell back to streaming
         if kept is not None:
             return kept
+        with self._lock:
+            registered = self._uploads.pop(path, None)
         try:
-            return self._blob(self.history.upload_uri(self.experiment, self.run, path)), False
+            if isinstance(registered, Exception):
+                raise registered
+            return self._blob(registered or self.history.upload_uri(self.experiment, self.run, path)), False
         except AlreadyRegistered:
             return self._direct_blob(path), True
+
+    def prepare(self, paths: list[str]) -> None:
+        """Register the paths about to be written in batches of REGISTER_BATCH (one request each,
+        not one a file); each copy then takes its path's write SAS from memory. azureml-mlflow's
+        upload_dir registers 50 paths in one request before uploading them too (its
+        BaseArtifactsClient._upload_files), so a write SAS waits as long as it does there."""
+        for start in range(0, len(paths), REGISTER_BATCH):
+            answers = self.history.upload_uris(self.experiment, self.run, paths[start : start + REGISTER_BATCH])
+            with self._lock:
+                self._uploads.update(answers)
 
     @contextmanager
     def _writing(self, path: str):
@@ -301,12 +352,12 @@ class RunHistoryStore:
             self._staged.pop(path, None)
         return written
 
-    def copy_from(self, src, src_path: str, path: str, source, options) -> None:
+    def copy_from(self, src, src_path: str, path: str, source, options) -> bool:
         with self._writing(path) as (blob, direct):
             try:
                 with server_side_refusals():
-                    copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key),
-                                   self._reader(path, direct))
+                    pinned = copy_into_blob(blob, src.read_url(src_path, options.sas_minutes), source, options, (src.copy_key, self.copy_key),
+                                            self._reader(path, direct))
             except Exception:
                 with self._lock:  # the path is registered now: a streamed retry needs this same writer
                     self._writers[path] = (blob, direct)
@@ -314,6 +365,7 @@ class RunHistoryStore:
         if not source.md5:  # the engine hashes the source, then records the MD5 through the same client
             with self._lock:
                 self._writers[path] = (blob, direct)
+        return pinned
 
     def set_md5(self, path: str, md5_hex_value: str) -> None:
         with self._lock:

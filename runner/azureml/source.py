@@ -55,6 +55,7 @@ from runner.core.errors import EndpointError, ReplayerError, UsageError, first_l
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import list_experiments, metric_history
+from runner.azureml.sibling_runs import SiblingRuns, planned_children
 from runner.azureml.run_history import storage_reason
 from runner.azureml.workspace import WorkspaceRef, is_azureml, parse_workspace  # noqa: F401  (importers find them here)
 from runner.azureml.job_fields import (  # noqa: F401  (map_status: part of this module's interface)
@@ -100,6 +101,7 @@ class AzuremlSource:
         self._component_locks: dict[str, threading.Lock] = {}
         self._experiments: list[Experiment] | None = None
         self._plan: list[Node] | None = None
+        self._siblings: SiblingRuns | None = None
         self.skipped_unreadable = 0
 
     # -- errors ------------------------------------------------------------------------------
@@ -182,6 +184,8 @@ class AzuremlSource:
     def jobs(self) -> Iterator[JobRecord]:
         """Full records in plan order; MLflow reads run `parallel` at a time, a bounded window ahead."""
         plan = self.plan()
+        ids = {e.name: e.source_id for e in self.experiments()}
+        self._siblings = SiblingRuns(self.client, ids.get, planned_children(plan))  # a parent's children: one search
         window: deque = deque()
         with ThreadPoolExecutor(self.parallel, thread_name_prefix="azureml-read") as pool:
             for node in plan:
@@ -439,7 +443,8 @@ class AzuremlSource:
         return self._run_history().request_json(self._run_request(node.name), f"read job {node.name}", missing_ok=True) or {}
 
     def _record(self, node: Node) -> JobRecord:
-        run = self._mlflow_run(node.name)
+        found = self._siblings.take(node.parent if node.depth else None, node.experiment, node.name) if self._siblings else None
+        run = found if found is not None else self._mlflow_run(node.name)
         facts = node.facts
         if run is None:
             logger.warning("job {} has no MLflow run: copying its control-plane record without params or metrics", node.name)

@@ -89,11 +89,15 @@ class _Engine:
     def check_landed(self) -> None:
         """Count what was copied, after checking it: a blob destination is listed once and every
         copied file must hold the size and MD5 expected (the source's, or the one computed while
-        streaming). Other destinations were checked while writing (local) or cannot tell (MLflow)."""
-        landed = self.dst.listing() if hasattr(self.dst, "listing") and self.expected else None
+        streaming). Other destinations were checked while writing (local) or cannot tell (MLflow).
+        Server-side copies the service pinned to the source's version ("pinned": its etag as
+        If-Match) hold its size and MD5 already: when all are, no listing (on Azure a run history
+        listing, a read SAS request and a HEAD per file)."""
+        unpinned = any(how != "pinned" for _, _, how in self.expected.values())
+        landed = self.dst.listing() if hasattr(self.dst, "listing") and unpinned else None
         s = self.stats
         for dst_path, (path, ref, how) in sorted(self.expected.items()):
-            if landed is not None:
+            if landed is not None and how != "pinned":
                 found = landed.get(dst_path)
                 if found is None or found.size != ref.size or (ref.md5 and found.md5 != ref.md5):
                     held = f"{found.size} bytes md5 {found.md5 or '(none)'}" if found else "nothing"
@@ -102,7 +106,7 @@ class _Engine:
             s.refs.append(ref)
             s.copied += 1
             s.bytes_copied += ref.size
-            if how == "server":
+            if how in ("server", "pinned"):
                 s.server_side += 1
             else:
                 s.streamed += 1
@@ -133,7 +137,7 @@ class _Engine:
             return "skip", ArtifactRef(ref.path, have.size, have.md5)
         if have is not None and have.copy_status == "pending":
             self.dst.abort_pending(dst_path, have)
-        self.dst.copy_from(self.src, ref.path, dst_path, source, self.options)  # ServerSideImpossible: stream instead
+        pinned = self.dst.copy_from(self.src, ref.path, dst_path, source, self.options)  # ServerSideImpossible: stream instead
         md5 = want_md5
         if not md5 and self.options.hash_missing:  # the source never had one: hash it (a read, no upload)
             with self.src.open(ref.path) as reader:
@@ -142,7 +146,7 @@ class _Engine:
             with self.lock:
                 self.stats.hashed += 1
         self.bytes_done(source.size)
-        return "server", ArtifactRef(ref.path, source.size, md5)
+        return "pinned" if pinned else "server", ArtifactRef(ref.path, source.size, md5)
 
     def _streamed(self, ref: ArtifactRef, dst_path: str, have: Stat | None) -> tuple[str, ArtifactRef]:
         want_md5 = ref.md5
@@ -183,6 +187,23 @@ class _Engine:
         if ref.size and written.size != ref.size:
             raise ArtifactCopyError(f"{written.size} bytes read, the source listed {ref.size}")
         return "stream", ArtifactRef(ref.path, written.size, written.md5)
+
+
+def register_ahead(engine: _Engine, chosen: list[ArtifactRef], mapping: Callable[[str], str]) -> None:
+    """A destination that registers paths before their bytes (Azure ML run history: `prepare`)
+    registers those it lacks in batches, not one request a file. Only paths the source has: a
+    registered path without bytes could only be written with the credential later. Best effort:
+    a failed batch leaves each copy to register its own path, as without `prepare`."""
+    if not hasattr(engine.dst, "prepare"):
+        return
+    paths = [mapping(r.path) for r in chosen if engine.dst_stat(mapping(r.path)) is None
+             and (engine.sources is None or r.path in engine.sources)]
+    if not paths:
+        return
+    try:
+        engine.dst.prepare(paths)
+    except Exception as error:  # noqa: BLE001 - each copy registers its own path, and reports its own error
+        logger.debug("registering {} paths in {} at once failed ({}); one by one instead", len(paths), engine.dst.uri, redact_error(error))
 
 
 def select(refs: Iterable[ArtifactRef], options: ArtifactOptions, stats: CopyStats) -> list[ArtifactRef]:
@@ -244,6 +265,7 @@ def copy_artifacts(
         progress = BytesProgress(label, total)
     engine = _Engine(src, dst, options, progress, fresh, sources)
     mapping = path_map or (lambda p: p)
+    register_ahead(engine, chosen, mapping)
     if options.parallel == 1 or len(chosen) == 1:
         for ref in chosen:
             engine.one(ref, mapping(ref.path))

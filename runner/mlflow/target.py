@@ -361,7 +361,7 @@ class DirectTarget:
         extra = [RunTag(k, v) for k, v in (last_tags() if last_tags else {}).items()]
         if pending is not None or extra:
             metrics, param_batch, tag_batch = pending or ([], [], [])
-            if len(metrics) + len(param_batch) + len(tag_batch) + len(extra) > self.limits.batch_rows or len(tag_batch) + len(extra) > MAX_PARAMS_TAGS_PER_BATCH:
+            if len(metrics) + len(param_batch) + len(tag_batch) + len(extra) > MAX_ENTITIES_PER_BATCH or len(tag_batch) + len(extra) > MAX_PARAMS_TAGS_PER_BATCH:
                 written += self._send(run_id, metrics, param_batch, tag_batch)
                 metrics, param_batch, tag_batch = [], [], []
             written += self._send(run_id, metrics, param_batch, tag_batch + extra)
@@ -406,7 +406,10 @@ def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[Metri
     """log_batch payloads within MLflow's limits, streaming the metric points.
 
     Params and tags go first (at most 100 per request); metric points fill each request up to
-    1000 entities, so a long history is never held whole in memory.
+    `rows` metric rows and 1000 entities in all, so a long history is never held whole in memory.
+    `rows` counts metric rows only: Azure ML's cap is "metric rows per batch uploaded: 250"
+    (resource-limits-capacity.md), so params and tags ride beside 250 rows there, one request
+    less per run than counting them in.
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -415,7 +418,7 @@ def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[Metri
     stream = iter(points)
     while True:
         small = head.pop(0) if head else []
-        room = rows - len(small)
+        room = min(rows, MAX_ENTITIES_PER_BATCH - len(small))
         metrics = [Metric(p.key, p.value, p.timestamp, p.step) for p in itertools.islice(stream, room)] if not head else []
         if not small and not metrics:
             return

@@ -12,7 +12,9 @@ ones the AzureML source uses:
 - GET .../experiments/EXP/runs/RUN/artifacts/prefix/contentinfo?path=PREFIX
       the same for every path starting with PREFIX, paged like the listing
       (PaginatedArtifactContentInformationList; run history's REST spec, `RunArtifacts_ListSasByPrefix`;
-      no recorded answer);
+      no recorded answer); its `path` is optional in azure-ai-ml's generated request builder, and
+      without it every path of the run is answered (WHOLE_RUN = False: 400, as a service that wants
+      one might answer; nothing recorded either way);
 - POST .../experiments/EXP/runs/RUN/artifacts/batch/metadata   {"paths": [{"path": P}, ...]}
       registers empty artifacts and answers, per path, a `contentUri` with a create/write SAS the
       client uploads the bytes to (BatchArtifactContentInformationResult); a path the run already
@@ -48,6 +50,7 @@ from fakes.azureml_control_plane import HISTORY_ROUTES, MLFLOW_ANSWERS, FakeWork
 
 PAGE = 3  # paths per listing page: small, so paging is exercised
 PREFIX_ROUTE = True  # False: prefix/contentinfo answers 404, as a service without the route would
+WHOLE_RUN = True  # False: prefix/contentinfo without a `path` answers 400
 ROUTE = re.compile(r"^/experiments/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts(?P<what>/contentinfo|/prefix/contentinfo|/batch/metadata)?$")
 STORES: dict[str, "ArtifactStore"] = {}  # workspace scope -> its artifact store
 
@@ -190,6 +193,9 @@ def history_route(handler, ws: FakeWorkspace, rest: str, query: dict, body: byte
         return False
     if what == "/prefix/contentinfo":
         handler.fake.requests["artifact_prefix_contentinfo"] += 1
+        if "path" not in query and not WHOLE_RUN:
+            handler._error(400, "UserError", "The path field is required.")
+            return True
         prefix = (query.get("path") or [""])[0]
         paths = sorted(p for p in set(store.paths(run) if store else []) | registered(ws, run) if p.startswith(prefix))
         return _prefix_content_info(handler, store, run, paths, query)

@@ -184,6 +184,8 @@ class BlobCounter:
                     shaped(counter.fake, "blob")  # never throttled: no bucket for blob
                     counter.fake.requests[f"blob_{self.command.lower()}"] += 1
                 status, headers, payload = counter.forward(self.command, self.path, self.headers, body)
+                if status >= 400 and not self.headers.get("User-Agent", "").startswith("axios"):
+                    counter.fake.requests["blob_refused"] += 1  # e.g. Azurite's 501 to Put Blob From URL
                 self.send_response(status)
                 head = self.command == "HEAD"  # its Content-Length is the blob's size, not this (empty) body's
                 for key, value in headers:
