@@ -3,8 +3,9 @@
 A job's params, tags and latest metrics come from the workspace's MLflow view of it. Asked per job
 that is one request each; on Azure each costs tens of milliseconds and takes a token from MLflow's
 bucket. A pipeline's steps and a sweep's trials share a parent, and the MLflow view of a child
-carries `mlflow.parentRunId` (MLflow's convention for nested runs), a tag equality Azure ML's run
-search takes (it refuses attribute filters, LIKE and OR: DESIGN.md). So the first child read of a
+carries `mlflow.parentRunId` (MLflow's convention for nested runs; Microsoft's "Get child (nested)
+runs" in how-to-track-experiments-mlflow.md queries Azure ML's pipeline and sweep children by this
+very filter), a tag equality Azure ML's run search takes (it refuses attribute filters, LIKE and OR: DESIGN.md). So the first child read of a
 parent asks one page of `tags.mlflow.parentRunId = 'P'` and keeps the runs of the children the
 plan holds; each is handed out once and dropped, so what is kept is at most one page (1,000 runs)
 per parent in flight. A child the page did not bring (more than a page of children, a service
