@@ -164,6 +164,7 @@ def expected_root(body: dict, history: dict | None = None) -> dict:
         "inputs": inputs, "outputs": {k: io(v) for k, v in (p.get("outputs") or {}).items()},
         "error": ((history or {}).get("error") or {}).get("error", {}).get("message", "")[:3000] if p["status"] == "Failed" else "",
         "datasets": [],  # dataset inputs come from MLflow's run (none here: no recorded MLflow answer)
+        "model_inputs": [],  # a run that evaluated a logged model: from MLflow's run too (Azure ML holds no logged models)
     }
 
 
@@ -184,6 +185,7 @@ def expected_step(child: dict, root: dict, component: dict) -> dict:
         "outputs": {k: io(v) for k, v in (node.get("outputs") or {}).items()},
         "error": ((child.get("error") or {}).get("error") or {}).get("message", "")[:3000],
         "datasets": [],  # as for roots: from MLflow's run, none recorded
+        "model_inputs": [],
     }
 
 
