@@ -146,7 +146,7 @@ def workspaces(args, work: Path):
             source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}",
             target=f"{host}/mlflow/v2.0{targets['dst'].scope}",
             tracking={"src": f"{host}/mlflow/v1.0{src.scope}", "peer": f"{host}/mlflow/v1.0{targets['peer'].scope}"},
-            peer_store=stores["peer"],
+            stores=stores,
         )
         azureml_latency.turn_off(fake)
 
@@ -245,19 +245,15 @@ def peer(ends) -> dict:
     return rows
 
 
-def peer_copied(ends) -> dict:
-    """Runs, metric points and files in the peer's target workspace."""
+def copied(ends, name: str) -> dict:
+    """Runs, metric points and files in a target workspace (`dst`: the tool's, `peer`: the peer's)."""
     import sqlite3
 
-    from fakes import azureml_artifacts
-
-    db = sqlite3.connect(Path(ends.work / "peer-mlflow" / "mlflow.db"))
+    db = sqlite3.connect(Path(ends.work / f"{'target' if name == 'dst' else name}-mlflow" / "mlflow.db"))
     runs = [r for (r,) in db.execute("SELECT run_uuid FROM runs")]
     points = db.execute("SELECT count(*) FROM metrics").fetchone()[0]
     db.close()
-    files = sum(len(ends.peer_store.paths(r)) for r in runs)
-    registered = sum(len(azureml_artifacts.registered(ws, r)) for ws in ends.fake.workspaces.values() if ws.name.endswith("-peer") for r in runs)
-    return {"runs": len(runs), "metric_points": points, "files": files, "files_registered": registered}
+    return {"runs": len(runs), "metric_points": points, "files": sum(len(ends.stores[name].paths(r)) for r in runs)}
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -306,7 +302,8 @@ def run(args, ends, shape) -> dict:
     if not args.no_peer:
         rows = peer(ends)
         commands["peer-export"], commands["peer-import"] = rows["export"], rows["import"]
-        results["peer_copied"] = peer_copied(ends)
+        results["peer_copied"] = copied(ends, "peer")
+    results["tool_copied"] = copied(ends, "dst")
     for row in commands.values():
         row["modelled_s"] = report.modelled_seconds(row, latency_ms, buckets, args.parallel)
         row["per_unit"] = report.per_unit(row, jobs, files)
@@ -340,8 +337,11 @@ def summary(results: dict, ends) -> dict:
         "projected_hours": {f"{p['nodes']} node(s)": p["hours"] for p in whole["tool (migrate + verify)"]["projection"]},
     }
     if "peer (export + import)" in whole:
+        # The peer checks nothing: the ratio with verify included (full checks) and without.
+        peer_s = whole["peer (export + import)"]["wall_s"]
         out["peer_jobs_per_s"] = whole["peer (export + import)"]["jobs_per_s"]
-        out["ratio"] = round(out["tool_jobs_per_s"] / out["peer_jobs_per_s"], 1) if out["peer_jobs_per_s"] else None
+        out["ratio"] = round(peer_s / whole["tool (migrate + verify)"]["wall_s"], 2)
+        out["ratio_migrate_only"] = round(peer_s / commands["migrate"]["wall_s"], 2)
     return out
 
 
@@ -357,6 +357,7 @@ def summary_lines(results: dict) -> list[str]:
             lines.append(f"  {data['project']:,} jobs on {p['nodes']} node(s): {p['hours']} h (latency bound {p['latency_bound_h']} h, "
                          f"throttle bound {p['throttle_bound_h']} h on {p['throttle_family']}: {p['throttle_h']}); "
                          f"this run's wall time scaled: {p['measured_scale_h']} h")
+    lines.append(f"the tool copied: {results['tool_copied']}")
     if "peer_copied" in results:
         lines.append(f"the peer copied: {results['peer_copied']}")
     return lines

@@ -86,6 +86,7 @@ def test_the_bench_counts_every_command_by_route(small_bench):
     assert (data["jobs"], data["files"]) == (38, 76)
     assert data["kinds"]["pipeline"] == 2 and data["kinds"]["command step"] > 0 and data["kinds"]["command trial"] == 8
     assert results["summary"]["migrate_failed_0"] and results["summary"]["verify_all_equal"]
+    assert results["tool_copied"] == {"runs": 38, "metric_points": 38 * 5, "files": 76}  # read back from the target's stores
     must = {"extract": {"arm", "history", "artifacts", "mlflow", "blob"}, "migrate": {"arm", "history", "artifacts", "mlflow", "blob"},
             "verify": {"arm", "history", "artifacts", "mlflow", "blob"}}
     for name, families in must.items():
