@@ -100,10 +100,10 @@ def recorded_request_times() -> dict:
 def workspaces(args, work: Path):
     """The fake with three workspaces (source, the tool's target, the peer's target), each over its own
     mlflow server and artifact container in one Azurite account; yields what the commands need."""
-    from cloud_storage import NO_PROXY, CloudStorage
+    from cloud_storage import CloudStorage
     from fakes import azureml_artifacts, azureml_latency
     from fakes import azureml_seed as seed
-    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
+    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace
     from servers import MlflowServer
 
     specs, builders = workload.jobs(args.jobs)
@@ -136,19 +136,27 @@ def workspaces(args, work: Path):
             azureml_artifacts.serve_run_artifacts(targets[name])
         azureml_artifacts.serve_run_artifacts(src)  # the peer reads the source's files through azureml-mlflow
         print(f"seeded in {time.monotonic() - started:.0f}s", flush=True)
-        az = write_fake_az(work / "az", sys.executable)
-        env = {**os.environ, **fake.environ(), "PYTHONPATH": str(ROOT), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}",
-               "HTTPS_PROXY": counter.url, "https_proxy": counter.url, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY,
-               "AZUREML_LOG_LEVEL": "ERROR", "REPLAYER_LOG_DIR": str(work / "logs")}
         host = f"azureml://127.0.0.1:{fake.port}"
         yield SimpleNamespace(
-            fake=fake, specs=specs, files=plan, env=env, work=work, mlflow={"peer": peer_uri},
+            fake=fake, specs=specs, files=plan, env=environment(fake, counter, work), work=work,
             source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}",
             target=f"{host}/mlflow/v2.0{targets['dst'].scope}",
             tracking={"src": f"{host}/mlflow/v1.0{src.scope}", "peer": f"{host}/mlflow/v1.0{targets['peer'].scope}"},
             stores=stores,
         )
         azureml_latency.turn_off(fake)
+
+
+def environment(fake, counter, work: Path) -> dict:
+    """The commands' environment: the fake's CA and endpoints, a fake `az` first on PATH (`--credential
+    cli`), blob hosts through the counting proxy, logs in the work folder."""
+    from cloud_storage import NO_PROXY
+    from fakes.azureml_control_plane import write_fake_az
+
+    az = write_fake_az(work / "az", sys.executable)
+    return {**os.environ, **fake.environ(), "PYTHONPATH": str(ROOT), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}",
+            "HTTPS_PROXY": counter.url, "https_proxy": counter.url, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY,
+            "AZUREML_LOG_LEVEL": "ERROR", "REPLAYER_LOG_DIR": str(work / "logs")}
 
 
 # -- the commands -------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ documented, 20/s with a burst of 40 assumed, so that the bench meets 429s and mu
     shape = turn_on(fake)                       # defaults; or turn_on(fake, latency={...}, buckets={...})
     counter = BlobCounter(azurite.endpoint, fake).start()
     store.public = counter.account_url(store.account)
+    # or, for production blob URLs (tests/cloud_storage.py): clients get HTTPS_PROXY=counter.url
+    counter = BlobCounter(storage.azurite.endpoint, fake, tls=storage).start()
     turn_off(fake)
 """
 from __future__ import annotations
