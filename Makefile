@@ -44,7 +44,7 @@ bench: venv $(AZURITE)
 	$(BIN)/python bench/bench_logged_models.py  # MLflow 3 logged models and model inputs per second against plain runs
 	$(BIN)/python bench/bench_artifacts.py
 	$(BIN)/python bench/bench_workspace_artifacts.py
-	$(BIN)/python bench/bench_azure_scale.py  # latency and throttling: requests per job and file, hours for 100,000 jobs
+	$(BIN)/python bench/bench_azure_scale.py  # latency and throttling, 2,000 jobs, vs mlflow-export-import: requests by route, hours for 100,000 jobs
 	$(BIN)/python bench/bench_long_metric.py
 	$(BIN)/python bench/bench_azureml_extract.py --jobs 2000 --parallel 1,8
 	$(BIN)/python bench/image_size.py

@@ -2,93 +2,81 @@
 
 Every other figure is MLflow server to MLflow server on loopback, where a request costs well under a
 millisecond. On Azure ML the cost is requests: tens to hundreds of milliseconds each, and 429 with
-Retry-After past the service's rate. Here both workspaces live in the HTTPS fake of the control plane
+Retry-After past the service's rate. Here the workspaces live in the HTTPS fake of the control plane
 (tests/fakes/) with tests/fakes/azureml_latency.py turned on: every request waits a latency drawn
 from its route family's range and takes a token from its family's bucket (429 + Retry-After when
 empty); blob requests go through a counting proxy in front of Azurite with a latency of their own.
 Defaults and where they come from: that module's docstring (and the `recorded` block of the results,
 `x-request-time` read from tests/recordings/*.json here).
 
-Workload: the fixture workspace (tests/fakes/azureml_seed.py: standalone jobs, nested pipelines,
-sweeps, AutoML, whose children come from run history) cloned to at least --jobs jobs, each job
-given --metrics metrics x --steps steps and --files files of --min-kb to --max-kb (log-uniform).
-The source's files are in its run history artifact store, the target's runs get theirs server-side
-(both containers in one Azurite account). Then, each as its own timed process:
+Workload (bench/azure_scale_workload.py, seeded straight into the stores): --jobs jobs, whole copies of
+the fixture workspace (standalone jobs, pipelines with nested steps, sweeps and AutoML with trials),
+each with --metrics metrics x --steps steps and --files files of --min-kb to --max-kb (log-uniform) in
+the source's run history artifact store. Then, each as its own timed process, counted by route:
 
-    replayer migrate --source azureml://subscriptions/S/resourcegroups/R/workspaces/SRC \\
-                     --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli
+    replayer extract --source azureml://subscriptions/S/resourcegroups/R/workspaces/SRC --out DIR
+    replayer migrate --source (same) --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli
     replayer verify  (same ends)
+    the peer: mlflow-export-import's export-experiments then import-experiments (.venv-bench, bench/setup.sh),
+              MLFLOW_TRACKING_URI the source's and then a third workspace's azureml:// tracking URI, through
+              azureml-mlflow, authenticated by the same fake `az` (AzureCliCredential in its chain)
 
-Results: requests by family per job and per file, counted by the fake (and the blob proxy), for
-each command; 429s met and absorbed (the summary must say failed 0, verify all equal); and a
-projection for --project jobs (default 100,000): requests x mean latency / --parallel, against
-what each family's bucket lets through (shared by shards: the limits are the workspace's and the
-subscription's, not the node's), on one node and on --shards nodes. Printed, and written to
-bench-results/azure_scale.json.
+Results: requests per job and per file by route for each command, 429s met and absorbed (the
+summary must say failed 0, verify all equal), jobs/s of the tool (migrate + verify: a migration
+with full checks) and of the peer and their ratio, what the peer copied, and a projection for
+--project jobs (default 100,000) on one node and on --shards nodes (bench/azure_scale_report.py).
+Printed, and written to bench-results/azure_scale.json (or --out).
 
-    python bench/bench_azure_scale.py [--jobs 200] [--parallel 8] [--metrics 5] [--steps 200] [--files 3]
-        [--min-kb 1] [--max-kb 1024] [--no-throttle] [--project 100000] [--shards 8]
+    python bench/bench_azure_scale.py [--jobs 2000] [--parallel 8] [--metrics 5] [--steps 200] [--files 3]
+        [--min-kb 1] [--max-kb 4096] [--no-throttle] [--no-latency] [--no-peer] [--project 100000] [--shards 8]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
-import math
 import os
 import platform
-import random
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench-results"
+import azure_scale_report as report  # noqa: E402
+import azure_scale_workload as workload  # noqa: E402
+
 SUB, RG = "5e2d7c1a-0000-4000-8000-00000000a7a7", "rg-scale"
-FAMILIES = ("arm", "discovery", "history", "artifacts", "mlflow", "blob")
-PER_FILE = ("artifacts", "blob")  # the families whose requests grow with files rather than jobs
+PEER_BIN = ROOT / ".venv-bench" / "bin"
 
 
-def arguments() -> argparse.Namespace:
+def arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=200, help="at least this many jobs (whole copies of the 38-job fixture)")
+    parser.add_argument("--jobs", type=int, default=2000, help="at least this many jobs (whole copies of the 38-job fixture)")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--metrics", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--min-kb", type=int, default=1)
-    parser.add_argument("--max-kb", type=int, default=1024)
+    parser.add_argument("--max-kb", type=int, default=4096)
     parser.add_argument("--no-throttle", action="store_true", help="latency only, no token buckets")
+    parser.add_argument("--no-latency", action="store_true", help="count only: no latency, no buckets (tests/test_bench_azure_scale.py)")
+    parser.add_argument("--no-peer", action="store_true", help="leave mlflow-export-import out")
     parser.add_argument("--project", type=int, default=100_000, help="jobs in the projection")
     parser.add_argument("--shards", type=int, default=8)
-    return parser.parse_args()
-
-
-# -- the workload -------------------------------------------------------------------------------------------
-
-
-def workload(args):
-    """(specs, builders): whole copies of the fixture, each job with the bench's metrics and files."""
-    from fakes import azureml_seed as seed
-
-    specs, builders = seed.build_specs()
-    specs, builders = seed.clone_specs(specs, builders, math.ceil(args.jobs / len(specs)))
-    rng = random.Random(18)
-    low, high = math.log(args.min_kb * 1024), math.log(args.max_kb * 1024)
-    for spec in specs:
-        start = spec.start or spec.created
-        spec.metrics = {f"metric_{m}": seed.history(rng, start, args.steps, 1.0 - 0.1 * m, -0.001) for m in range(args.metrics)}
-        spec.files = {f"outputs/file_{f}.bin": rng.randbytes(int(math.exp(rng.uniform(low, high)))) for f in range(args.files)}
-        spec.unhashed = ()
-    return specs, builders
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "azure_scale.json")
+    return parser.parse_args(argv)
 
 
 def recorded_request_times() -> dict:
@@ -105,142 +93,282 @@ def recorded_request_times() -> dict:
     return {k: {"n": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)} for k, v in sorted(found.items())}
 
 
+# -- the workspaces -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workspaces(args, work: Path):
+    """The fake with three workspaces (source, the tool's target, the peer's target), each over its own
+    mlflow server and artifact container in one Azurite account; yields what the commands need."""
+    from cloud_storage import CloudStorage
+    from fakes import azureml_artifacts, azureml_latency
+    from fakes import azureml_seed as seed
+    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace
+    from servers import MlflowServer
+
+    specs, builders = workload.jobs(args.jobs)
+    plan = workload.files(specs, args.files, args.min_kb, args.max_kb)
+    print(f"seeding {len(specs)} jobs, {len(specs) * args.metrics * args.steps} metric points, {len(plan)} files "
+          f"({sum(f.size for f in plan) / 1e6:.0f} MB) ...", flush=True)
+    started = time.monotonic()
+    workload.seed_mlflow(work / "source-mlflow", specs, args.metrics, args.steps)
+    with contextlib.ExitStack() as stack:
+        def server(name: str) -> str:
+            return stack.enter_context(MlflowServer(work / name)).uri
+
+        source_uri, target_uri, peer_uri = server("source-mlflow"), server("target-mlflow"), server("peer-mlflow")
+        # Page sizes: not recorded; the tests keep them small to exercise paging.
+        fake = stack.enter_context(FakeControlPlane(work / "fake", source_uri, list_page=100, children_page=50))
+        azureml_artifacts.PAGE = 100
+        # Production blob URLs (https://acct1.blob.core.windows.net) in the SAS URLs handed out, reached
+        # through the counting proxy: azureml-mlflow downloads from no other form.
+        storage = stack.enter_context(CloudStorage(work / "storage", ca=fake.ca))
+        counter = azureml_latency.BlobCounter(storage.azurite.endpoint, fake, tls=storage).start()
+        stack.callback(counter.stop)
+        src = fake.add(FakeWorkspace(SUB, RG, "ws-scale-src"))
+        seed.install(src, specs, builders)
+        stores = {"src": azureml_artifacts.attach(src, storage, "acct1", container="src")}
+        workload.upload(stores["src"], plan)  # straight to Azurite, not through the counter
+        targets = {}
+        for name, uri in (("dst", target_uri), ("peer", peer_uri)):
+            targets[name] = fake.add(FakeWorkspace(SUB, RG, f"ws-scale-{name}", mlflow_uri=uri))
+            stores[name] = azureml_artifacts.attach(targets[name], storage, "acct1", container=name)
+            azureml_artifacts.serve_run_artifacts(targets[name])
+        azureml_artifacts.serve_run_artifacts(src)  # the peer reads the source's files through azureml-mlflow
+        print(f"seeded in {time.monotonic() - started:.0f}s", flush=True)
+        host = f"azureml://127.0.0.1:{fake.port}"
+        yield SimpleNamespace(
+            fake=fake, specs=specs, files=plan, env=environment(fake, counter, work), work=work,
+            source=f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}",
+            target=f"{host}/mlflow/v2.0{targets['dst'].scope}",
+            tracking={"src": f"{host}/mlflow/v1.0{src.scope}", "peer": f"{host}/mlflow/v1.0{targets['peer'].scope}"},
+            stores=stores,
+        )
+        azureml_latency.turn_off(fake)
+
+
+def environment(fake, counter, work: Path) -> dict:
+    """The commands' environment: the fake's CA and endpoints, a fake `az` first on PATH (`--credential
+    cli`), blob hosts through the counting proxy, logs in the work folder."""
+    from cloud_storage import NO_PROXY
+    from fakes.azureml_control_plane import write_fake_az
+
+    az = write_fake_az(work / "az", sys.executable)
+    return {**os.environ, **fake.environ(), "PYTHONPATH": str(ROOT), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}",
+            "HTTPS_PROXY": counter.url, "https_proxy": counter.url, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY,
+            "AZUREML_LOG_LEVEL": "ERROR", "REPLAYER_LOG_DIR": str(work / "logs")}
+
+
 # -- the commands -------------------------------------------------------------------------------------------
 
 
-def command(name: str, ends: tuple[str, str], args, env: dict, cwd: Path, fake) -> dict:
-    """Run `replayer NAME` as its own process; its wall time, output tail and the requests it made by family."""
-    before = dict(fake.requests)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "runner", name, "--source", ends[0], "--target", ends[1], "--workspace", "bench",
-                           "--credential", "cli", "--parallel", str(args.parallel)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=6 * 3600)
-    wall = round(time.monotonic() - started, 1)
-    made = {k: v - before.get(k, 0) for k, v in fake.requests.items() if v - before.get(k, 0)}
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}\n{done.stdout[-2000:]}")
-    # Requests carried out (a 429 is counted apart: how many there are depends on the buckets, not the tool).
-    return {"wall_s": wall, "requests": {f: made.get(f"family:{f}", 0) - made.get(f"throttled:{f}", 0) for f in FAMILIES},
-            "throttled": {f: made.get(f"throttled:{f}", 0) for f in FAMILIES if made.get(f"throttled:{f}")},
-            "routes": {k: v for k, v in made.items() if ":" not in k}, "stdout": done.stdout[-1500:], "stderr": done.stderr[-1500:]}
+def timed(argv: list[str], env: dict, cwd: Path, log: Path) -> dict:
+    """Run a process to completion: wall time, exit code, its own peak RSS (VmHWM, polled: a forked child's
+    ru_maxrss would include this process's), output in `log`."""
+    peak = [0]
+    with open(log, "wb") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                with contextlib.suppress(OSError, StopIteration):
+                    status = Path(f"/proc/{proc.pid}/status").read_text()
+                    peak[0] = max(peak[0], int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            code = proc.wait(timeout=6 * 3600)
+        finally:
+            done.set()
+            watcher.join()
+    return {"wall_s": round(time.monotonic() - started, 1), "exit": code, "rss_mb": round(peak[0] / 1024), "log": str(log)}
 
 
-# -- the projection -----------------------------------------------------------------------------------------
+def counted(name: str, argv: list[str], ends, env: dict | None = None) -> dict:
+    """`argv` timed, with the requests it made (bench/azure_scale_report.py)."""
+    print(f"{name} ...", flush=True)
+    before = dict(ends.fake.requests)
+    row = timed(argv, env or ends.env, ends.work, ends.work / "logs" / f"{name}.log")
+    row.update(report.made(before, dict(ends.fake.requests)))
+    tail = Path(row["log"]).read_text(errors="replace")[-3000:]
+    row["tail"] = tail[-1500:]
+    if row["exit"] != 0:
+        raise SystemExit(f"{name} failed ({row['exit']}):\n{tail}")
+    return row
 
 
-def projection(row: dict, jobs: int, files: int, shape, args, nodes: int) -> dict:
-    """Hours for --project jobs: the latency bound (every request's mean latency, --parallel in flight per
-    node, nodes side by side) against the throttle bound (each family's bucket, the same for any number
-    of nodes); the larger wins. The latency bound is a floor: requests within a job go one after the
-    other and the node's CPU has its share, so `measured_scale_h` also scales this run's own wall time
-    (its process start included) by jobs and nodes, never below the throttle bound."""
-    scale = args.project / jobs
-    latency_s = sum(row["requests"][f] * scale * shape.mean_ms(f) / 1000 for f in FAMILIES) / (args.parallel * nodes)
-    throttle = {f: max(0.0, row["requests"][f] * scale - b.burst) / b.rate for f, b in shape.buckets.items()}
-    worst = max(throttle, key=throttle.get) if throttle else None
-    hours = max(latency_s, throttle.get(worst, 0.0)) / 3600
-    measured = max(row["wall_s"] * scale / nodes, throttle.get(worst, 0.0)) / 3600
-    return {"nodes": nodes, "latency_bound_h": round(latency_s / 3600, 2), "measured_scale_h": round(measured, 2),
-            "throttle_bound_h": round(throttle[worst] / 3600, 2) if worst else 0.0, "throttle_family": worst, "hours": round(hours, 2)}
+def tool(name: str, ends, args, *more: str) -> dict:
+    argv = [sys.executable, "-m", "runner", name, "--source", ends.source, *more, "--workspace", "bench",
+            "--credential", "cli", "--parallel", str(args.parallel)]
+    return counted(name, argv, ends)
 
 
-def modelled_seconds(row: dict, shape, args) -> float:
-    """The same model for the bench's own workload, to set against its measured wall time."""
-    latency_s = sum(row["requests"][f] * shape.mean_ms(f) / 1000 for f in FAMILIES) / args.parallel
-    throttle = [max(0.0, row["requests"][f] - b.burst) / b.rate for f, b in shape.buckets.items()]
-    return round(max([latency_s, *throttle]), 1)
+# Azure ML refuses more than 250 metric rows in one log-batch (documented limit, enforced by the fake);
+# mlflow-export-import sends mlflow's MAX_METRICS_PER_BATCH, 1,000, so as released it imports no run
+# with more than 250 points into a workspace. The peer runs with the one change it needs: 250.
+PEER_SHIM = """import mlflow.utils.validation as validation
+validation.MAX_METRICS_PER_BATCH = 250
+"""
+# azureml-mlflow asks its credential chain for a token on every request and the CLI credential runs
+# `az` each time (DESIGN, known traps); the tool caches its token. So the peer's `az` answers a token
+# minted once, in a few ms, as cheap as a managed identity's cached token: the comparison is of the
+# tools' requests, not of process starts on this machine.
+PEER_AZ = """#!/bin/sh
+cat {token}
+"""
 
 
-def table(results: dict) -> None:
-    jobs, files = results["data"]["jobs"], results["data"]["files"]
-    print(f"\nrequests by family ({jobs} jobs, {files} files; per file only where they grow with files)")
-    print(f"{'family':<10}" + "".join(f"{c + ' total':>16}{'per job':>9}{'per file':>9}" for c in results["commands"]))
-    for family in FAMILIES:
-        line = f"{family:<10}"
-        for row in results["commands"].values():
-            n = row["requests"][family]
-            line += f"{n:>16}{n / jobs:>9.2f}" + (f"{n / files:>9.2f}" if family in PER_FILE else f"{'':>9}")
-        print(line)
-    for name, row in results["commands"].items():
-        total = sum(row["requests"].values())
-        print(f"{name}: {row['wall_s']}s wall (model {row['modelled_s']}s), {total} requests ({total / jobs:.1f} per job), "
-              f"429s absorbed {row['throttled'] or 0}")
-        for p in row["projection"]:
-            print(f"  {results['data']['project']:,} jobs on {p['nodes']} node(s): {p['hours']} h "
-                  f"(latency bound {p['latency_bound_h']} h, throttle bound {p['throttle_bound_h']} h on {p['throttle_family']}); "
-                  f"this run's wall time scaled: {p['measured_scale_h']} h")
+def peer_environment(ends) -> dict:
+    from fakes.azureml_control_plane import TENANT, make_token
+
+    folder = ends.work / "peer-shim"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(PEER_SHIM)
+    token = folder / "token.json"
+    token.write_text(json.dumps({"accessToken": make_token(TENANT, expires_in=12 * 3600), "expires_on": int(time.time()) + 12 * 3600,
+                                 "tenant": TENANT, "tokenType": "Bearer"}))
+    (folder / "az").write_text(PEER_AZ.format(token=token))
+    (folder / "az").chmod(0o755)
+    # AZURE_TOKEN_CREDENTIALS (azure-identity's selector) keeps azureml-mlflow's DefaultAzureCredential to
+    # the CLI credential, as `--credential cli` does for the tool, instead of probing for a managed identity first.
+    return {**ends.env, "AZURE_TOKEN_CREDENTIALS": "AzureCliCredential", "PYTHONPATH": str(folder),
+            "PATH": f"{folder}{os.pathsep}{ends.env['PATH']}"}
+
+
+def peer(ends) -> dict:
+    """mlflow-export-import from the source's MLflow endpoint to the peer workspace's, through azureml-mlflow;
+    what it copied is read back from the peer workspace's stores."""
+    dump = ends.work / "peer-dump"
+    env = peer_environment(ends)
+    rows = {
+        "export": counted("peer-export", [str(PEER_BIN / "export-experiments"), "--experiments", "all", "--output-dir", str(dump),
+                                          "--use-threads", "True"], ends, {**env, "MLFLOW_TRACKING_URI": ends.tracking["src"]}),
+        "import": counted("peer-import", [str(PEER_BIN / "import-experiments"), "--input-dir", str(dump), "--use-threads", "True"],
+                          ends, {**env, "MLFLOW_TRACKING_URI": ends.tracking["peer"]}),
+    }
+    shutil.rmtree(dump, ignore_errors=True)
+    return rows
+
+
+def copied(ends, name: str) -> dict:
+    """Runs, metric points and files in a target workspace (`dst`: the tool's, `peer`: the peer's)."""
+    import sqlite3
+
+    db = sqlite3.connect(Path(ends.work / f"{'target' if name == 'dst' else name}-mlflow" / "mlflow.db"))
+    runs = [r for (r,) in db.execute("SELECT run_uuid FROM runs")]
+    points = db.execute("SELECT count(*) FROM metrics").fetchone()[0]
+    db.close()
+    return {"runs": len(runs), "metric_points": points, "files": sum(len(ends.stores[name].paths(r)) for r in runs)}
 
 
 # -- main ---------------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    args = arguments()
-    from azurite import Azurite
-    from fakes import azureml_artifacts, azureml_latency
-    from fakes import azureml_seed as seed
-    from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
-    from servers import MlflowServer
+def main(argv=None) -> None:
+    args = arguments(argv)
+    from fakes import azureml_latency
 
+    if not args.no_peer and not (PEER_BIN / "export-experiments").exists():
+        sys.exit(f"{PEER_BIN}/export-experiments is missing: run `bash bench/setup.sh` first (or --no-peer)")
     work = Path(tempfile.mkdtemp(prefix="bench-azure-scale-"))
-    specs, builders = workload(args)
-    files = sum(len(s.files) for s in specs)
-    print(f"seeding {len(specs)} jobs, {sum(len(r) for s in specs for r in s.metrics.values())} metric points, "
-          f"{files} files ({sum(len(d) for s in specs for d in s.files.values()) / 1e6:.0f} MB) ...", flush=True)
-    seed.seed_mlflow(work / "source-mlflow", specs)
-    source_mlflow, target_mlflow = MlflowServer(work / "source-mlflow").start(), MlflowServer(work / "target-mlflow").start()
-    fake = FakeControlPlane(work / "fake", source_mlflow.uri, list_page=100, children_page=50).start()  # page sizes: not recorded
-    azureml_artifacts.PAGE = 100  # paths per listing page (the tests keep 3, to exercise paging)
-    azurite = Azurite(work / "azurite").start()
-    counter = azureml_latency.BlobCounter(azurite.endpoint, fake).start()
+    (work / "logs").mkdir()
     try:
-        src = fake.add(FakeWorkspace(SUB, RG, "ws-scale-src"))
-        seed.install(src, specs, builders)
-        src_store = azureml_artifacts.attach(src, azurite, "acct1", container="src")
-        seed.upload_files(src_store, specs)
-        dst = fake.add(FakeWorkspace(SUB, RG, "ws-scale-dst", mlflow_uri=target_mlflow.uri))
-        dst_store = azureml_artifacts.attach(dst, azurite, "acct1", container="dst")
-        azureml_artifacts.serve_run_artifacts(dst)
-        for store in (src_store, dst_store):  # the SAS URLs handed out name the counting proxy
-            store.public = counter.account_url(store.account)
-        ends = (f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{src.name}", f"azureml://127.0.0.1:{fake.port}/mlflow/v2.0{dst.scope}")
-        az = write_fake_az(work / "az", sys.executable)
-        env = {**os.environ, **fake.environ(), "PYTHONPATH": str(ROOT), "PATH": f"{az}{os.pathsep}{os.environ['PATH']}",
-               "AZUREML_LOG_LEVEL": "ERROR", "REPLAYER_LOG_DIR": str(work / "logs")}
-        shape = azureml_latency.turn_on(fake, buckets={} if args.no_throttle else None)
-        results = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "load": os.getloadavg()[0]},
-            "data": {"jobs": len(specs), "files": files, "metrics": args.metrics, "steps": args.steps, "parallel": args.parallel,
-                     "project": args.project, "shards": args.shards},
-            "latency_ms": shape.latency, "buckets": {f: {"per_s": b.rate, "burst": b.burst} for f, b in shape.buckets.items()},
-            "recorded": recorded_request_times(), "commands": {},
-        }
-        for name in ("migrate", "verify"):
-            print(f"{name} ...", flush=True)
-            row = results["commands"][name] = command(name, ends, args, env, work, fake)
-            row["modelled_s"] = modelled_seconds(row, shape, args)
-            row["projection"] = [projection(row, len(specs), files, shape, args, n) for n in (1, args.shards)]
+        with workspaces(args, work) as ends:
+            shape = azureml_latency.turn_on(ends.fake, latency={} if args.no_latency else None,
+                                            buckets={} if args.no_throttle or args.no_latency else None)
+            results = run(args, ends, shape)
     finally:
-        azureml_latency.turn_off(fake)
-        counter.stop()
-        azurite.stop()
-        fake.stop()
-        target_mlflow.stop()
-        source_mlflow.stop()
-    migrate, verify = results["commands"]["migrate"], results["commands"]["verify"]
-    results["summary"] = {
-        "migrate_failed_0": bool(re.search(r"failed 0\b", migrate["stderr"])),
-        "verify_all_equal": bool(re.search(rf"{len(specs)} runs compared, {len(specs)} equal", verify["stdout"])),
-        "throttled_absorbed": sum(migrate["throttled"].values()) + sum(verify["throttled"].values()),
-    }
-    table(results)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "azure_scale.json").write_text(json.dumps(results, indent=2))
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(summary_lines(results)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results["summary"]))
-    print(f"written to {RESULTS / 'azure_scale.json'}")
-    shutil.rmtree(work, ignore_errors=True)
+    print(f"written to {args.out}")
     if not (results["summary"]["migrate_failed_0"] and results["summary"]["verify_all_equal"]):
         sys.exit(1)
+
+
+def run(args, ends, shape) -> dict:
+    jobs, files = len(ends.specs), len(ends.files)
+    latency_ms = {f: shape.mean_ms(f) for f in report.FAMILIES}
+    buckets = {f: (b.rate, b.burst) for f, b in shape.buckets.items()}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "load": os.getloadavg()[0]},
+        "data": {"jobs": jobs, "files": files, "bytes": sum(f.size for f in ends.files), "metrics": args.metrics, "steps": args.steps,
+                 "parallel": args.parallel, "project": args.project, "shards": args.shards,
+                 "kinds": dict(sorted(_kinds(ends.specs).items()))},
+        "latency_ms": shape.latency, "buckets": {f: {"per_s": r, "burst": b} for f, (r, b) in buckets.items()},
+        "recorded": recorded_request_times(), "commands": {},
+    }
+    commands = results["commands"]
+    commands["extract"] = tool("extract", ends, args, "--out", str(ends.work / "manifest"))
+    commands["migrate"] = tool("migrate", ends, args, "--target", ends.target)
+    commands["verify"] = tool("verify", ends, args, "--target", ends.target)
+    if not args.no_peer:
+        rows = peer(ends)
+        commands["peer-export"], commands["peer-import"] = rows["export"], rows["import"]
+        results["peer_copied"] = copied(ends, "peer")
+    results["tool_copied"] = copied(ends, "dst")
+    for row in commands.values():
+        row["modelled_s"] = report.modelled_seconds(row, latency_ms, buckets, args.parallel)
+        row["per_unit"] = report.per_unit(row, jobs, files)
+    whole = {"tool (migrate + verify)": report.combined("tool", [commands["migrate"], commands["verify"]])}
+    if not args.no_peer:
+        whole["peer (export + import)"] = report.combined("peer", [commands["peer-export"], commands["peer-import"]])
+    for name, row in whole.items():
+        row["jobs_per_s"] = round(jobs / row["wall_s"], 2) if row["wall_s"] else None
+        row["projection"] = [report.projection(row, jobs, latency_ms, buckets, args.parallel, args.project, n) for n in (1, args.shards)]
+    results["whole"] = whole
+    results["summary"] = summary(results, ends)
+    return results
+
+
+def _kinds(specs) -> dict:
+    out: dict[str, int] = {}
+    for spec in specs:
+        key = f"{spec.kind} step" if spec.parent and spec.step else f"{spec.kind} trial" if spec.parent else spec.kind
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def summary(results: dict, ends) -> dict:
+    jobs = results["data"]["jobs"]
+    commands, whole = results["commands"], results["whole"]
+    out = {
+        "migrate_failed_0": bool(re.search(r"failed 0\b", commands["migrate"]["tail"])),
+        "verify_all_equal": bool(re.search(rf"{jobs} runs compared, {jobs} equal", commands["verify"]["tail"])),
+        "throttled_absorbed": sum(sum(r["throttled"].values()) for r in commands.values()),
+        "tool_jobs_per_s": whole["tool (migrate + verify)"]["jobs_per_s"],
+        "projected_hours": {f"{p['nodes']} node(s)": p["hours"] for p in whole["tool (migrate + verify)"]["projection"]},
+    }
+    if "peer (export + import)" in whole:
+        # The peer checks nothing: the ratio with verify included (full checks) and without.
+        peer_s = whole["peer (export + import)"]["wall_s"]
+        out["peer_jobs_per_s"] = whole["peer (export + import)"]["jobs_per_s"]
+        out["ratio"] = round(peer_s / whole["tool (migrate + verify)"]["wall_s"], 2)
+        out["ratio_migrate_only"] = round(peer_s / commands["migrate"]["wall_s"], 2)
+    return out
+
+
+def summary_lines(results: dict) -> list[str]:
+    data, commands = results["data"], results["commands"]
+    lines = ["", *report.route_table(commands, data["jobs"], data["files"]), ""]
+    for name, row in commands.items():
+        lines.append(f"{name}: {row['wall_s']}s wall (model {row['modelled_s']}s), peak RSS {row['rss_mb']} MB, "
+                     f"{sum(row['requests'].values())} requests, 429s absorbed {row['throttled'] or 0}")
+    for name, row in results["whole"].items():
+        lines.append(f"{name}: {row['wall_s']}s, {row['jobs_per_s']} jobs/s")
+        for p in row["projection"]:
+            lines.append(f"  {data['project']:,} jobs on {p['nodes']} node(s): {p['hours']} h (latency bound {p['latency_bound_h']} h, "
+                         f"throttle bound {p['throttle_bound_h']} h on {p['throttle_family']}: {p['throttle_h']}); "
+                         f"this run's wall time scaled: {p['measured_scale_h']} h")
+    lines.append(f"the tool copied: {results['tool_copied']}")
+    if "peer_copied" in results:
+        lines.append(f"the peer copied: {results['peer_copied']}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ about a workspace, where each request costs tens to hundreds of milliseconds and
 answers 429 with Retry-After past its rate. Turned on, every request the fake answers is counted
 by route family (`fake.requests["family:arm"]`, ...), waits a latency drawn uniformly from its
 family's range, then takes a token from its family's bucket; an empty bucket answers 429
-TooManyRequests with Retry-After (whole seconds, as ARM sends), counted as `throttled:FAMILY`.
+TooManyRequests with Retry-After (whole seconds, as ARM sends), counted as `throttled:FAMILY`. A request
+carried out is also counted by route, `route:FAMILY METHOD TEMPLATE` (`route()`, `blob_route()`).
 
 Families: `arm` (workspace, jobs, components), `history` (run history runs and children),
 `artifacts` (run history's artifact routes), `mlflow`, `discovery`; and `blob` for the workspace
@@ -23,6 +24,8 @@ documented, 20/s with a burst of 40 assumed, so that the bench meets 429s and mu
     shape = turn_on(fake)                       # defaults; or turn_on(fake, latency={...}, buckets={...})
     counter = BlobCounter(azurite.endpoint, fake).start()
     store.public = counter.account_url(store.account)
+    # or, for production blob URLs (tests/cloud_storage.py): clients get HTTPS_PROXY=counter.url
+    counter = BlobCounter(storage.azurite.endpoint, fake, tls=storage).start()
     turn_off(fake)
 """
 from __future__ import annotations
@@ -30,17 +33,23 @@ from __future__ import annotations
 import http.client
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from fakes.azureml_control_plane import HISTORY_RE, MLFLOW_RE, REQUEST_HOOKS
+from fakes.azureml_control_plane import HISTORY_RE, MLFLOW_RE, REQUEST_HOOKS, WORKSPACE_RE
 
+# A segment after one of these names is an instance's name or id: `{runs}` in a route template.
+COLLECTIONS = {"runs", "experiments", "jobs", "components", "versions", "datastores", "computes", "environments", "models",
+               "data", "schedules", "codes", "registeredmodels"}
+UNIQUE = re.compile(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|\d+)$", re.IGNORECASE)
 FAMILIES = ("arm", "history", "artifacts", "mlflow", "discovery", "blob")
 LATENCY_MS = {"arm": (30, 80), "history": (50, 150), "artifacts": (50, 150), "mlflow": (50, 150), "discovery": (10, 20), "blob": (10, 30)}
 BUCKETS = {"arm": (25.0, 250), "history": (20.0, 40), "artifacts": (20.0, 40), "mlflow": (20.0, 40)}  # (per second, burst)
+BLOB_HOST = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}\.blob\.core\.windows\.net$")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -90,6 +99,41 @@ def family(path: str) -> str:
     return "arm"
 
 
+def route(method: str, path: str) -> str:
+    """`METHOD template` of a request: the workspace scope as `{ws}`, what follows a collection name as
+    `{collection}`, ids and numbers as `{id}`; query strings dropped. So requests per route can be told
+    apart (GET .../artifacts/contentinfo from POST .../artifacts/batch/metadata) and summed over jobs."""
+    path = path.split("?", 1)[0]
+    head, _, rest = path.partition("/subscriptions/")
+    if rest:
+        scope = WORKSPACE_RE.match("/subscriptions/" + rest)
+        path = f"{head}/{{ws}}{scope.group('rest') or ''}" if scope else path
+    mlflow, _, artifact = path.partition("/api/2.0/mlflow-artifacts/artifacts/")
+    if artifact:
+        return f"{method} {route('', mlflow).strip()}/api/2.0/mlflow-artifacts/artifacts/{{path}}"
+    fixed = "/api/2.0/mlflow/" in path  # MLflow's own routes are verbs (runs/log-batch), never names
+    out, after = [], ""
+    for segment in path.split("/"):
+        if after in COLLECTIONS and segment and not segment.startswith("{") and not fixed:
+            segment = f"{{{after.removesuffix('s')}}}"
+        elif UNIQUE.match(segment):
+            segment = "{id}"
+        out.append(segment)
+        after = segment.lower()
+    return f"{method} {'/'.join(out)}"
+
+
+def blob_route(method: str, path: str, headers) -> str:
+    """`METHOD /{account}/{container}/{blob}` plus what kind of blob operation it is (the `comp` query,
+    a server-side copy)."""
+    parts = path.split("?", 1)
+    comp = re.search(r"(?:^|&)comp=([^&]+)", parts[1]) if len(parts) > 1 else None
+    what = f" comp={comp.group(1)}" if comp else ""
+    if headers.get("x-ms-copy-source"):
+        what += " (copy)"
+    return f"{method} /{{account}}/{{container}}/{{blob}}{what}"
+
+
 def turn_on(fake, latency: dict | None = None, buckets: dict | None = None, seed: int = 18) -> Shape:
     """Latency and throttling on `fake` from now on; `latency` / `buckets` replace the defaults family by family
     ({} for none: a family without a range answers at once, one without a bucket is never throttled)."""
@@ -120,8 +164,11 @@ def shaped(fake, name: str) -> float:
 
 
 def hook(handler, path: str) -> bool:
-    wait = shaped(handler.fake, family(path))
+    name = family(path)
+    wait = shaped(handler.fake, name)
     if not wait:
+        if "_azure_shape" in handler.fake.__dict__:  # carried out: counted by route too
+            handler.fake.requests[f"route:{name} {route(handler.command, handler.path)}"] += 1
         return False
     handler._error(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": str(max(1, math.ceil(wait)))})
     return True
@@ -134,11 +181,26 @@ class BlobCounter:
     """A reverse proxy in front of Azurite (path-style URLs) that counts and delays each request as the
     `blob` family. The Host header passes unchanged, so Azurite still takes a copy source naming this
     proxy for one of its own (it compares the two hosts). Azurite's own check of a copy source (a HEAD
-    from axios, through this proxy) is passed on uncounted: on Azure that is inside the service."""
+    from axios, through this proxy) is passed on uncounted: on Azure that is inside the service.
 
-    def __init__(self, upstream: str, fake):
+    With `tls` (a tests/cloud_storage.py CloudStorage) it is also an HTTPS proxy for production blob
+    URLs (https://ACCOUNT.blob.core.windows.net, the only form azureml-mlflow downloads from): give
+    clients HTTPS_PROXY=`url`; a CONNECT to a blob host is answered, TLS ends here with the HTTPS
+    Azurite's own certificate (the clients trust its CA), and each request inside the tunnel is counted,
+    delayed and passed to that Azurite with its production Host header, from which Azurite takes the
+    account. Only blob hosts on port 443 are taken, as tests/fakes/blob_proxy.py does."""
+
+    def __init__(self, upstream: str, fake, tls=None):
         self.upstream = urlsplit(upstream)
         self.fake = fake
+        self.tls = None
+        if tls is not None:
+            import ssl
+
+            self.upstream = urlsplit(tls.azurite.endpoint)
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(str(tls.azurite.cert_file), str(tls.azurite.key_file))
+            self.upstream_tls = ssl.create_default_context(cafile=str(tls.azurite.ca_file))
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -156,7 +218,10 @@ class BlobCounter:
         return f"{self.url}/{account}"
 
     def forward(self, method: str, path: str, headers, body: bytes):
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
+        if self.upstream.scheme == "https":
+            connection = http.client.HTTPSConnection(self.upstream.hostname, self.upstream.port, timeout=120, context=self.upstream_tls)
+        else:
+            connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
         try:
             connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
             for key, value in headers.items():
@@ -183,6 +248,8 @@ class BlobCounter:
                 if not self.headers.get("User-Agent", "").startswith("axios"):
                     shaped(counter.fake, "blob")  # never throttled: no bucket for blob
                     counter.fake.requests[f"blob_{self.command.lower()}"] += 1
+                    if "_azure_shape" in counter.fake.__dict__:
+                        counter.fake.requests[f"route:blob {blob_route(self.command, self.path, self.headers)}"] += 1
                 status, headers, payload = counter.forward(self.command, self.path, self.headers, body)
                 if status >= 400 and not self.headers.get("User-Agent", "").startswith("axios"):
                     counter.fake.requests["blob_refused"] += 1  # e.g. Azurite's 501 to Put Blob From URL
@@ -198,5 +265,21 @@ class BlobCounter:
                     self.wfile.write(payload)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+            def do_CONNECT(self):
+                """End TLS here and serve the tunnel's requests with this same handler (its keep-alive loop
+                reads them from the TLS stream)."""
+                from socketserver import _SocketWriter
+
+                host, _, port = self.path.rpartition(":")
+                if counter.tls is None or port != "443" or not BLOB_HOST.match(host.lower()):
+                    self.send_error(403)
+                    return
+                self.send_response(200, "Connection Established")
+                self.end_headers()
+                self.connection = counter.tls.wrap_socket(self.connection, server_side=True)
+                self.rfile = self.connection.makefile("rb", self.rbufsize)
+                self.wfile = _SocketWriter(self.connection)
+                self.close_connection = False
 
         return Handler
