@@ -379,6 +379,8 @@ def old_and_new_traces(uri: str, name: str) -> tuple[str, str]:
 
 
 def test_since_leaves_an_older_trace_out_of_migrate_extract_and_verify(servers, tmp_path, unique):
+    """--since narrows traces by request time in the dry run, migrate, verify and extract; verify
+    without the window names the trace left out."""
     source, target = servers
     name = f"traces-since-{unique}"
     old, new = old_and_new_traces(source.uri, name)
@@ -397,6 +399,9 @@ def test_since_leaves_an_older_trace_out_of_migrate_extract_and_verify(servers, 
     before = run_cli("verify", *args, "--until", "2021-01-01", cwd=tmp_path)
     assert before.returncode == 1 and old in before.stdout and new not in before.stdout, before.stdout
     manifest = tmp_path / "manifest"
+    planned = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, *window, "--dry-run",
+                      cwd=tmp_path)
+    assert "would extract 0 runs and 1 traces" in planned.stdout, planned.stdout + planned.stderr
     extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, *window, cwd=tmp_path)
     assert extracted.returncode == 0, extracted.stderr
     assert [json.loads(line)["trace"]["info"]["trace_id"] for line in (manifest / "traces.jsonl").read_text().splitlines()] == [new]
