@@ -1,6 +1,8 @@
 """MLflow 3 traces copied with the runs (real servers): ids, spans, info, tags, metadata,
 assessments and links equal, remapped to the copies; a rerun skips; a kill -9 in the middle
-resumes; verify names a changed span or tag; a target without the trace API is warned about once.
+resumes; verify names a changed span or tag; a target without the trace API is warned about once;
+traces travel through a manifest (extract, replay, verify, a killed replay resumed); --since
+narrows them by request time.
 
 Read back with MlflowClient directly, field by field against the source's.
 """
@@ -405,3 +407,25 @@ def test_since_leaves_an_older_trace_out_of_migrate_extract_and_verify(servers, 
     extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, *window, cwd=tmp_path)
     assert extracted.returncode == 0, extracted.stderr
     assert [json.loads(line)["trace"]["info"]["trace_id"] for line in (manifest / "traces.jsonl").read_text().splitlines()] == [new]
+
+
+def test_a_replay_from_a_manifest_killed_between_traces_resumes(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-manifest-killed-{unique}"
+    ids = plain_traces(source.uri, name, 5)
+    manifest = tmp_path / "manifest"
+    extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    args = ["--manifest", str(manifest), "--target", target.uri, "--parallel", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRACE, "2", "replay", *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    dst = MlflowClient(target.uri)
+    assert sum("replay.complete" in t.info.tags for t in target_traces(dst, name).values()) == 2
+    again = run_cli("replay", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 3, completed 0, skipped 2, failed 0" in again.stderr
+    found = target_traces(dst, name)
+    assert sorted(found) == sorted(ids) and all("replay.complete" in t.info.tags for t in found.values())
+    check = run_cli("verify", "--source", str(manifest), "--target", target.uri, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
