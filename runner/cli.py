@@ -85,8 +85,8 @@ SYNC_FLAGS = ("incremental", "full")  # runner.mlflow.sync_state
 KIND_FLAGS = ("skip_logged_models",)  # kinds beyond runs that can be left out
 # What each command takes besides its named arguments (Settings refuses the rest; --help lists them).
 COMMAND_FLAGS = {
-    "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS + KIND_FLAGS,
-    "replay": SELECT + ("report",) + MAPPING_FLAGS + ARTIFACT_FLAGS + KIND_FLAGS,
+    "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS + KIND_FLAGS + ("skip_traces",),
+    "replay": SELECT + ("report", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + KIND_FLAGS,
     "migrate": SELECT + ("report", "models", "models_only", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS + KIND_FLAGS,
     "verify": SELECT + ("report", "models", "models_only", "rename_file", "skip_traces") + ARTIFACT_FLAGS + KIND_FLAGS,
     "tree": SELECT,
@@ -167,6 +167,7 @@ class Replayer:
         [--parallel N] [--dry-run] [--workspace NAME] [--config FILE] [--verbose]
         [--incremental [--full] --target URI] (only what changed since the sync state in that target)
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
+        [--skip-logged-models] [--skip-traces]
         """
 
         def body():
@@ -181,8 +182,12 @@ class Replayer:
             sync = sync_state.begin(src, s.endpoints.get("target"), s.full) if s.incremental else None
             from runner.mlflow.logged_models import reader_for
 
+            from runner.mlflow.trace_readers import reader_for as trace_reader
+
             models = reader_for(src) if s.logged_models else None
-            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts, models=models)
+            traces = None if s.skip_traces else trace_reader(src)
+            header = extract(src, str(out), parallel=s.parallel, dry_run=s.dry_run, artifacts=s.artifacts, models=models,
+                             traces=traces)
             if sync and not s.dry_run:  # replay writes it into the target once the manifest is in
                 sync_state.write_pending(str(out), sync, src)
             logger.info("summary: {}", header.get("counts"))
@@ -194,7 +199,7 @@ class Replayer:
         """Replay a manifest folder into a target tracking store.
 
         --manifest DIR  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
-        [--report summary.json]
+        [--report summary.json] [--skip-logged-models] [--skip-traces]
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         """
 
@@ -213,7 +218,7 @@ class Replayer:
             s.mapping.check_against(src.experiments())
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
-                                    logged_models=s.logged_models)
+                                    skip_traces=s.skip_traces, logged_models=s.logged_models)
             code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
             if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
                 sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())

@@ -1,6 +1,8 @@
 """MLflow 3 traces copied with the runs (real servers): ids, spans, info, tags, metadata,
 assessments and links equal, remapped to the copies; a rerun skips; a kill -9 in the middle
-resumes; verify names a changed span or tag; a target without the trace API is warned about once.
+resumes; verify names a changed span or tag; a target without the trace API is warned about once;
+traces travel through a manifest (extract, replay, verify, a killed replay resumed); --since
+narrows them by request time.
 
 Read back with MlflowClient directly, field by field against the source's.
 """
@@ -312,4 +314,118 @@ def test_a_trace_kept_as_a_file_is_copied_with_its_spans(servers, tmp_path, uniq
     assert [s.to_dict() for s in copy.data.spans] == [s.to_dict() for s in src.get_trace(trace_id).data.spans]
     assert copy.info.tags["kind"] == "file" and copy.info.trace_metadata["kept"] == "as a file"
     check = run_cli("verify", *args, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_traces_travel_through_a_manifest(servers, tmp_path, unique):
+    """extract writes every trace (spans, info, links) into traces.jsonl; replay copies them as
+    migrate does; verify from the manifest and from the live source are clean; a second replay
+    skips all."""
+    source, target = servers
+    name = f"traces-manifest-{unique}"
+    ids = seed(source.uri, name)
+    manifest = tmp_path / "manifest"
+    select = ["--experiments", name, "--workspace", f"ws-{name}"]
+    extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), *select, cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    assert json.loads((manifest / "manifest.json").read_text())["counts"]["traces"] == 3
+    lines = {r["trace"]["info"]["trace_id"]: r for r in map(json.loads, (manifest / "traces.jsonl").read_text().splitlines())}
+    assert set(lines) == {ids["in_run"], ids["of_model"], ids["rated"]}
+    assert lines[ids["rated"]]["links"] == [ids["judge"]] and len(lines[ids["in_run"]]["trace"]["data"]["spans"]) == 3
+    replayed = run_cli("replay", "--manifest", str(manifest), "--target", target.uri, cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "traces: copied 3, completed 0, skipped 0, failed 0" in replayed.stderr
+    src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
+    found = target_traces(dst, name)
+    assert set(found) == set(lines)
+    for trace_id, copy in found.items():
+        want = src.get_trace(trace_id)
+        assert [s.to_dict() for s in copy.data.spans] == [s.to_dict() for s in want.data.spans]
+        assert [a.to_dictionary() for a in copy.info.assessments] == [a.to_dictionary() for a in want.info.assessments]
+        assert copy.info.request_time == want.info.request_time and copy.info.tags["replay.complete"]
+    workspace = f"ws-{name}"
+    run, judge = replayed_run(dst, workspace, ids["run"]).info.run_id, replayed_run(dst, workspace, ids["judge"]).info.run_id
+    assert found[ids["in_run"]].info.trace_metadata["mlflow.sourceRun"] == run != ids["run"]
+    assert found[ids["of_model"]].info.trace_metadata["mlflow.modelId"] == model_copies(dst, name)[ids["model"]].model_id
+    assert linked(dst, judge) == [ids["rated"]]
+    for origin in (str(manifest), source.uri):
+        check = run_cli("verify", "--source", origin, "--target", target.uri, *select, cwd=tmp_path)
+        assert check.returncode == 0, origin + check.stdout + check.stderr
+        assert "3 traces compared" in check.stdout
+    again = run_cli("replay", "--manifest", str(manifest), "--target", target.uri, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 0, completed 0, skipped 3, failed 0" in again.stderr
+    assert len(target_traces(dst, name)) == 3
+
+
+def test_skip_traces_on_extract_leaves_them_out_of_the_manifest(servers, tmp_path, unique):
+    source, _ = servers
+    name = f"traces-extract-skipped-{unique}"
+    plain_traces(source.uri, name, 1)
+    manifest = tmp_path / "manifest"
+    result = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, "--skip-traces", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (manifest / "traces.jsonl").exists() and "traces" not in json.loads((manifest / "manifest.json").read_text())["counts"]
+
+
+def old_and_new_traces(uri: str, name: str) -> tuple[str, str]:
+    """One trace whose request time is 2020-06-01 (its root span started then) and one of now."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(uri).create_experiment(name))
+    start = 1_590_969_600_000_000_000  # 2020-06-01T00:00:00Z in ns
+    old = mlflow.start_span_no_context("old", start_time_ns=start, inputs={"n": 0})
+    old.end(end_time_ns=start + 5_000_000)
+    with mlflow.start_span("new") as span:
+        span.set_inputs({"n": 1})
+    return old.trace_id, mlflow.get_last_active_trace_id()
+
+
+def test_since_leaves_an_older_trace_out_of_migrate_extract_and_verify(servers, tmp_path, unique):
+    """--since narrows traces by request time in the dry run, migrate, verify and extract; verify
+    without the window names the trace left out."""
+    source, target = servers
+    name = f"traces-since-{unique}"
+    old, new = old_and_new_traces(source.uri, name)
+    assert MlflowClient(source.uri).get_trace(old).info.request_time == 1_590_969_600_000
+    args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}"]
+    window = ["--since", "2021-01-01"]
+    dry = run_cli("migrate", *args, *window, "--dry-run", cwd=tmp_path)
+    assert "traces: would copy 1, complete 0, skip 0" in dry.stderr, dry.stderr
+    result = run_cli("migrate", *args, *window, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "traces: copied 1, completed 0, skipped 0, failed 0" in result.stderr
+    assert set(target_traces(MlflowClient(target.uri), name)) == {new}
+    check = run_cli("verify", *args, *window, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "1 traces compared" in check.stdout
+    before = run_cli("verify", *args, "--until", "2021-01-01", cwd=tmp_path)
+    assert before.returncode == 1 and old in before.stdout and new not in before.stdout, before.stdout
+    manifest = tmp_path / "manifest"
+    planned = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, *window, "--dry-run",
+                      cwd=tmp_path)
+    assert "would extract 0 runs and 1 traces" in planned.stdout, planned.stdout + planned.stderr
+    extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, *window, cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    assert [json.loads(line)["trace"]["info"]["trace_id"] for line in (manifest / "traces.jsonl").read_text().splitlines()] == [new]
+
+
+def test_a_replay_from_a_manifest_killed_between_traces_resumes(servers, tmp_path, unique):
+    source, target = servers
+    name = f"traces-manifest-killed-{unique}"
+    ids = plain_traces(source.uri, name, 5)
+    manifest = tmp_path / "manifest"
+    extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    args = ["--manifest", str(manifest), "--target", target.uri, "--parallel", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRACE, "2", "replay", *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    dst = MlflowClient(target.uri)
+    assert sum("replay.complete" in t.info.tags for t in target_traces(dst, name).values()) == 2
+    again = run_cli("replay", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "traces: copied 3, completed 0, skipped 2, failed 0" in again.stderr
+    found = target_traces(dst, name)
+    assert sorted(found) == sorted(ids) and all("replay.complete" in t.info.tags for t in found.values())
+    check = run_cli("verify", "--source", str(manifest), "--target", target.uri, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -24,14 +24,16 @@ from runner.engine.manifest import ManifestWriter
 from runner.core.records import ArtifactRef, JobRecord
 from runner.core.progress import Progress
 from runner.engine.manifest_models import extract_models
+from runner.engine.manifest_traces import extract_traces
 from runner.engine.replay import describe, selects_whole_experiments
 from runner.engine.selection import Selection
 
 
 def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifacts: ArtifactOptions | None = None,
-            models=None) -> dict:
+            models=None, traces=None) -> dict:
     """Write the selected jobs of `source` into a new manifest at `out`, then the MLflow 3 logged
-    models `models` (a reader, runner.mlflow.logged_models.reader_for) holds for them; returns its header."""
+    models `models` (a reader, runner.mlflow.logged_models.reader_for) holds for them, then the
+    traces `traces` (a reader, runner.mlflow.trace_readers.reader_for) holds; returns its header."""
     started = time.monotonic()
     options = artifacts or ArtifactOptions()
     if dry_run:
@@ -39,8 +41,11 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifact
         for job in source.jobs():
             print(f"+ {'  ' * job.depth}{describe(job)}")
             count += 1
-        print(f"would extract {count} runs into {out}")
-        return {"counts": {"jobs": count}}
+        found = {"jobs": count}
+        if traces is not None:
+            found["traces"] = sum(1 for e in source.experiments() for _ in traces.infos(e))
+        print(f"would extract {count} runs" + (f" and {found['traces']} traces" if traces is not None else "") + f" into {out}")
+        return {"counts": found}
     experiments, total = source.experiments(), source.count()  # bad input fails before --out is touched
     writer = ManifestWriter(out)
     for experiment in experiments:
@@ -106,6 +111,8 @@ def extract(source, out: str, parallel: int = 8, dry_run: bool = False, artifact
         raise error
     if models is not None:  # after the runs: a model follows its source run (runner.engine.selection)
         writer.counts["logged_models"] = extract_models(models, experiments, selection, Path(out), options)
+    if traces is not None:  # last: a trace links runs and models, and records which selected runs it is linked to
+        writer.counts["traces"] = extract_traces(traces.records(experiments, selection.runs, parallel), Path(out))
     chosen = {**options.describe(), "filtered": left_out.skipped_filtered, "too_large": left_out.skipped_too_large}
     header = writer.close(source.describe(), getattr(source, "filters", None) or _no_filters(), chosen)
     logger.info("extracted {} in {:.1f}s", header["counts"], time.monotonic() - started)

@@ -9,6 +9,7 @@ A folder:
     artifacts/<job>.jsonl    {"path", "size", "md5"} per line
     files/<job>/<path>       the artifact bytes (none when extracted with `--artifacts list` or `none`)
     logged_models.jsonl      MLflow 3 logged models, their files under models/ (runner.engine.manifest_models)
+    traces.jsonl             MLflow 3 traces with their spans and run links (runner.engine.manifest_traces)
 
 Everything is streamed line by line: neither side holds a whole store in memory.
 """

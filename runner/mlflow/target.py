@@ -289,13 +289,15 @@ class DirectTarget:
         return found
 
     def copy_traces(self, source, mapping, parallel: int = 8, dry_run: bool = False):
-        """The MLflow 3 traces of an MLflow source's experiments, after its runs and logged models
-        (runner.mlflow.traces); None from a source that has none. A dry run only counts them."""
-        from runner.mlflow.traces import TraceCopier, readable
+        """The MLflow 3 traces of the source's experiments (a live MLflow store or a manifest holding
+        them), after its runs and logged models (runner.mlflow.traces); None from a source that has none. A dry run only counts them."""
+        from runner.mlflow.trace_readers import reader_for
+        from runner.mlflow.traces import TraceCopier
 
-        if not readable(source):
+        reader = reader_for(source)
+        if reader is None:
             return None
-        copier = TraceCopier(source, self, mapping, parallel)
+        copier = TraceCopier(source, self, mapping, reader, parallel)
         if dry_run:
             return copier.plan()
         found = copier.run()

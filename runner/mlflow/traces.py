@@ -217,9 +217,11 @@ def otel_id(trace) -> bool:
 
 
 class TraceCopier:
-    def __init__(self, source, target, mapping, parallel: int = 8):
+    """Copies what `reader` (runner.mlflow.trace_readers: a live store's or a manifest's) gives."""
+
+    def __init__(self, source, target, mapping, reader, parallel: int = 8):
         self.source, self.target, self.mapping, self.parallel = source, target, mapping, parallel
-        self.reader, self.client = source.client, target.client
+        self.reader, self.client = reader, target.client
         self.workspace = source.workspace
         self.summary = TracesSummary()
         self._refused = False
@@ -228,10 +230,10 @@ class TraceCopier:
     def prepare(self) -> list:
         """The selected experiments that hold traces, and what copying them needs: the replayed
         runs (for the links) and the run links only a search per run shows."""
-        with_traces = [e for e in self.source.experiments() if next(source_infos(self.reader, e.source_id), None) is not None]
+        with_traces = [e for e in self.source.experiments() if next(self.reader.infos(e), None) is not None]
         if with_traces:
             ledger = self.target.ledger(self.workspace)
-            self.links = run_links(self.reader, [e.source_id for e in with_traces], ledger.runs, self.parallel)
+            self.links = self.reader.run_links(with_traces, ledger.runs, self.parallel)
             self.remap = Remap(self.client, ledger, self.workspace)
         return with_traces
 
@@ -240,19 +242,19 @@ class TraceCopier:
         for experiment in self.prepare():
             found = self.client.get_experiment_by_name(self.mapping.target_experiment(experiment).name) if self.client else None
             done = copies(self.client, found.experiment_id, self.workspace) if found else {}
-            for _, _, action in self.decide(source_infos(self.reader, experiment.source_id), done):
+            for _, _, action in self.decide(self.reader.infos(experiment), done):
                 setattr(self.summary, action, getattr(self.summary, action) + 1)
         return self.summary
 
     def run(self) -> TracesSummary:
         with_traces = self.prepare()
-        self.source_store, self.writer = tracing(self.reader), tracing(self.client)
+        self.writer = tracing(self.client)
         for experiment in with_traces:
             try:
                 self.experiment(experiment)
             except Exception as error:  # noqa: BLE001 - one experiment's listing costs its traces only
                 if no_api(error, self.client):
-                    self.refused(sum(1 for _ in source_infos(self.reader, experiment.source_id)))
+                    self.refused(sum(1 for _ in self.reader.infos(experiment)))
                     continue
                 logger.error("failed copying the traces of experiment {}: {}", experiment.name, error)
                 self.summary.failures.append((f"experiment {experiment.name}", str(error)))
@@ -276,7 +278,7 @@ class TraceCopier:
         experiment_id = self.target.ensure_experiment(self.mapping.target_experiment(experiment))
         done = copies(self.client, experiment_id, self.workspace)
         page = []
-        for info, mark, action in self.decide(source_infos(self.reader, experiment.source_id), done):
+        for info, mark, action in self.decide(self.reader.infos(experiment), done):
             if action == "skipped":
                 self.summary.skipped += 1
                 continue
@@ -297,7 +299,7 @@ class TraceCopier:
     def page(self, page: list, experiment_id: str) -> None:
         if not page:
             return
-        traces = full(self.source_store, [info for info, _, _ in page])
+        traces = self.reader.full([info for info, _, _ in page])
         logged = self.log_spans(experiment_id, [traces[info.trace_id] for info, _, _ in page])
         with ThreadPoolExecutor(max(1, self.parallel), thread_name_prefix="traces") as pool:
             for info, mark, action in page:

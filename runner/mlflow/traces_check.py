@@ -12,28 +12,29 @@ import json
 from runner.core.records import Experiment
 from runner.engine.ledger import COMPLETE
 from runner.engine.verify import Difference, show
-from runner.mlflow.traces import (PAGE, Remap, copy_infos, fingerprint, full, infos, no_api, readable, run_links, source_infos,
-                                  tracing, user_tags)
+from runner.mlflow.trace_readers import in_window, reader_for
+from runner.mlflow.traces import PAGE, Remap, copy_infos, fingerprint, full, infos, no_api, run_links, tracing, user_tags
 
 INFO_FIELDS = ("state", "request_time", "execution_duration", "request_preview", "response_preview", "client_request_id")
 
 
 def compare_traces(source, target, ledger, mapping, parallel: int = 8) -> tuple[int, list[Difference]]:
     """(source traces compared, differences); nothing from a source without traces."""
-    if not readable(source):
+    reader = reader_for(source)
+    if reader is None:
         return 0, []
-    with_traces = [e for e in source.experiments() if next(source_infos(source.client, e.source_id), None) is not None]
+    with_traces = [e for e in source.experiments() if next(reader.infos(e), None) is not None]
     if not with_traces:
         return 0, []
     client = target.client
     pairs = [(e, client.get_experiment_by_name(mapping.target_experiment(e).name)) for e in with_traces]
-    checker = TraceCheck(source, client, ledger, parallel)
+    checker = TraceCheck(source, reader, client, ledger, parallel)
     try:
-        checker.links_of([e.source_id for e, _ in pairs], [found.experiment_id for _, found in pairs if found])
+        checker.links_of([e for e, _ in pairs], [found.experiment_id for _, found in pairs if found])
     except Exception as error:  # noqa: BLE001 - a target without the trace routes: one row, not one per trace
         if not no_api(error, client):
             raise
-        total = sum(1 for e in with_traces for _ in source_infos(source.client, e.source_id))
+        total = sum(1 for e in with_traces for _ in reader.infos(e))
         return total, [Difference("", "", "traces", f"{total} traces",
                                   "left out: the target has no trace API (verify --skip-traces leaves them out)")]
     for experiment, found in pairs:
@@ -42,15 +43,15 @@ def compare_traces(source, target, ledger, mapping, parallel: int = 8) -> tuple[
 
 
 class TraceCheck:
-    def __init__(self, source, client, ledger, parallel: int):
-        self.reader, self.client, self.ledger = source.client, client, ledger
+    def __init__(self, source, reader, client, ledger, parallel: int):
+        self.reader, self.client, self.ledger = reader, client, ledger
         self.workspace, self.parallel = source.workspace, parallel
         self.remap = Remap(client, ledger, self.workspace)
         self.compared, self.out = 0, []
 
-    def links_of(self, source_experiments: list[str], target_experiments: list[str]) -> None:
+    def links_of(self, source_experiments: list[Experiment], target_experiments: list[str]) -> None:
         """Runs linked to traces by `link_traces_to_run`, on both sides: one search per run."""
-        self.source_links = run_links(self.reader, source_experiments, self.ledger.runs, self.parallel)
+        self.source_links = self.reader.run_links(source_experiments, self.ledger.runs, self.parallel)
         target_runs = [run.run_id for run in self.ledger.runs.values()]
         if target_experiments:  # asked even without runs: a target without the trace routes says so here
             next(infos(self.client, target_experiments[0]), None)
@@ -60,7 +61,7 @@ class TraceCheck:
         done = self.copies(experiment_id)
         seen: set[str] = set()
         page: list = []
-        for info in source_infos(self.reader, experiment.source_id):
+        for info in self.reader.infos(experiment):
             seen.add(info.trace_id)
             page.append(info)
             if len(page) == PAGE:
@@ -71,14 +72,17 @@ class TraceCheck:
             self.out.append(Difference(trace_id, experiment.name, "trace:target_only", "", trace_id))
 
     def copies(self, experiment_id: str | None) -> dict:
-        return copy_infos(self.client, experiment_id, self.workspace) if experiment_id else {}
+        """This source's copies in the target experiment, in the source's window (--since/--until:
+        a copy outside it is not this selection's, so not "target only")."""
+        found = copy_infos(self.client, experiment_id, self.workspace) if experiment_id else {}
+        return {i: info for i, info in found.items() if in_window(self.reader.window, info.request_time)}
 
     def page(self, page: list, experiment_id: str | None, done: dict) -> None:
         if not page:
             return
         self.compared += len(page)
         here = [info for info in page if info.trace_id in done]
-        theirs = full(tracing(self.reader), here)
+        theirs = self.reader.full(here)
         mine = full(tracing(self.client), [done[info.trace_id] for info in here])
         for info in page:
             name = info.tags.get("mlflow.traceName", "")
