@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,37 @@ def servers(tmp_path_factory):
     yield source, target
     source.stop()
     target.stop()
+
+
+@contextmanager
+def kept_mlflow_globals():
+    """mlflow's fluent API keeps process-wide state: `mlflow.set_tracking_uri` also exports
+    MLFLOW_TRACKING_URI into os.environ (so every later CLI subprocess inherits it), and
+    `set_experiment` / `set_active_model` leave an active experiment and model. Whatever a block
+    sets through it is undone when the block ends."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking
+    import mlflow.tracking.fluent as fluent
+
+    env, uri, experiment = os.environ.get("MLFLOW_TRACKING_URI"), tracking._tracking_uri, fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        tracking.set_tracking_uri(uri)  # also resets the tracer provider, which holds the URI
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+        fluent._active_experiment_id = experiment
+        mlflow.clear_active_model()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_globals_stay_in_their_module():
+    """A module that seeds through mlflow's fluent API must not hand its server to the next module
+    of the same xdist worker (test_step once read test_mlflow3_traces' server as MLFLOW_TRACKING_URI)."""
+    with kept_mlflow_globals():
+        yield
 
 
 @pytest.fixture

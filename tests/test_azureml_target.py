@@ -33,7 +33,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from cloud_storage import CloudStorage
-from conftest import replayed_runs, run_cli
+from conftest import kept_mlflow_globals, replayed_runs, run_cli
 from fakes import azureml_artifacts
 from fakes.azureml_control_plane import HISTORY_ROUTES, MLFLOW_ROUTES, TENANT, FakeControlPlane, FakeWorkspace, b64url, token_claims, write_fake_az
 from servers import MlflowServer
@@ -426,7 +426,8 @@ def test_mlflow3_history_into_azureml_as_the_service_answers_today(servers, targ
     before = os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING")
     os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # seeded traces are written when seed returns
     try:
-        ids = seed_traces(source.uri, name)
+        with kept_mlflow_globals():  # seeding through the fluent API must not leave MLFLOW_TRACKING_URI set
+            ids = seed_traces(source.uri, name)
     finally:
         os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING") if before is None else os.environ.update(MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=before)
     az_path, _ = counting_az(tmp_path / "az")
