@@ -80,6 +80,39 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     )
 
 
+# `python -c` body: the CLI, with one client call patched to SIGKILL the process right after its
+# Nth return. argv: "module:Owner.method", N, then the CLI's own arguments.
+KILLED_AFTER_CALL = """
+import importlib, os, signal, sys
+target, after = sys.argv.pop(1), int(sys.argv.pop(1))
+module, _, attribute = target.partition(":")
+owner_name, method = attribute.split(".")
+owner = getattr(importlib.import_module(module), owner_name)
+original, returned = getattr(owner, method), []
+
+def then_die(self, *args, **kwargs):
+    answer = original(self, *args, **kwargs)
+    returned.append(1)
+    if len(returned) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return answer
+
+setattr(owner, method, then_die)
+from runner.cli import main
+main()
+"""
+
+
+def run_killed_after(call: str, count: int, *args: str, cwd: Path) -> None:
+    """`replayer ARGS`, killed by SIGKILL right after `call` ("module:Owner.method") returned for
+    the `count`th time: a kill aimed at a chosen moment, not at a time."""
+    import signal
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_CALL, call, str(count), *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(cwd / "logs")})
+    assert killed.returncode == -signal.SIGKILL, f"exit {killed.returncode}: {killed.stderr[-2000:]}"
+
+
 def replayed_runs(tracking_uri: str, workspace: str) -> dict[str, str]:
     """original_job_id -> run id of every run replayed from `workspace` into the store at `tracking_uri`."""
     from mlflow import MlflowClient

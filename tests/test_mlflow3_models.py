@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, ViewType
 
-from conftest import run_cli
+from conftest import run_cli, run_killed_after
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
 from fault_proxy import FaultProxy  # noqa: E402
@@ -412,40 +412,15 @@ def test_logged_models_travel_through_a_manifest(servers, tmp_path, unique):
     assert "logged models: copied 0, completed 0, updated 0, skipped 3, failed 0" in again.stderr
 
 
-# The migration SIGKILLs itself right after the target answered its Nth create_logged_model: that
-# copy exists PENDING, without files, metrics, output or status, whatever the machine's speed.
-KILLED_AFTER_MODEL = """
-import os, signal, sys
-from mlflow import MlflowClient
-
-after, created, create = int(sys.argv.pop(1)), [], MlflowClient.create_logged_model
-
-def create_then_die(self, *args, **kwargs):
-    model = create(self, *args, **kwargs)
-    created.append(model.model_id)
-    if len(created) == after:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return model
-
-MlflowClient.create_logged_model = create_then_die
-from runner.cli import main
-main()
-"""
-
-
 def test_a_migration_killed_among_the_logged_models_resumes_without_duplicates(servers, tmp_path, unique):
-    import os
-    import signal
-    import subprocess
-
     source, target = servers
     name = f"models-killed-{unique}"
     src, dst = MlflowClient(source.uri), MlflowClient(target.uri)
     ids = seed_evaluated(src, name, tmp_path)
     args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}", "--parallel", "1"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_MODEL, "2", "migrate", *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Killed right after the target answered the 2nd create_logged_model: that copy exists PENDING,
+    # without files, metrics, output or status, whatever the machine's speed.
+    run_killed_after("mlflow:MlflowClient.create_logged_model", 2, "migrate", *args, cwd=tmp_path)
     half = copies(dst, name)
     assert len(half) == 2 and sorted("PENDING" in str(m.status) for m in half.values()) == [False, True]
     evaluator = replayed_run(dst, f"ws-{name}", ids["evaluator"]).info.run_id

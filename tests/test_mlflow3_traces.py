@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import AssessmentSource, SpanEvent, SpanStatusCode
 
-from conftest import run_cli
+from conftest import run_cli, run_killed_after
 from test_mlflow3_models import copies as model_copies
 from test_mlflow3_models import replayed_run
 
@@ -196,26 +194,10 @@ def test_verify_names_a_changed_span_and_tag(migrated, tmp_path):
     assert "llm-renamed" in check.stdout
 
 
-# The migration kills itself (SIGKILL) right after the target answered the Nth start_trace (the
-# write that completes a copy): the traces after it have their spans (logged a page at a time)
-# but no info, no lineage tag and no completion mark.
-KILLED_AFTER_TRACE = """
-import os, signal, sys
-from mlflow.store.tracking.rest_store import RestStore
-
-after, written, start = int(sys.argv.pop(1)), [], RestStore.start_trace
-
-def start_then_die(self, trace_info):
-    info = start(self, trace_info)
-    written.append(info.trace_id)
-    if len(written) == after:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return info
-
-RestStore.start_trace = start_then_die
-from runner.cli import main
-main()
-"""
+# The migration is killed right after the target answered its 2nd start_trace (the write that
+# completes a copy): the traces after it have their spans (logged a page at a time) but no info,
+# no lineage tag and no completion mark.
+START_TRACE = "mlflow.store.tracking.rest_store:RestStore.start_trace"
 
 
 def test_a_kill_9_between_traces_resumes_without_duplicates(servers, tmp_path, unique):
@@ -223,9 +205,7 @@ def test_a_kill_9_between_traces_resumes_without_duplicates(servers, tmp_path, u
     name = f"traces-killed-{unique}"
     ids = plain_traces(source.uri, name, 5)
     args = ["--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}", "--parallel", "1"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRACE, "2", "migrate", *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_killed_after(START_TRACE, 2, "migrate", *args, cwd=tmp_path)
     dst = MlflowClient(target.uri)
     partial = target_traces(dst, name)
     assert sorted(partial) == sorted(ids) and sum("replay.complete" in t.info.tags for t in partial.values()) == 2
@@ -417,9 +397,7 @@ def test_a_replay_from_a_manifest_killed_between_traces_resumes(servers, tmp_pat
     extracted = run_cli("extract", "--source", source.uri, "--out", str(manifest), "--experiments", name, cwd=tmp_path)
     assert extracted.returncode == 0, extracted.stderr
     args = ["--manifest", str(manifest), "--target", target.uri, "--parallel", "1"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TRACE, "2", "replay", *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(tmp_path / "logs")})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_killed_after(START_TRACE, 2, "replay", *args, cwd=tmp_path)
     dst = MlflowClient(target.uri)
     assert sum("replay.complete" in t.info.tags for t in target_traces(dst, name).values()) == 2
     again = run_cli("replay", *args, cwd=tmp_path)
