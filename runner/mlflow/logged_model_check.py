@@ -8,7 +8,7 @@ from __future__ import annotations
 from runner.engine.selection import Selection
 from runner.files.roots import open_store
 from runner.mlflow.logged_models import differences, find_copy
-from runner.mlflow.registry import unsupported
+from runner.mlflow.uris import missing_route
 
 
 def compare(reader, selection: Selection, workspace: str, client, experiment, target_experiment_id: str) -> list[tuple[str, str, str, str, str]]:
@@ -19,7 +19,7 @@ def compare(reader, selection: Selection, workspace: str, client, experiment, ta
         try:
             copy = find_copy(client, target_experiment_id, model.model_id, workspace)
         except Exception as error:  # noqa: BLE001 - a target without the route holds no copy
-            if not unsupported(error):
+            if not missing_route(error):
                 raise
             copy = None
         if copy is None:

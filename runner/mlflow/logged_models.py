@@ -36,7 +36,8 @@ from runner.engine.selection import Selection
 from runner.files.copier import copy_artifacts
 from runner.files.roots import open_store
 from runner.mlflow import model_inputs
-from runner.mlflow.registry import MODEL_VERSIONS_TAG, ORIGINAL_MODEL_ID, unsupported, user_tags
+from runner.mlflow.registry import MODEL_VERSIONS_TAG, ORIGINAL_MODEL_ID, user_tags
+from runner.mlflow.uris import is_azureml_endpoint, missing_route
 
 PAGE = 100
 SETTLED = ("READY", "FAILED")  # a copy in one of these is finished: the status is written last
@@ -67,7 +68,7 @@ def readable(source) -> bool:
     """An MLflow source whose store may hold logged models. Azure ML's MLflow endpoint is left out:
     no answer of it to the logged-model routes is recorded (tests/recordings), so none is assumed."""
     client = getattr(source, "client", None)
-    return hasattr(client, "search_logged_models") and not str(client.tracking_uri).startswith("azureml")
+    return hasattr(client, "search_logged_models") and not is_azureml_endpoint(client)
 
 
 def reader_for(source):
@@ -85,7 +86,7 @@ def source_models(client, experiment_id: str):
         try:
             page = client.search_logged_models([experiment_id], max_results=PAGE, page_token=token)
         except Exception as error:  # noqa: BLE001 - only a missing route means "none here"
-            if not unsupported(error):
+            if not missing_route(error):
                 raise
             logger.debug("source has no logged models API: {}", error)
             return
@@ -161,7 +162,7 @@ class LoggedModelCopier:
         try:
             self.one(model, experiment)
         except Exception as error:  # noqa: BLE001 - one model's failure must not stop the others
-            if not unsupported(error):
+            if not missing_route(error):
                 logger.opt(exception=error).debug("logged model {} failed", model.model_id)
                 logger.error("failed logged model {} ({}): {}", model.name, model.model_id, error)
                 with self._lock:
@@ -171,7 +172,7 @@ class LoggedModelCopier:
                 first = not self.summary.left_out
                 self.summary.left_out += 1
             if first:
-                why = ("Azure ML's MLflow endpoint does not implement them" if str(self.client.tracking_uri).startswith("azureml")
+                why = ("Azure ML's MLflow endpoint does not implement them" if is_azureml_endpoint(self.client)
                        else "an MLflow server before 3?")
                 logger.warning("target {} has no logged-model API ({}): logged models and model inputs are not copied; runs are",
                                self.client.tracking_uri, why)

@@ -21,9 +21,10 @@ from runner.core.progress import Progress
 from runner.mlflow.registry import (
     ALIASES_TAG, Files, MODEL_VERSIONS_TAG, ModelRecord, NO_STAGE, ORIGINAL_MODEL_ID,
     ORIGINAL_SOURCE, ORIGINAL_VERSION, PLACEHOLDER, READY_TIMEOUT, Registry, SIGILS, STAGE_TAG,
-    VersionRecord, reason, settled, target_aliases, target_stage, unsupported, user_tags,
+    VersionRecord, reason, settled, target_aliases, target_stage, user_tags,
     version_lineage,
 )
+from runner.mlflow.uris import missing_route
 
 
 # -- the copy ------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ class ModelCopier:
                 if alias not in desired and number in ours and alias not in model.aliases:
                     self.client.delete_registered_model_alias(model.name, alias)
         except Exception as error:
-            if not unsupported(error):
+            if not missing_route(error):
                 raise
             self.warn_once("aliases", f"the target registry has no aliases ({error.error_code}): each model's aliases are kept in its {ALIASES_TAG} tag")
             self.client.set_registered_model_tag(model.name, ALIASES_TAG, json.dumps(desired, sort_keys=True))
@@ -305,7 +306,7 @@ class ModelCopier:
         try:
             self.client.transition_model_version_stage(name, version, stage, archive_existing_versions=False)
         except Exception as error:
-            if not unsupported(error):
+            if not missing_route(error):
                 raise
             self.warn_once("stages", f"the target registry has no stages ({error.error_code}): each version's stage is kept in its {STAGE_TAG} tag")
             self.client.set_model_version_tag(name, version, STAGE_TAG, stage)
@@ -383,7 +384,7 @@ class ModelCopier:
                         experiment_id, name=name, source_run_id=run_link, tags=tags, params=params or None, model_type=model_type
                     )
             except Exception as error:
-                if not unsupported(error):
+                if not missing_route(error):
                     raise
                 raise ReplayerError(
                     f"its files ({v.source}) need an MLflow 3 logged model in the target, whose store has none "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from runner.mlflow.run_inputs import missing_route
+from runner.mlflow.uris import is_azureml_endpoint, missing_route
 
 # runner.mlflow.registry's name, not imported: the registry reads runs through runner.mlflow.source,
 # which reads model inputs through this module.
@@ -42,7 +42,7 @@ class SourceInputs:
         return self._holds[experiment_id]
 
     def _any_model(self, experiment_id: str) -> bool:
-        if str(self.client.tracking_uri).startswith("azureml"):  # no logged-model answer recorded there
+        if is_azureml_endpoint(self.client):  # no logged-model answer recorded there
             return False
         try:
             return bool(self.client.search_logged_models([experiment_id], max_results=1))

@@ -49,7 +49,6 @@ ORIGINAL_RUN_LINK = "original_run_link"  # into the source workspace) are kept o
 PLACEHOLDER = "replay.placeholder"
 ALIASES_TAG = "replay.aliases"  # on a model whose store has no aliases: the source's, as JSON
 STAGE_TAG = "replay.stage"  # on a version whose store has no stages: the source's stage
-UNSUPPORTED = ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED")  # a store without that route
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # written by the server on a logged model when a version links it
 NO_STAGE = ("", "None")
 PAGE = 1000
@@ -119,13 +118,6 @@ def settled(v: VersionRecord, have: VersionRecord, workspace: str) -> bool:
     """A copy that is complete, up to date and carries all its lineage: nothing to do."""
     lineage = version_lineage(v, workspace)
     return have.tags.get(COMPLETE) == v.fingerprint() and all(have.tags.get(k) == value for k, value in lineage.items())
-
-
-def unsupported(error: Exception) -> bool:
-    """The store answered that it has no such route (e.g. an endpoint without aliases)."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(error, MlflowException) and error.error_code in UNSUPPORTED
 
 
 def target_aliases(model: ModelRecord) -> dict[str, str]:

@@ -17,6 +17,8 @@ import threading
 
 from loguru import logger
 
+from runner.mlflow.uris import missing_route
+
 FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
 MAX_PER_REQUEST = 100  # a generous bound per log_inputs request; runs rarely hold more than a few
 
@@ -84,19 +86,6 @@ class InputWriter:
 
     def left_out_counts(self) -> dict[str, int]:
         return {"dataset inputs": self.left_out} if self.left_out else {}
-
-
-# The registry's list (runner.mlflow.registry.UNSUPPORTED), not imported: the registry reads runs
-# through runner.mlflow.source, which reads inputs through this module.
-UNSUPPORTED = ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED")
-
-
-def missing_route(error: Exception) -> bool:
-    """The store has no such route. MLflow's REST client names a plain 404 page (a server that
-    predates the route) ENDPOINT_NOT_FOUND too."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(error, MlflowException) and error.error_code in UNSUPPORTED
 
 
 def compare(want: list[dict], have_run) -> list[tuple[str, str, str]]:

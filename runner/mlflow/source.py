@@ -58,7 +58,7 @@ class MlflowSource:
         self.reads_model_inputs = True  # False with --skip-logged-models: no get_run per run for them
         # Azure ML's MLflow endpoint takes no attribute filters (start time, run id) in run searches:
         # there the window and the fetch by id are done here, never sent (DESIGN.md).
-        self._attribute_filters = not str(self.client.tracking_uri).startswith("azureml")
+        self._attribute_filters = not uris.is_azureml_endpoint(self.client)
 
     def describe(self) -> dict:
         found = {"kind": "mlflow", "uri": uris.redact(self.uri), "workspace": self.workspace}
@@ -367,7 +367,7 @@ def metric_history(client, run_id: str, key: str) -> Iterator[MetricPoint]:
     MLflow endpoint wants pages below 1000 points.
     """
     store = client._tracking_client.store
-    page = 900 if str(client.tracking_uri).startswith("azureml") else 25_000
+    page = 900 if uris.is_azureml_endpoint(client) else 25_000
     token = None
     while True:
         batch = store.get_metric_history(run_id, key, max_results=page, page_token=token)

@@ -54,7 +54,7 @@ class DirectTarget:
         # Plain MLflow stores apply a log_batch's params, then metrics, then tags (SqlAlchemyStore and
         # FileStore alike), so a new run's completion tag can ride on its last batch: one request
         # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
-        self.completes_in_batch = not resolved.startswith("azureml")
+        self.completes_in_batch = not uris.is_azureml_endpoint(resolved)
         self._completed: set[str] = set()  # runs whose completion tag is written already
         self.inputs = run_inputs.InputWriter()  # dataset inputs; remembers a target without that route
 

@@ -28,7 +28,7 @@ from loguru import logger
 from runner.core.errors import ReplayerError
 from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, is_own_tag
 from runner.mlflow.logged_models import find_copy
-from runner.mlflow.registry import unsupported
+from runner.mlflow.uris import is_azureml_endpoint, missing_route
 
 PAGE = 100
 SPANS_PER_REQUEST = 500  # spans of several traces in one OTLP request, a few MB at most
@@ -57,7 +57,7 @@ def readable(source) -> bool:
     """An MLflow source whose store may hold traces. Azure ML's MLflow endpoint is left out: no
     answer of it to the trace routes is recorded (tests/recordings), so none is assumed."""
     client = getattr(source, "client", None)
-    return hasattr(client, "search_traces") and not str(client.tracking_uri).startswith("azureml")
+    return hasattr(client, "search_traces") and not is_azureml_endpoint(client)
 
 
 def no_api(error: Exception, client=None) -> bool:
@@ -65,10 +65,9 @@ def no_api(error: Exception, client=None) -> bool:
     knows to be too old for span logging (before 3.4: NotImplementedError). Azure ML's MLflow
     endpoint answers its trace routes 403 (Azure/azure-sdk-for-python#40261: "not supported in AML
     yet") to the very token that writes its runs: on an azureml:// store that is no route either."""
-    if unsupported(error) or isinstance(error, NotImplementedError) or "error code 404" in str(error):
+    if missing_route(error) or isinstance(error, NotImplementedError) or "error code 404" in str(error):
         return True
-    azure = client is not None and str(getattr(client, "tracking_uri", "")).startswith("azureml")
-    return azure and getattr(error, "error_code", "") == "PERMISSION_DENIED"
+    return client is not None and is_azureml_endpoint(client) and getattr(error, "error_code", "") == "PERMISSION_DENIED"
 
 
 def tracing(client):
@@ -266,7 +265,7 @@ class TraceCopier:
         """The target has no trace route: said once; those traces are counted as left out."""
         with self._lock:
             if not self._refused:
-                why = ("Azure ML's MLflow endpoint does not implement them" if str(self.client.tracking_uri).startswith("azureml")
+                why = ("Azure ML's MLflow endpoint does not implement them" if is_azureml_endpoint(self.client)
                        else "an MLflow server before 3.4, or an endpoint without traces")
                 logger.warning("target {} has no trace API ({}): traces are not copied; runs are", self.client.tracking_uri, why)
             self._refused = True

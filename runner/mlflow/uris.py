@@ -27,6 +27,22 @@ ACCEPTED = ("a folder (an embedded store), file://..., sqlite:///..., postgresql
             "http(s)://, databricks, azureml://... (a workspace or its MLflow tracking URI) or a manifest folder")
 
 
+UNSUPPORTED = ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED")  # MLflow's codes for a missing route
+
+
+def missing_route(error: Exception) -> bool:
+    """The store answered that it has no such route (an endpoint without aliases, a server older
+    than log-inputs or logged models). MLflow's REST client names a plain 404 page ENDPOINT_NOT_FOUND too."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in UNSUPPORTED
+
+
+def is_azureml_endpoint(client_or_uri) -> bool:
+    """An Azure ML workspace's MLflow endpoint (azureml://...): a client's tracking URI or a URI."""
+    return str(getattr(client_or_uri, "tracking_uri", client_or_uri)).startswith("azureml")
+
+
 def scheme_of(uri: str) -> str:
     """The URI's scheme in lower case, '' for a plain path; a dialect+driver counts as its dialect."""
     if uri.lower() in ("databricks", "databricks-uc"):  # MLflow's names for the default Databricks profile
