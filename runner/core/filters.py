@@ -94,11 +94,14 @@ class Filters:
     def wants_root(self, start_time: int | None, status: str) -> bool:
         if self.status and status.upper() not in self.status:
             return False
-        if self.since is not None and (start_time is None or start_time < self.since):
+        return self.in_window(start_time)
+
+    def in_window(self, time_ms: int | None) -> bool:
+        """Whether a time (epoch ms: a run's start, a trace's request) is within --since (inclusive)
+        and --until (exclusive); a missing time is outside any bound that is set."""
+        if self.since is not None and (time_ms is None or time_ms < self.since):
             return False
-        if self.until is not None and (start_time is None or start_time >= self.until):
-            return False
-        return True
+        return self.until is None or (time_ms is not None and time_ms < self.until)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from runner.core.errors import ManifestError
+from runner.core.filters import Filters
 from runner.engine import manifest_traces
 from runner.mlflow.traces import PAGE, full, readable, run_links, source_infos, tracing
 
@@ -28,28 +29,20 @@ def reader_for(source):
     return LiveTraces(source.client, window(source)) if readable(source) else None
 
 
-def window(source) -> tuple[int | None, int | None]:
-    """(since, until) in epoch ms from the source's filters."""
-    filters = getattr(source, "filters", None)
-    return getattr(filters, "since", None), getattr(filters, "until", None)
-
-
-def in_window(window: tuple[int | None, int | None], request_time: int | None) -> bool:
-    since, until = window
-    if since is not None and (request_time is None or request_time < since):
-        return False
-    return until is None or (request_time is not None and request_time < until)
+def window(source) -> Filters:
+    """The source's filters, whose --since / --until (Filters.in_window) narrow its traces."""
+    return getattr(source, "filters", None) or Filters()
 
 
 class LiveTraces:
     """The traces of a live MLflow store."""
 
-    def __init__(self, client, window: tuple[int | None, int | None] = (None, None)):
-        self.client, self.window = client, window
+    def __init__(self, client, window: Filters | None = None):
+        self.client, self.window = client, window or Filters()
         self._store = None
 
     def infos(self, experiment):
-        return (info for info in source_infos(self.client, experiment.source_id) if in_window(self.window, info.request_time))
+        return (info for info in source_infos(self.client, experiment.source_id) if self.window.in_window(info.request_time))
 
     def full(self, found: list) -> dict:
         if self._store is None:
@@ -83,8 +76,8 @@ class ManifestTraces:
     """The traces a manifest holds. Only ids and line offsets are kept between calls: a page of
     full traces is read back from its lines when asked."""
 
-    def __init__(self, path: Path, window: tuple[int | None, int | None] = (None, None)):
-        self.path, self.window = path, window
+    def __init__(self, path: Path, window: Filters | None = None):
+        self.path, self.window = path, window or Filters()
         self._at: dict[str, int] = {}  # trace id -> offset of its line
 
     def lines(self):
@@ -116,7 +109,7 @@ class ManifestTraces:
             if data.get("experiment") != experiment.name:
                 continue
             info = TraceInfo.from_dict(data["trace"]["info"])
-            if in_window(self.window, info.request_time):
+            if self.window.in_window(info.request_time):
                 self._at[info.trace_id] = offset
                 yield info
 

@@ -12,7 +12,7 @@ import json
 from runner.core.records import Experiment
 from runner.engine.ledger import COMPLETE
 from runner.engine.verify import Difference, show
-from runner.mlflow.trace_readers import in_window, reader_for
+from runner.mlflow.trace_readers import reader_for
 from runner.mlflow.traces import PAGE, Remap, copy_infos, fingerprint, full, infos, no_api, run_links, tracing, user_tags
 
 INFO_FIELDS = ("state", "request_time", "execution_duration", "request_preview", "response_preview", "client_request_id")
@@ -75,7 +75,7 @@ class TraceCheck:
         """This source's copies in the target experiment, in the source's window (--since/--until:
         a copy outside it is not this selection's, so not "target only")."""
         found = copy_infos(self.client, experiment_id, self.workspace) if experiment_id else {}
-        return {i: info for i, info in found.items() if in_window(self.reader.window, info.request_time)}
+        return {i: info for i, info in found.items() if self.reader.window.in_window(info.request_time)}
 
     def page(self, page: list, experiment_id: str | None, done: dict) -> None:
         if not page:
