@@ -8,6 +8,7 @@ Every check compares against that declarative fixture, field by field and point 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from conftest import run_cli
 from fakes import azureml_artifacts
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import TENANT, FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
-from runner.core.errors import UsageError
+from runner.core.errors import ReplayerError, UsageError
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, JobRecord
 from runner.ends import open_source
@@ -394,6 +395,14 @@ def test_a_runs_files_are_listed_with_their_read_sas_in_one_paged_call_else_per_
     folders = [Counter(p.split("/", 1)[0] for p in s.files) for s in with_files]
     shared, alone = sum(1 for f in folders for n in f.values() if n > 1), sum(n for f in folders for n in f.values() if n == 1)
     assert (shared, alone) == (2, 5)  # outputs/ of bright_kiwi_01 and of fit; five files alone in their folders
+    # A run gone since the plan (404 on every route) fails alone: it teaches the process nothing.
+    monkeypatch.setattr(run_history, "_no_whole_run", set())
+    src = source()
+    gone = dataclasses.replace(next(iter(src.jobs())), source_id="run_deleted_meanwhile")
+    with pytest.raises(ReplayerError, match="run_deleted_meanwhile"):
+        list(src.artifacts(gone))
+    assert run_history._no_whole_run == set()
+
     monkeypatch.setattr(azureml_artifacts, "WHOLE_RUN", False)
     listed, asked = listed_and_asked()
     assert listed == expected

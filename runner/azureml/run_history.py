@@ -228,8 +228,13 @@ class RunHistoryStore:
     def listing(self) -> dict:
         """path -> Stat for every file of the run that has its bytes (HEADs in parallel)."""
         urls = self._whole_run()
-        paths = sorted(urls) if urls is not None else list(self.history.paths(self.experiment, self.run))
-        urls = urls if urls is not None else self._read_uris(paths)  # the listing, then read SAS URLs per folder
+        if urls is None:  # the listing, then read SAS URLs per folder
+            paths = list(self.history.paths(self.experiment, self.run))
+            if paths:  # the run has files the whole-run form did not give: this service wants a path
+                _no_whole_run.add(self.copy_key)
+            urls = self._read_uris(paths)
+        else:
+            paths = sorted(urls)
         if len(paths) <= 1:
             found = [self.stat(p, urls.get(p)) for p in paths]
         else:
@@ -243,19 +248,16 @@ class RunHistoryStore:
     def _whole_run(self) -> dict[str, str] | None:
         """path -> read SAS URL for every file of the run: prefix/contentinfo without a prefix, the
         listing too. `path` is optional in azure-ai-ml's generated client (RunArtifacts_ListSasByPrefix),
-        but nothing recorded shows a service taking none: where refused (an error, a 404) the
-        process asks the other way from then on."""
-        key = self.copy_key
-        if key in _no_whole_run:
+        but nothing recorded shows a service taking none. Refused (an error, a 404), this run is
+        listed instead; only a refusal for a run whose listing then shows files teaches the process
+        to list from then on (`listing`): a 404 for a run that is gone, or holds nothing, does not."""
+        if self.copy_key in _no_whole_run:
             return None
         try:
-            found = self.history.read_uris(self.experiment, self.run, None)
+            return self.history.read_uris(self.experiment, self.run, None)
         except EndpointError as error:
             logger.debug("run history of {} lists no run without a prefix ({}); listing, then per folder", self.uri, error)
-            found = None
-        if found is None:
-            _no_whole_run.add(key)
-        return found
+            return None
 
     def _read_uris(self, paths: list[str]) -> dict[str, str]:
         """Read SAS URLs for `paths`, one prefix/contentinfo per top-level folder holding two or more
