@@ -84,13 +84,13 @@ def test_the_documented_reading_caps_a_request_at_250_rows_in_all():
 class RefusingClient:
     """log_batch as Azure ML's endpoint in the documented reading: more than 250 rows refused."""
 
-    def __init__(self, refusal: Exception | None = None):
+    def __init__(self, refusal: Exception | None = None, rows: int = 250):
         self.sent: list[tuple[int, int, int]] = []
         self.refused = 0
-        self.refusal = refusal
+        self.refusal, self.rows = refusal, rows
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
-        if len(metrics) > 250:
+        if len(metrics) > self.rows:
             self.refused += 1
             raise self.refusal or MlflowException(
                 "Response: {'Error': {'Code': 'ValidationError', 'Message': 'A field of the entity is over the size limit. "
@@ -118,6 +118,19 @@ def test_a_refused_batch_switches_the_target_to_250_in_all_and_goes_again_split(
     assert client.sent[:5] == [(250, 1, 0), (250, 0, 0), (250, 0, 0), (248, 0, 1), (2, 0, 0)]  # the tag with the refused batch's last part
     assert again == 1000 and client.sent[5:] == [(250, 0, 0)] * 4 and client.refused == 1, "once switched, batches are cut before sending"
     assert len(warnings) == 1 and "counts Azure ML's documented" in warnings[0], warnings
+
+
+def test_the_step_batches_as_the_direct_target_with_azures_per_name_cap_everywhere():
+    from runner.azureml.step import log_metrics
+    from runner.engine.limits import MLFLOW_LIMITS
+
+    five = [p for k in range(5) for p in history(f"m{k}", 200)]
+    client = RefusingClient(rows=1000)
+    assert log_metrics(client, "r", five) == 1000 and client.sent == [(1000, 0, 0)]
+    client = RefusingClient(rows=1000)
+    assert log_metrics(client, "r", history("m", 1000), MLFLOW_LIMITS) == 1000 and client.sent == [(250, 0, 0)] * 4
+    client = RefusingClient()  # the documented reading: refused once, then 250 in all
+    assert log_metrics(client, "r", five) == 1000 and client.refused == 1 and client.sent == [(250, 0, 0)] * 4
 
 
 def test_other_refusals_are_raised_and_nothing_falls_back():
