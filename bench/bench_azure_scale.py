@@ -206,9 +206,10 @@ def tool(name: str, ends, args, *more: str) -> dict:
     return counted(name, argv, ends)
 
 
-# Azure ML refuses more than 250 metric rows in one log-batch (documented limit, enforced by the fake);
-# mlflow-export-import sends mlflow's MAX_METRICS_PER_BATCH, 1,000, so as released it imports no run
-# with more than 250 points into a workspace. The peer runs with the one change it needs: 250.
+# Azure ML refuses more than 250 rows of one metric name in one log-batch (the fake's reading of the
+# documented limit, tests/fakes/azureml_limits.py; the docs also read as 250 rows in all);
+# mlflow-export-import sends mlflow's MAX_METRICS_PER_BATCH, 1,000, so as released a metric of more
+# than 250 points can be refused. The peer runs with 250, which fits either reading.
 PEER_SHIM = """import mlflow.utils.validation as validation
 validation.MAX_METRICS_PER_BATCH = 250
 """

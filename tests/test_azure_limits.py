@@ -14,6 +14,7 @@ import json
 import os
 
 import pytest
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -85,11 +86,35 @@ def test_params_count_cumulatively_to_200(azure, unique):
     refused(lambda: azure.log_batch(run_id, params=[Param("p201", "v")]), "Parameters", 200)
 
 
-def test_metric_names_50_and_rows_250_per_request(azure, unique):
+def test_metric_names_50_and_rows_250_per_name_in_a_request(azure, target, unique):  # noqa: F811
+    """250 rows of one name per request (mlflow/mlflow#11462's MetricV2Dto.Value/Count), 1000 in all."""
     run_id = new_run(azure, unique)
-    azure.log_batch(run_id, metrics=[Metric(f"m{k:02d}", 1.0, 1, s) for k in range(50) for s in range(5)])  # 250 rows
+    azure.log_batch(run_id, metrics=[Metric(f"m{k:02d}", 1.0, 1, s) for k in range(50) for s in range(5)])
     refused(lambda: azure.log_metric(run_id, "m50", 1.0), "Metrics", 50)
-    refused(lambda: azure.log_batch(run_id, metrics=[Metric("m00", 1.0, 1, s) for s in range(251)]), "MetricV2Dto.Value/Count", 250)
+    azure.log_batch(run_id, metrics=[Metric(f"m{k:02d}", 1.0, 1, s) for k in range(4) for s in range(5, 255)])  # 1000 rows, 250 a name
+    text = refused(lambda: azure.log_batch(run_id, metrics=[Metric("m00", 1.0, 1, s) for s in range(300, 551)]
+                                           + [Metric("m01", 1.0, 1, s) for s in range(300, 400)]), "MetricV2Dto.Value/Count", 250)
+    assert "Size=251." in text, "the size is the largest name's rows, not the request's 351"
+    assert len(azure.get_metric_history(run_id, "m01")) == 255, "a refused request writes nothing"
+    # MLflow's own 1000 entities per request (its client would split more itself: sent raw).
+    body = {"run_id": run_id, "metrics": [{"key": f"m{k:02d}", "value": 1.0, "timestamp": 1, "step": s} for k in range(5) for s in range(1000, 1200)],
+            "params": [{"key": "p", "value": "v"}]}
+    answer = requests.post(f"{target.fake.url}/mlflow/v2.0{target.ws.scope}/api/2.0/mlflow/runs/log-batch", json=body,
+                           headers={"Authorization": f"Bearer {make_token()}"}, verify=str(target.fake.ca_file), timeout=60)
+    assert answer.status_code == 400 and "FieldName=Batch.Entities, Limit=1000, Size=1001." in answer.text, answer.text
+
+
+def test_the_documented_reading_refuses_more_than_250_rows_in_all(azure, target, unique):  # noqa: F811
+    """rows_cap_per_request_total: the docs' other reading, for the tool's fallback."""
+    set_limits(target.ws, rows_cap_per_request_total=True)
+    try:
+        run_id = new_run(azure, unique)
+        azure.log_batch(run_id, metrics=[Metric(f"m{k}", 1.0, 1, s) for k in range(5) for s in range(50)])  # 250 in all
+        refused(lambda: azure.log_batch(run_id, metrics=[Metric(f"m{k}", 1.0, 1, s) for k in range(2) for s in range(50, 176)]),
+                "MetricV2Dto.Value/Count", 250)
+        assert len(azure.get_metric_history(run_id, "m0")) == 50, "a refused request writes nothing"
+    finally:
+        set_limits(target.ws, rows_cap_per_request_total=False)
 
 
 def test_rows_per_metric_name(azure, target, unique):  # noqa: F811
@@ -131,7 +156,8 @@ def test_search_filters_azure_does_not_support_are_refused(azure, unique, text):
 
 def test_azureml_caps_match_the_documented_limits():
     assert (AZUREML_LIMITS.max_tags, AZUREML_LIMITS.max_tag_length, AZUREML_LIMITS.max_tag_key) == (LIMITS.run_tags, LIMITS.tag_value, LIMITS.run_tag_key)
-    assert (AZUREML_LIMITS.max_params, AZUREML_LIMITS.max_metric_keys, AZUREML_LIMITS.batch_rows) == (LIMITS.params, LIMITS.metric_names, LIMITS.rows_per_request)
+    assert (AZUREML_LIMITS.max_params, AZUREML_LIMITS.max_metric_keys) == (LIMITS.params, LIMITS.metric_names)
+    assert (AZUREML_LIMITS.rows_per_metric_per_batch, AZUREML_LIMITS.rows_per_batch) == (LIMITS.rows_per_metric_per_request, LIMITS.metrics_per_request)
     assert (AZUREML_LIMITS.max_name_length, AZUREML_LIMITS.max_metric_rows) == (LIMITS.display_name, LIMITS.rows_per_metric)
     tags = {f"t{i:02d}": "v" for i in range(60)} | {"k" * 251: "v", "long": "x" * 1001, "mlflow.note.content": "d" * 5001, "replay.overflow": "{}"}
     kept, spill = caps.fit_experiment_tags(AZUREML_LIMITS, tags)
@@ -225,6 +251,69 @@ def test_a_run_over_every_limit_migrates_into_azureml_with_nothing_lost(servers,
     assert backing.get_run(where["run"]).info.lifecycle_stage == "deleted"
     check = run_cli("verify", *args, cwd=tmp_path, env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+
+
+# -- log-batch requests: 250 rows per metric name, and the fallback to 250 in all ------------------------
+
+SHAPES = {  # run name -> (metric name -> points, params); log-batch requests per name cap / total cap
+    "five-by-200": ({f"m{k}": 200 for k in range(5)}, {}),  # 1 / 4 (the bench's job shape, without params)
+    "one-by-1000": ({"loss": 1000}, {"lr": "0.1", "epochs": "1000"}),  # 4 / 4, the params in the first
+    "300-then-100": ({"a": 300, "b": 100}, {}),  # 2 / 2: a 250 | a 50 + b 100
+}
+
+
+def seed_shapes(uri: str, experiment: str) -> dict[str, dict[str, int]]:
+    """One finished run per shape; returns run name -> points per metric name."""
+    client = MlflowClient(uri)
+    exp = client.create_experiment(experiment)
+    for i, (name, (histories, params)) in enumerate(SHAPES.items()):
+        run_id = client.create_run(exp, start_time=1_700_000_000_000 + i, run_name=name).info.run_id
+        points = [Metric(key, s / 7, 1_700_000_000_000 + s, s) for key, count in histories.items() for s in range(count)]
+        for start in range(0, len(points), 1000):
+            client.log_batch(run_id, metrics=points[start : start + 1000])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run_id, "FINISHED", end_time=1_700_000_100_000)
+    return {name: histories for name, (histories, _) in SHAPES.items()}
+
+
+def migrate_shapes(servers, target, unique, tmp_path, label: str):  # noqa: F811
+    """Migrate the shapes into the azureml:// target: (log-batch requests, refusals, the migrate's stderr)."""
+    experiment, workspace = f"azrows-{label}-{unique}", f"ws-rows-{label}-{unique}"
+    histories = seed_shapes(servers[0].uri, experiment)
+    az_path, _ = counting_az(tmp_path / "az")
+    env = {**target.env, "PATH": f"{az_path}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--source", servers[0].uri, "--target", target.uri, "--experiments", experiment, "--workspace", workspace, "--credential", "cli"]
+    before = (target.fake.requests["mlflow_log_batch"], target.fake.requests["mlflow_refused_limit"])
+    result = run_cli("migrate", *args, cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "created 3," in result.stderr, result.stderr[-3000:]
+    counts = (target.fake.requests["mlflow_log_batch"] - before[0], target.fake.requests["mlflow_refused_limit"] - before[1])
+    backing = MlflowClient(target.backing.uri)
+    for original, run_id in replayed_runs(target.backing.uri, workspace).items():
+        name = backing.get_run(run_id).info.run_name
+        for key, count in histories[name].items():
+            assert [m.step for m in backing.get_metric_history(run_id, key)] == list(range(count)), (name, key)
+    check = run_cli("verify", *args, cwd=tmp_path, env=env)
+    assert check.returncode == 0 and "3 runs compared, 3 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
+    return counts, result.stderr
+
+
+def test_azureml_takes_250_rows_per_metric_name_so_a_job_costs_fewer_log_batches(servers, target, unique, tmp_path):  # noqa: F811
+    (batches, refusals), stderr = migrate_shapes(servers, target, unique, tmp_path, "name")
+    # 1 + 4 + 2; with 250 rows in all a request it was 4 + 4 + 2.
+    assert (batches, refusals) == (7, 0), stderr[-3000:]
+    assert "counts Azure ML's documented" not in stderr
+
+
+def test_a_workspace_capping_250_rows_in_all_is_met_by_the_fallback(servers, target, unique, tmp_path):  # noqa: F811
+    """The docs' other reading: the five-by-200 run's one 1000-row request is refused once, the
+    target switches to 250 rows in all (one warning) and resends it as four; nothing is lost."""
+    set_limits(target.ws, rows_cap_per_request_total=True)
+    try:
+        (batches, refusals), stderr = migrate_shapes(servers, target, unique, tmp_path, "total")
+    finally:
+        set_limits(target.ws, rows_cap_per_request_total=False)
+    assert refusals == 1 and batches == 1 + 4 + 4 + 2, (batches, refusals, stderr[-3000:])
+    assert stderr.count("counts Azure ML's documented") == 1, stderr[-3000:]
 
 
 # -- the incremental sync state and the source's filters on Azure ML ------------------------------------

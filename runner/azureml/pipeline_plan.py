@@ -39,7 +39,7 @@ LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "mape", "log_loss")
 REPLAY_MODE = "replay.mode"
 
 # Cost estimate: each step job pays for start-up (image pull, mounts) and then for its logging
-# (at most 250 metric rows per request) and file copy. Rough, and said so where it is printed.
+# (at most 250 rows of one metric name and 1,000 rows per request) and file copy. Rough, and said so where it is printed.
 STEP_OVERHEAD_MINUTES = 2.0
 POINTS_PER_MINUTE = 100_000
 BYTES_PER_MINUTE = 3_000_000_000

@@ -8,8 +8,10 @@ then writes the original's history into the step's own MLflow run:
   `original_parent_pipeline_id`, `original_pipeline_depth`, `original_experiment`,
   `original_workspace`, `original_status`, `original_start_time`, `original_end_time`,
   `original_step_name`, plus the `automl_*` tags the pipeline target passes for expanded trials);
-- full metric histories with their original steps and timestamps, at most 250 rows per
-  `log_batch` (AzureML's limit); a retried step adds only the points its run lacks;
+- full metric histories with their original steps and timestamps, batched as the direct target
+  batches them (runner/mlflow/batching.py: at most 250 rows of one metric name and 1,000 in all per
+  `log_batch`, falling back to 250 in all if the service refuses that); a retried step adds only
+  the points its run lacks;
 - the run's limits (runner/limits.py, as the direct target: 50 tags and 50 metric names on
   AzureML, `--max-tags` / `--max-metric-keys` to choose, param and tag value lengths): the excess
   goes to `replay/overflow.json` on the run with a `replay.overflow` tag, which verify reads back;
@@ -34,7 +36,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -42,6 +44,7 @@ from loguru import logger
 
 from runner.engine import limits as caps
 from runner.mlflow import uris
+from runner.mlflow.batching import RowCaps
 from runner.core.errors import ReplayerError, UsageError
 from runner.core.filters import Filters
 from runner.engine.ledger import COMPLETE, PARENT_TAG, is_own_tag, lineage_tags
@@ -49,7 +52,7 @@ from runner.engine.manifest import ManifestSource
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint
 
 EXIT_MIRRORED = 3  # the replay worked; the original job had failed (or was canceled)
-METRICS_PER_BATCH = 250  # AzureML's MLflow endpoint: at most 250 metric rows per log_batch
+ROWS_PER_METRIC_PER_BATCH = caps.AZUREML_LIMITS.rows_per_metric_per_batch  # the step is made for Azure ML: its caps everywhere
 PARAMS_TAGS_PER_BATCH = 100  # MLflow's own limit
 MARKER = "replayed_from.json"
 
@@ -170,7 +173,7 @@ def run_step(
         log_keyed(client, run_id, entries[start : start + PARAMS_TAGS_PER_BATCH])
     result.params, result.tags = len(params), len(tags)
     points = caps.fit_metrics(limits, job, source.metrics(job), overflow)
-    result.metric_points = log_metrics(client, run_id, new_points(client, run_id, set(run.data.metrics), points), limits.batch_rows)
+    result.metric_points = log_metrics(client, run_id, new_points(client, run_id, set(run.data.metrics), points), limits)
     if logs or artifacts:
         result.artifacts, result.logs = copy_files(source, job, Path(artifacts) if artifacts else None, Path(logs) if logs else None)
     for folder in mark_outputs:
@@ -231,20 +234,12 @@ def new_points(client, run_id: str, logged_keys: set[str], points: Iterable[Metr
             yield point
 
 
-def log_metrics(client, run_id: str, points: Iterable[MetricPoint], rows: int = METRICS_PER_BATCH) -> int:
-    from mlflow.entities import Metric
-
-    rows = min(rows, METRICS_PER_BATCH)  # the step is made for AzureML: its cap everywhere
-    written, batch = 0, []
-    for point in points:
-        batch.append(Metric(point.key, point.value, point.timestamp, point.step))
-        if len(batch) == rows:
-            client.log_batch(run_id, metrics=batch)
-            written, batch = written + len(batch), []
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-        written += len(batch)
-    return written
+def log_metrics(client, run_id: str, points: Iterable[MetricPoint], limits: caps.Limits = caps.AZUREML_LIMITS) -> int:
+    """The points in log_batch requests as the direct target sends them (runner.mlflow.batching),
+    never more than Azure ML's rows per metric name whatever the target; returns the rows written."""
+    per_metric = min(limits.rows_per_metric_per_batch, ROWS_PER_METRIC_PER_BATCH)
+    row_caps = RowCaps(replace(limits, rows_per_metric_per_batch=per_metric), f"run {run_id}'s tracking server")
+    return sum(row_caps.send(client, run_id, *batch) for batch in row_caps.batches({}, {}, points))
 
 
 def copy_files(source: ManifestSource, job: JobRecord, artifacts: Path | None, logs: Path | None) -> tuple[int, int]:

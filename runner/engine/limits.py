@@ -3,8 +3,9 @@
 AzureML's MLflow endpoint (MicrosoftDocs resource-limits-capacity.md, and the service's
 "FieldName=Parameters, Limit=200") caps a run at 50 tags (key 100, value 1,000 characters), 200
 params, 50 metric names of at most 1,000,000 rows each and a display name of 256 characters, and
-takes at most 250 metric rows per request; every MLflow store caps param and tag values (6000 and
-8000 characters). A writer (the direct target, `replayer step`) fits what it writes with these
+takes at most 250 rows of one metric name per request (its `MetricV2Dto.Value/Count`, one DTO per
+metric name: runner/mlflow/batching.py has the evidence and the fallback to 250 rows in all);
+every MLflow store caps param and tag values (6000 and 8000 characters). A writer (the direct target, `replayer step`) fits what it writes with these
 functions and puts the excess into one JSON artifact on the run, with a `replay.overflow` tag
 counting it; verify reads it back (`read`), so nothing is ever dropped silently. A run name cut to
 the cap keeps its full value in overflow's tags as `mlflow.runName`.
@@ -37,7 +38,8 @@ class Limits:
     max_metric_keys: int | None = None
     max_param_length: int = 6000
     max_tag_length: int = 8000
-    batch_rows: int = MAX_ENTITIES_PER_BATCH
+    rows_per_metric_per_batch: int = MAX_ENTITIES_PER_BATCH  # rows of any one metric name in one log_batch
+    rows_per_batch: int = MAX_ENTITIES_PER_BATCH  # metric rows of all names in one log_batch
     max_params: int | None = None
     max_tag_key: int | None = None  # a longer user tag key cannot be set at all: it goes whole to overflow
     max_name_length: int | None = None  # the run's display name
@@ -50,7 +52,7 @@ class Limits:
 
 MLFLOW_LIMITS = Limits()
 AZUREML_LIMITS = Limits(
-    max_tags=50, max_metric_keys=50, batch_rows=250, max_tag_length=1000,
+    max_tags=50, max_metric_keys=50, rows_per_metric_per_batch=250, max_tag_length=1000,
     max_params=200, max_tag_key=100, max_name_length=256, max_metric_rows=1_000_000,
     max_experiment_tags=50, max_experiment_tag_key=250, max_experiment_tag_length=1000, max_description_length=5000,
 )

@@ -27,8 +27,8 @@ from runner.engine import limits as caps
 from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, OVERFLOW_TAG, limits_for, new_overflow
 from runner.core.records import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import metric_history
+from runner.mlflow.batching import MAX_PARAMS_TAGS_PER_BATCH, RowCaps
 
-MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 PAGE = 1000
 
 
@@ -56,6 +56,7 @@ class DirectTarget:
         # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
         self.completes_in_batch = not uris.is_azureml_endpoint(resolved)
         self._completed: set[str] = set()  # runs whose completion tag is written already
+        self._row_caps: RowCaps | None = None  # see row_caps()
         self.inputs = run_inputs.InputWriter()  # dataset inputs; remembers a target without that route
 
     def describe(self) -> dict:
@@ -356,7 +357,7 @@ class DirectTarget:
 
         written = 0
         pending = None
-        for batch in batches(params, tags or {}, points, self.limits.batch_rows):
+        for batch in self.row_caps().batches(params, tags or {}, points):
             if pending is not None:
                 written += self._send(run_id, *pending)
             pending = batch
@@ -370,8 +371,15 @@ class DirectTarget:
         return written
 
     def _send(self, run_id: str, metrics: list, params: list, tags: list) -> int:
-        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-        return len(metrics)
+        return self.row_caps().send(self.client, run_id, metrics, params, tags)
+
+    def row_caps(self) -> RowCaps:
+        """This target's metric-row caps per request, made once from its limits (cli.open_target
+        replaces `limits` after __init__), then shared by every thread: a fallback holds for all."""
+        with self._lock:
+            if self._row_caps is None:
+                self._row_caps = RowCaps(self.limits, f"the target {uris.redact(self.uri)}")
+            return self._row_caps
 
     def _copy_artifacts(self, run_id: str, artifact_uri: str | None, job: JobRecord, source, scratch: Path, fresh: bool) -> None:
         """The job's files into the run's artifact root: server-side when both roots are blob
@@ -402,30 +410,3 @@ class DirectTarget:
                     pending.append(info.path)
                 else:
                     yield info
-
-
-def batches(params: dict[str, str], tags: dict[str, str], points: Iterable[MetricPoint], rows: int = MAX_ENTITIES_PER_BATCH):
-    """log_batch payloads within MLflow's limits, streaming the metric points.
-
-    Params and tags go first (at most 100 per request); metric points fill each request up to
-    `rows` metric rows and 1000 entities in all, so a long history is never held whole in memory.
-    `rows` counts metric rows only: Azure ML's cap is "metric rows per batch uploaded: 250"
-    (resource-limits-capacity.md), so params and tags ride beside 250 rows there, one request
-    less per run than counting them in.
-    """
-    from mlflow.entities import Metric, Param, RunTag
-
-    keyed = [Param(k, v) for k, v in params.items()] + [RunTag(k, v) for k, v in tags.items()]
-    head = [keyed[i : i + MAX_PARAMS_TAGS_PER_BATCH] for i in range(0, len(keyed), MAX_PARAMS_TAGS_PER_BATCH)]
-    stream = iter(points)
-    while True:
-        small = head.pop(0) if head else []
-        room = min(rows, MAX_ENTITIES_PER_BATCH - len(small))
-        metrics = [Metric(p.key, p.value, p.timestamp, p.step) for p in itertools.islice(stream, room)] if not head else []
-        if not small and not metrics:
-            return
-        yield (
-            metrics,
-            [e for e in small if isinstance(e, Param)],
-            [e for e in small if isinstance(e, RunTag)],
-        )

@@ -3,8 +3,20 @@
 Limits (MicrosoftDocs/azure-docs articles/machine-learning/resource-limits-capacity.md, and the
 service's own "FieldName=Parameters, Limit=200" of Azure/azure-sdk-for-python#35685):
 runs 50 tags, tag key 100, tag value 1,000 characters, display name 256, description 5,000;
-200 params per run; 50 metric names per run, 250 metric rows per request, 1,000,000 rows per
+200 params per run; 50 metric names per run, 250 metric rows per batch, 1,000,000 rows per
 metric name; experiments 50 tags, tag key 250, tag value 1,000, description 5,000.
+
+The 250 metric rows are counted per metric name in one request (FieldName `MetricV2Dto.Value/Count`,
+Size = the largest name's row count in the request), plus MLflow's own 1,000 metrics and 1,000
+entities per log_batch (mlflow.utils.validation MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH).
+Why per name: the one real answer on record, mlflow/mlflow#11462 (comment of 2024-06-17), refused
+a log_batch of one metric with 699 rows as "FieldName=MetricV2Dto.Value/Count, Limit=250,
+Size=699": the field is one MetricV2Dto's values, and a MetricV2Dto is one metric name with its
+values (azureml-core's metrics client handles "(UserError) MetricV2Dto.Value/Count ... exceeds
+the limit" beside the per-DTO MetricV2Dto.Name/Length and MetricV2Dto.Columns/Count). The docs'
+"Metric rows per batch uploaded: 250" also reads as 250 in all: `rows_cap_per_request_total=True`
+(set_limits) models that reading, same error shape, so the tool's fallback is tested.
+A refused request writes nothing (checked before forwarding), as the service validates first.
 
 Counts are cumulative per run and per experiment, as the service counts them: what the entity holds
 already (asked of the mlflow server behind the fake) plus what the request adds. Every tag the
@@ -15,13 +27,15 @@ Refusals are shaped like the service's (seen in mlflow/mlflow#11462, a real answ
 HTTP 400, `error_code` INVALID_PARAMETER_VALUE and no `message` key, the text in `Error.Message`
 ("A field of the entity is over the size limit. FieldName=..., Limit=..., Size=...."); MLflow's
 client then raises `INVALID_PARAMETER_VALUE: Response: {...}`. The FieldNames other than
-`MetricV2Dto.Value/Count` and `Parameters` are ours: no recording shows them.
+`MetricV2Dto.Value/Count` and `Parameters` are ours: no recording shows them (nor how Azure ML
+refuses more than MLflow's 1,000: `Batch.Metrics`, `Batch.Entities` here).
 
 Run searches: Azure ML's MLflow endpoint does not support attribute filters, LIKE/ILIKE or OR
 (DESIGN.md); such a filter answers 400 here, so a test catches any the tool sends.
 
 `set_limits(ws, rows_per_metric=500)` lowers a limit for one workspace (a test cannot send a
-million rows); `fake.requests["mlflow_refused_limit"]` counts refusals.
+million rows); `fake.requests["mlflow_refused_limit"]` counts refusals and
+`fake.requests["mlflow_log_batch"]` every log-batch request that reached the checks (refused or not).
 """
 from __future__ import annotations
 
@@ -46,7 +60,10 @@ class AzureLimits:
     description: int = 5000
     params: int = 200
     metric_names: int = 50
-    rows_per_request: int = 250
+    rows_per_metric_per_request: int = 250  # rows of one metric name in one request
+    rows_cap_per_request_total: bool = False  # the docs' other reading: 250 rows of all names in one request
+    metrics_per_request: int = 1000  # MLflow's MAX_METRICS_PER_BATCH
+    entities_per_request: int = 1000  # MLflow's MAX_ENTITIES_PER_BATCH: metrics, params and tags
     rows_per_metric: int = 1_000_000
     experiment_tags: int = 50
     experiment_tag_key: int = 250
@@ -159,9 +176,16 @@ def check_experiment_tags(limits: AzureLimits, have: dict[str, str], new: dict[s
     at_most("ExperimentTags", limits.experiment_tags, len({**have, **new}))
 
 
+def check_rows_per_request(limits: AzureLimits, added: Counter) -> None:
+    """250 rows of one name (or, in the docs' other reading, of all names) in one request."""
+    size = sum(added.values()) if limits.rows_cap_per_request_total else max(added.values(), default=0)
+    at_most("MetricV2Dto.Value/Count", limits.rows_per_metric_per_request, size)
+
+
 def check_metrics(backing: Backing, limits: AzureLimits, run_id: str, have_names, metrics: list[dict]) -> None:
-    at_most("MetricV2Dto.Value/Count", limits.rows_per_request, len(metrics))
     added = Counter(m["key"] for m in metrics)
+    check_rows_per_request(limits, added)
+    at_most("Batch.Metrics", limits.metrics_per_request, len(metrics))
     at_most("Metrics", limits.metric_names, len(set(have_names) | set(added)))
     rows = backing.rows()
     for key, count in added.items():
@@ -182,7 +206,10 @@ def update_run(backing: Backing, limits: AzureLimits, data: dict) -> None:
 
 
 def log_batch(backing: Backing, limits: AzureLimits, data: dict) -> None:
+    backing.handler.fake.requests["mlflow_log_batch"] += 1
     run_id = data.get("run_id") or data.get("run_uuid")
+    entities = sum(len(data.get(kind) or []) for kind in ("metrics", "params", "tags"))
+    at_most("Batch.Entities", limits.entities_per_request, entities)
     run = backing.run(run_id)
     have_tags = as_dict(run.get("data", {}).get("tags"))
     have_params = as_dict(run.get("data", {}).get("params"))
