@@ -9,26 +9,48 @@ empty); blob requests go through a counting proxy in front of Azurite with a lat
 Defaults and where they come from: that module's docstring (and the `recorded` block of the results,
 `x-request-time` read from tests/recordings/*.json here).
 
+Throttle scope (--bucket-scope): `workspace` (the default) gives every workspace its own bucket per
+family (ARM one per subscription, as ARM documents its throttle: per principal and subscription,
+learn.microsoft.com "Understand how Azure Resource Manager throttles requests"); `shared` gives all
+the fake's workspaces one bucket per family (the bench's first model). Azure documents data-plane
+limits per resource for Storage, Key Vault and Cosmos DB; for Azure ML it documents no data-plane
+rate at all (MicrosoftDocs/azure-docs, articles/machine-learning/resource-limits-capacity.md lists
+sizes), so per workspace is an assumption, as is the 20/s. The one public sign of a rate is
+mlflow/mlflow#11462 (2024-03): one sequential client, roughly 10 MLflow requests/s, met persistent
+429s after ~700 requests, scope unknown. The projection gives both scopes whichever was measured.
+
 Workload (bench/azure_scale_workload.py, seeded straight into the stores): --jobs jobs, whole copies of
 the fixture workspace (standalone jobs, pipelines with nested steps, sweeps and AutoML with trials),
 each with --metrics metrics x --steps steps and --files files of --min-kb to --max-kb (log-uniform) in
-the source's run history artifact store. Then, each as its own timed process, counted by route:
+the source's run history artifact store. Then, each as its own timed process, counted by route and
+by workspace:
 
     replayer extract --source azureml://subscriptions/S/resourcegroups/R/workspaces/SRC --out DIR
-    replayer migrate --source (same) --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli
-    replayer verify  (same ends)
+    full checks, --checks inline (the default):
+        replayer migrate --source (same) --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli --verify
+      or --checks separate (also what inline falls back to where `replayer migrate --help` lists no --verify, saying so):
+        replayer migrate (same ends, without --verify), then replayer verify (same ends)
     the peer: mlflow-export-import's export-experiments then import-experiments (.venv-bench, bench/setup.sh),
               MLFLOW_TRACKING_URI the source's and then a third workspace's azureml:// tracking URI, through
               azureml-mlflow, authenticated by the same fake `az` (AzureCliCredential in its chain)
 
-Results: requests per job and per file by route for each command, 429s met and absorbed (the
-summary must say failed 0, verify all equal), jobs/s of the tool (migrate + verify: a migration
-with full checks) and of the peer and their ratio, what the peer copied, and a projection for
---project jobs (default 100,000) on one node and on --shards nodes (bench/azure_scale_report.py).
+Results: requests per job and per file by route for each command, requests per job in each workspace
+(the source's reads against the target's writes), 429s met and absorbed (the summary must say failed
+0, verify all equal), jobs/s of the tool with full checks and of the peer and their ratio, what the
+peer copied, and the projection block (bench/azure_scale_report.py) for --project jobs (default
+100,000) on one node and on --shards nodes, for each command and for full checks:
+- latency floor: requests x mean latency / --parallel, per node;
+- throttle bound under this run's scope and under the other: the busiest workspace's requests of a
+  family (per workspace) or all of them (shared), less the burst, over the rate; shards share it;
+- break-even: the rate per second a workspace's MLflow (run history, artifacts, ARM) bucket would
+  have to allow for the projected jobs to fit in 1 hour on --shards nodes. Read it against what the
+  service allows: at or above it, the throttle does not stop the hour; it is enough only where the
+  latency floor on those nodes is under the hour too (the block says whether it is).
 Printed, and written to bench-results/azure_scale.json (or --out).
 
     python bench/bench_azure_scale.py [--jobs 2000] [--parallel 8] [--metrics 5] [--steps 200] [--files 3]
         [--min-kb 1] [--max-kb 4096] [--no-throttle] [--no-latency] [--no-peer] [--project 100000] [--shards 8]
+        [--bucket-scope workspace|shared] [--checks inline|separate]
 """
 from __future__ import annotations
 
