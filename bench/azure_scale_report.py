@@ -1,13 +1,24 @@
 """Counting, tables and the projection of the Azure-shaped bench (bench/bench_azure_scale.py).
 
 What a command cost is read off the fake's counters (tests/fakes/azureml_latency.py): requests
-carried out by family (`family:F` less `throttled:F`) and by route (`route:F METHOD TEMPLATE`), and
-the 429s met. The projection for a number of jobs has two bounds, and the larger wins:
-- latency: every request's mean latency, `parallel` requests in flight per node, nodes side by side;
-- throttle: per family, the requests past its bucket's burst at its rate; buckets belong to the
-  workspace and the subscription, not the node, so shards share them (the same for any node count).
-The latency bound is a floor (requests within a job go one after another, the node's CPU has its
+carried out by family (`family:F` less `throttled:F`), by route (`route:F METHOD TEMPLATE`) and by
+workspace (`ws:NAME F`), and the 429s met. The projection for `project` jobs scales the run's
+requests by project / jobs and has two bounds; the larger wins:
+- latency floor: requests x mean latency / (`parallel` requests in flight per node x nodes);
+- throttle: per family, (requests past one bucket's burst) / its rate. Which requests share a bucket
+  is the scope: "workspace", the busiest workspace's requests of the family (ARM: the subscription's,
+  all of them here: the bench's workspaces share one); "shared", all of the family's. Either way the
+  shards of one migration read the same source and write the same target, so they share the
+  buckets: the throttle bound is the same for any node count. Both scopes are computed, whichever
+  the run measured under (the real one is not documented for Azure ML: azureml_latency's docstring).
+The latency floor is a floor (requests within a job go one after another, the node's CPU has its
 share), so `measured_scale_h` also scales the run's own wall time by jobs and nodes.
+
+Break-even: the rate per second one bucket would have to allow for the projection to fit in
+`goal_h` hours: (requests of the family in that bucket x scale - burst) / (goal_h x 3600), for each
+family and scope (per workspace: the busiest workspace's requests). It does not depend on the node
+count; it is enough only where the latency floor on those nodes fits in the goal too
+(`latency_fits_goal`): no service rate makes a node faster.
 """
 from __future__ import annotations
 
@@ -16,8 +27,8 @@ PER_FILE = ("artifacts", "blob")  # the families whose requests grow with files 
 
 
 def made(before: dict, after: dict) -> dict:
-    """What happened between two snapshots of the fake's counters: requests carried out by family and by
-    route, and 429s by family."""
+    """What happened between two snapshots of the fake's counters: requests carried out by family, by route
+    and by workspace, and 429s by family and by workspace."""
     delta = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     routes: dict[str, dict[str, int]] = {}
     for key, n in delta.items():
@@ -28,7 +39,19 @@ def made(before: dict, after: dict) -> dict:
         "requests": {f: delta.get(f"family:{f}", 0) - delta.get(f"throttled:{f}", 0) for f in FAMILIES},
         "throttled": {f: delta[f"throttled:{f}"] for f in FAMILIES if delta.get(f"throttled:{f}")},
         "routes": {f: dict(sorted(routes[f].items())) for f in FAMILIES if f in routes},
+        "workspaces": by_workspace(delta, "ws:"),
+        "throttled_workspaces": by_workspace(delta, "ws_throttled:"),
     }
+
+
+def by_workspace(delta: dict, prefix: str) -> dict[str, dict[str, int]]:
+    """`PREFIX NAME FAMILY` counters as {workspace: {family: n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for key, n in sorted(delta.items()):
+        if key.startswith(prefix):
+            workspace, _, family = key[len(prefix):].rpartition(" ")
+            out.setdefault(workspace, {})[family] = n
+    return out
 
 
 def per_unit(row: dict, jobs: int, files: int) -> dict:
@@ -41,31 +64,70 @@ def per_unit(row: dict, jobs: int, files: int) -> dict:
     return out
 
 
-def projection(row: dict, jobs: int, latency_ms: dict, buckets: dict, parallel: int, project: int, nodes: int) -> dict:
-    """Hours for `project` jobs on `nodes` nodes (module docstring). `latency_ms`: family -> mean ms;
-    `buckets`: family -> (per second, burst)."""
+SCOPES = ("workspace", "shared")
+GOAL_H = 1.0  # issue 18: 100,000 jobs in under an hour on 8 shards
+
+
+def bucket_load(row: dict, family: str, scope: str) -> tuple[int, str | None]:
+    """(requests, whose) that one bucket of `family` took in `row` under `scope`: under "workspace" the busiest
+    workspace's (ARM: all of them, its bucket is the subscription's); under "shared" all of the family's. A row
+    without per-workspace counts is taken as one workspace."""
+    total = row["requests"].get(family, 0)
+    if scope == "shared" or family == "arm" or not row.get("workspaces"):
+        return total, "subscription" if family == "arm" and scope == "workspace" else None
+    name, load = max(((ws, counts.get(family, 0)) for ws, counts in row["workspaces"].items()), key=lambda pair: pair[1])
+    return load, name
+
+
+def throttle_seconds(row: dict, scale: float, buckets: dict, scope: str) -> dict[str, float]:
+    """Per family: seconds its busiest bucket under `scope` needs for `scale` x the row's requests."""
+    return {f: max(0.0, bucket_load(row, f, scope)[0] * scale - burst) / rate for f, (rate, burst) in buckets.items()}
+
+
+def break_even(row: dict, scale: float, buckets: dict, scope: str, goal_h: float = GOAL_H) -> dict[str, float]:
+    """Per family: the rate (requests/s) one bucket under `scope` must allow to take its share of `scale` x the
+    row's requests in `goal_h` hours (the module docstring)."""
+    return {f: round(max(0.0, bucket_load(row, f, scope)[0] * scale - burst) / (goal_h * 3600), 2) for f, (_, burst) in buckets.items()}
+
+
+def projection(row: dict, jobs: int, latency_ms: dict, buckets: dict, parallel: int, project: int, nodes: int,
+               scope: str = "workspace", goal_h: float = GOAL_H, priced: dict | None = None) -> dict:
+    """Hours for `project` jobs on `nodes` nodes (module docstring), under the `scope` the run was measured
+    with, and the other scope's throttle bound and both scopes' break-even rates beside it. `latency_ms`:
+    family -> mean ms; `buckets`: family -> (per second, burst), the run's; `priced`: the families (and their
+    bursts) to give a break-even rate for, the run's buckets unless given (a run without buckets still
+    says what rate its requests need)."""
     scale = project / jobs
+    priced = buckets if priced is None else priced
     latency_s = sum(row["requests"][f] * scale * latency_ms.get(f, 0) / 1000 for f in FAMILIES) / (parallel * nodes)
-    throttle = {f: max(0.0, row["requests"][f] * scale - burst) / rate for f, (rate, burst) in buckets.items()}
-    worst = max(throttle, key=throttle.get) if throttle else None
-    bound = throttle.get(worst, 0.0)
-    return {"nodes": nodes, "hours": round(max(latency_s, bound) / 3600, 2), "latency_bound_h": round(latency_s / 3600, 2),
+    throttle = {s: throttle_seconds(row, scale, buckets, s) for s in SCOPES}
+    worst = max(throttle[scope], key=throttle[scope].get) if buckets else None
+    bound = throttle[scope].get(worst, 0.0)
+    return {"nodes": nodes, "scope": scope, "hours": round(max(latency_s, bound) / 3600, 2), "latency_bound_h": round(latency_s / 3600, 2),
             "throttle_bound_h": round(bound / 3600, 2), "throttle_family": worst,
-            "throttle_h": {f: round(s / 3600, 2) for f, s in throttle.items()},
+            "throttle_h": {f: round(s / 3600, 2) for f, s in throttle[scope].items()},
+            "throttle_h_by_scope": {s: {f: round(v / 3600, 2) for f, v in throttle[s].items()} for s in SCOPES},
+            "busiest_workspace": {f: bucket_load(row, f, "workspace")[1] for f in {**priced, **buckets}},
+            "goal_h": goal_h, "latency_fits_goal": latency_s <= goal_h * 3600,
+            "break_even_per_s": {s: break_even(row, scale, priced, s, goal_h) for s in SCOPES},
             "measured_scale_h": round(max(row["wall_s"] * scale / nodes, bound) / 3600, 2)}
 
 
-def modelled_seconds(row: dict, latency_ms: dict, buckets: dict, parallel: int) -> float:
+def modelled_seconds(row: dict, latency_ms: dict, buckets: dict, parallel: int, scope: str = "workspace") -> float:
     """The same model for the bench's own workload, to set against its measured wall time."""
     latency_s = sum(row["requests"][f] * latency_ms.get(f, 0) / 1000 for f in FAMILIES) / parallel
-    throttle = [max(0.0, row["requests"][f] - burst) / rate for f, (rate, burst) in buckets.items()]
-    return round(max([latency_s, *throttle]), 1)
+    return round(max([latency_s, *throttle_seconds(row, 1.0, buckets, scope).values()]), 1)
 
 
 def combined(name: str, rows: list[dict]) -> dict:
     """Several commands as one (migrate + verify: a migration with full checks; the peer's export + import)."""
+    workspaces: dict[str, dict[str, int]] = {}
+    for row in rows:
+        for ws, counts in row.get("workspaces", {}).items():
+            for family, n in counts.items():
+                workspaces.setdefault(ws, {})[family] = workspaces.get(ws, {}).get(family, 0) + n
     return {"name": name, "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-            "requests": {f: sum(r["requests"][f] for r in rows) for f in FAMILIES}}
+            "requests": {f: sum(r["requests"][f] for r in rows) for f in FAMILIES}, "workspaces": workspaces}
 
 
 SHORT = (("/history/v1.0/{ws}/experiments/{experiment}/runs/{run}", "/history/.../runs/{run}"),
@@ -101,4 +163,63 @@ def route_table(commands: dict, jobs: int, files: int) -> list[str]:
         file_side = sum(n for f, n in row["requests"].items() if f in PER_FILE)
         totals.append(f"{job_side / jobs:.1f} + {file_side / files if files else 0:.2f}/f".rjust(16))
     lines.append(f"{'per job + per file':<{width}}" + "".join(totals))
+    return lines
+
+
+def workspace_table(commands: dict, jobs: int, roles: dict[str, str]) -> list[str]:
+    """Requests per job carried out in each workspace by family (source reads against target writes), one
+    column per command; `roles` names the workspaces (source, target, ...)."""
+    names = list(commands)
+    keys = sorted({(ws, f) for row in commands.values() for ws, counts in row.get("workspaces", {}).items() for f in counts},
+                  key=lambda k: (list(roles).index(k[0]) if k[0] in roles else len(roles), k[0], FAMILIES.index(k[1])))
+    labels = {key: f"{roles.get(key[0], key[0])} {key[1]}" for key in keys}
+    width = max([len(label) for label in labels.values()] + [20])
+    lines = [f"requests per job by workspace ({', '.join(f'{role}: {ws}' for ws, role in roles.items())})",
+             f"{'workspace family':<{width}}" + "".join(f"{n:>18}" for n in names)]
+    for key in keys:
+        cells = [commands[n].get("workspaces", {}).get(key[0], {}).get(key[1], 0) for n in names]
+        lines.append(f"{labels[key]:<{width}}" + "".join(f"{(f'{c / jobs:.2f}' if c else '-'):>18}" for c in cells))
+    return lines
+
+
+def _by_nodes(projections: list[dict], key: str) -> str:
+    """`1 node X h | 8 nodes Y h` of one field of a row's projections."""
+    return " | ".join(f"{p['nodes']} node{'s' if p['nodes'] > 1 else ''} {p[key]} h" for p in projections)
+
+
+def _rates(rates: dict[str, float]) -> str:
+    return ", ".join(f"{f} {r}/s" for f, r in sorted(rates.items(), key=lambda kv: -kv[1]))
+
+
+def projection_block(rows: dict[str, dict], jobs: int, data: dict, buckets: dict, scope: str) -> list[str]:
+    """The projection of every row (each command, full checks) as one block; `data` the bench's run settings
+    (project, shards, parallel). The arithmetic is the module docstring's, its inputs printed in the header."""
+    project, shards = data["project"], data["shards"]
+    other = next(s for s in SCOPES if s != scope)
+    lines = [f"projection: {project:,} jobs from this run's {jobs} (x{project / jobs:,.2f}); {data['parallel']} requests in flight "
+             f"per node; this run's buckets: {'per workspace (ARM per subscription)' if scope == 'workspace' else 'one per family, shared'}; "
+             f"rates: {', '.join(f'{f} {r:g}/s burst {b}' for f, (r, b) in buckets.items()) or 'none'}",
+             "  latency floor = requests x mean latency / in flight / nodes; throttle = (one bucket's requests - burst) / rate, "
+             "the same on any node count (shards share the workspaces);",
+             f"  break-even = (one bucket's requests - burst) / {GOAL_H * 3600:,.0f} s: the rate a bucket must allow for {GOAL_H:g} h "
+             "(enough only if the latency floor fits too)"]
+    for name, row in rows.items():
+        one, many = row["projection"][0], row["projection"][-1]
+        per_job = sum(row["requests"].values()) / jobs
+        split = ", ".join(f"{f} {n / jobs:.2f}" for f, n in row["requests"].items() if n)
+        lines.append(f"{name}: {per_job:.1f} requests/job ({split})")
+        lines.append(f"  latency floor          {_by_nodes(row['projection'], 'latency_bound_h')}")
+        if buckets:
+            for s in (scope, other):
+                family = max(one["throttle_h_by_scope"][s], key=one["throttle_h_by_scope"][s].get)
+                whose = one["busiest_workspace"].get(family) if s == "workspace" else "all workspaces"
+                lines.append(f"  throttle, {s:<9}    {one['throttle_h_by_scope'][s][family]} h on {family} ({whose})"
+                             + ("  <- this run's scope" if s == scope else ""))
+        lines.append(f"  projected              {_by_nodes(row['projection'], 'hours')}; "
+                     f"this run's wall time scaled: {_by_nodes(row['projection'], 'measured_scale_h')}")
+        if many["break_even_per_s"]["workspace"]:
+            fits = "fits" if many["latency_fits_goal"] else "does NOT fit: no rate is enough"
+            lines.append(f"  break-even for {GOAL_H:g} h on {shards} nodes (latency floor {many['latency_bound_h']} h: {fits})")
+            lines.append(f"    per workspace       {_rates(many['break_even_per_s']['workspace'])}")
+            lines.append(f"    one bucket for all  {_rates(many['break_even_per_s']['shared'])}")
     return lines

@@ -9,26 +9,48 @@ empty); blob requests go through a counting proxy in front of Azurite with a lat
 Defaults and where they come from: that module's docstring (and the `recorded` block of the results,
 `x-request-time` read from tests/recordings/*.json here).
 
+Throttle scope (--bucket-scope): `workspace` (the default) gives every workspace its own bucket per
+family (ARM one per subscription, as ARM documents its throttle: per principal and subscription,
+learn.microsoft.com "Understand how Azure Resource Manager throttles requests"); `shared` gives all
+the fake's workspaces one bucket per family (the bench's first model). Azure documents data-plane
+limits per resource for Storage, Key Vault and Cosmos DB; for Azure ML it documents no data-plane
+rate at all (MicrosoftDocs/azure-docs, articles/machine-learning/resource-limits-capacity.md lists
+sizes), so per workspace is an assumption, as is the 20/s. The one public sign of a rate is
+mlflow/mlflow#11462 (2024-03): one sequential client, roughly 10 MLflow requests/s, met persistent
+429s after ~700 requests, scope unknown. The projection gives both scopes whichever was measured.
+
 Workload (bench/azure_scale_workload.py, seeded straight into the stores): --jobs jobs, whole copies of
 the fixture workspace (standalone jobs, pipelines with nested steps, sweeps and AutoML with trials),
 each with --metrics metrics x --steps steps and --files files of --min-kb to --max-kb (log-uniform) in
-the source's run history artifact store. Then, each as its own timed process, counted by route:
+the source's run history artifact store. Then, each as its own timed process, counted by route and
+by workspace:
 
     replayer extract --source azureml://subscriptions/S/resourcegroups/R/workspaces/SRC --out DIR
-    replayer migrate --source (same) --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli
-    replayer verify  (same ends)
+    full checks, --checks inline (the default):
+        replayer migrate --source (same) --target azureml://HOST/mlflow/v2.0/<scope of DST> --parallel N --credential cli --verify
+      or --checks separate (also what inline falls back to where `replayer migrate --help` lists no --verify, saying so):
+        replayer migrate (same ends, without --verify), then replayer verify (same ends)
     the peer: mlflow-export-import's export-experiments then import-experiments (.venv-bench, bench/setup.sh),
               MLFLOW_TRACKING_URI the source's and then a third workspace's azureml:// tracking URI, through
               azureml-mlflow, authenticated by the same fake `az` (AzureCliCredential in its chain)
 
-Results: requests per job and per file by route for each command, 429s met and absorbed (the
-summary must say failed 0, verify all equal), jobs/s of the tool (migrate + verify: a migration
-with full checks) and of the peer and their ratio, what the peer copied, and a projection for
---project jobs (default 100,000) on one node and on --shards nodes (bench/azure_scale_report.py).
+Results: requests per job and per file by route for each command, requests per job in each workspace
+(the source's reads against the target's writes), 429s met and absorbed (the summary must say failed
+0, verify all equal), jobs/s of the tool with full checks and of the peer and their ratio, what the
+peer copied, and the projection block (bench/azure_scale_report.py) for --project jobs (default
+100,000) on one node and on --shards nodes, for each command and for full checks:
+- latency floor: requests x mean latency / --parallel, per node;
+- throttle bound under this run's scope and under the other: the busiest workspace's requests of a
+  family (per workspace) or all of them (shared), less the burst, over the rate; shards share it;
+- break-even: the rate per second a workspace's MLflow (run history, artifacts, ARM) bucket would
+  have to allow for the projected jobs to fit in 1 hour on --shards nodes. Read it against what the
+  service allows: at or above it, the throttle does not stop the hour; it is enough only where the
+  latency floor on those nodes is under the hour too (the block says whether it is).
 Printed, and written to bench-results/azure_scale.json (or --out).
 
     python bench/bench_azure_scale.py [--jobs 2000] [--parallel 8] [--metrics 5] [--steps 200] [--files 3]
         [--min-kb 1] [--max-kb 4096] [--no-throttle] [--no-latency] [--no-peer] [--project 100000] [--shards 8]
+        [--bucket-scope workspace|shared] [--checks inline|separate]
 """
 from __future__ import annotations
 
@@ -75,8 +97,35 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-peer", action="store_true", help="leave mlflow-export-import out")
     parser.add_argument("--project", type=int, default=100_000, help="jobs in the projection")
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--bucket-scope", choices=latency_scopes(), default="workspace",
+                        help="workspace: each workspace its own buckets (ARM: the subscription's); shared: one per family for all")
+    parser.add_argument("--checks", choices=("inline", "separate"), default="inline",
+                        help="full checks as `migrate --verify` (inline) or `migrate` then `verify` (separate); inline falls back "
+                             "to separate where migrate has no --verify")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "azure_scale.json")
     return parser.parse_args(argv)
+
+
+def latency_scopes() -> tuple[str, ...]:
+    from fakes.azureml_latency import SCOPES
+
+    return SCOPES
+
+
+def inline_checks_available() -> bool:
+    """Whether this checkout's `replayer migrate` takes --verify (branch check18): its --help lists the flag."""
+    done = subprocess.run([sys.executable, "-m", "runner", "migrate", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    return bool(re.search(r"^\s*--verify\b", done.stdout + done.stderr, re.MULTILINE))
+
+
+def checks_mode(asked: str) -> str:
+    """The --checks mode to run: inline only where migrate can check, else separate, said out loud."""
+    if asked == "inline" and not inline_checks_available():
+        print("note: `replayer migrate --help` lists no --verify here: full checks run as migrate then verify (--checks separate)",
+              flush=True)
+        return "separate"
+    return asked
 
 
 def recorded_request_times() -> dict:
@@ -200,10 +249,10 @@ def counted(name: str, argv: list[str], ends, env: dict | None = None) -> dict:
     return row
 
 
-def tool(name: str, ends, args, *more: str) -> dict:
-    argv = [sys.executable, "-m", "runner", name, "--source", ends.source, *more, "--workspace", "bench",
+def tool(command: str, ends, args, *more: str, name: str | None = None) -> dict:
+    argv = [sys.executable, "-m", "runner", command, "--source", ends.source, *more, "--workspace", "bench",
             "--credential", "cli", "--parallel", str(args.parallel)]
-    return counted(name, argv, ends)
+    return counted((name or command).replace(" --", "-"), argv, ends)
 
 
 # Azure ML refuses more than 250 rows of one metric name in one log-batch (the fake's reading of the
@@ -274,12 +323,13 @@ def main(argv=None) -> None:
 
     if not args.no_peer and not (PEER_BIN / "export-experiments").exists():
         sys.exit(f"{PEER_BIN}/export-experiments is missing: run `bash bench/setup.sh` first (or --no-peer)")
+    args.checks = checks_mode(args.checks)
     work = Path(tempfile.mkdtemp(prefix="bench-azure-scale-"))
     (work / "logs").mkdir()
     try:
         with workspaces(args, work) as ends:
             shape = azureml_latency.turn_on(ends.fake, latency={} if args.no_latency else None,
-                                            buckets={} if args.no_throttle or args.no_latency else None)
+                                            buckets={} if args.no_throttle or args.no_latency else None, scope=args.bucket_scope)
             results = run(args, ends, shape)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -292,36 +342,50 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
+ROLES = {"ws-scale-src": "source", "ws-scale-dst": "target", "ws-scale-peer": "peer target"}
+FULL = "tool, full checks"  # the `whole` row of a migration with full checks, however they run (--checks)
+
+
 def run(args, ends, shape) -> dict:
+    from fakes.azureml_latency import BUCKETS
+
     jobs, files = len(ends.specs), len(ends.files)
     latency_ms = {f: shape.mean_ms(f) for f in report.FAMILIES}
-    buckets = {f: (b.rate, b.burst) for f, b in shape.buckets.items()}
+    buckets = dict(shape.rates)
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "load": os.getloadavg()[0]},
         "data": {"jobs": jobs, "files": files, "bytes": sum(f.size for f in ends.files), "metrics": args.metrics, "steps": args.steps,
-                 "parallel": args.parallel, "project": args.project, "shards": args.shards,
-                 "kinds": dict(sorted(_kinds(ends.specs).items()))},
+                 "parallel": args.parallel, "project": args.project, "shards": args.shards, "checks": args.checks,
+                 "bucket_scope": shape.scope, "workspaces": ROLES, "kinds": dict(sorted(_kinds(ends.specs).items()))},
         "latency_ms": shape.latency, "buckets": {f: {"per_s": r, "burst": b} for f, (r, b) in buckets.items()},
         "recorded": recorded_request_times(), "commands": {},
     }
     commands = results["commands"]
     commands["extract"] = tool("extract", ends, args, "--out", str(ends.work / "manifest"))
-    commands["migrate"] = tool("migrate", ends, args, "--target", ends.target)
-    commands["verify"] = tool("verify", ends, args, "--target", ends.target)
+    if args.checks == "inline":
+        commands["migrate --verify"] = tool("migrate", ends, args, "--target", ends.target, "--verify", name="migrate --verify")
+    else:
+        commands["migrate"] = tool("migrate", ends, args, "--target", ends.target)
+        commands["verify"] = tool("verify", ends, args, "--target", ends.target)
+    checked = ["migrate --verify"] if args.checks == "inline" else ["migrate", "verify"]
     if not args.no_peer:
         rows = peer(ends)
         commands["peer-export"], commands["peer-import"] = rows["export"], rows["import"]
         results["peer_copied"] = copied(ends, "peer")
     results["tool_copied"] = copied(ends, "dst")
-    for row in commands.values():
-        row["modelled_s"] = report.modelled_seconds(row, latency_ms, buckets, args.parallel)
-        row["per_unit"] = report.per_unit(row, jobs, files)
-    whole = {"tool (migrate + verify)": report.combined("tool", [commands["migrate"], commands["verify"]])}
+    whole = {FULL: {**report.combined("tool", [commands[n] for n in checked]), "checks": args.checks, "commands": checked}}
     if not args.no_peer:
         whole["peer (export + import)"] = report.combined("peer", [commands["peer-export"], commands["peer-import"]])
-    for name, row in whole.items():
+    for name, row in [*commands.items(), *whole.items()]:
+        row["modelled_s"] = report.modelled_seconds(row, latency_ms, buckets, args.parallel, shape.scope)
+        # The break-even rates are priced for the default buckets' families even in a run without buckets:
+        # how many requests a bucket takes does not depend on whether it throttled.
+        row["projection"] = [report.projection(row, jobs, latency_ms, buckets, args.parallel, args.project, n, shape.scope,
+                                               priced={**BUCKETS, **buckets}) for n in (1, args.shards)]
+        if name in commands:
+            row["per_unit"] = report.per_unit(row, jobs, files)
+    for row in whole.values():
         row["jobs_per_s"] = round(jobs / row["wall_s"], 2) if row["wall_s"] else None
-        row["projection"] = [report.projection(row, jobs, latency_ms, buckets, args.parallel, args.project, n) for n in (1, args.shards)]
     results["whole"] = whole
     results["summary"] = summary(results, ends)
     return results
@@ -338,34 +402,42 @@ def _kinds(specs) -> dict:
 def summary(results: dict, ends) -> dict:
     jobs = results["data"]["jobs"]
     commands, whole = results["commands"], results["whole"]
+    tool_row = whole[FULL]
+    migrate, check = commands[tool_row["commands"][0]], commands[tool_row["commands"][-1]]  # inline: one command does both
+    eight = tool_row["projection"][-1]
     out = {
-        "migrate_failed_0": bool(re.search(r"failed 0\b", commands["migrate"]["tail"])),
-        "verify_all_equal": bool(re.search(rf"{jobs} runs compared, {jobs} equal", commands["verify"]["tail"])),
+        "checks": tool_row["checks"],
+        "bucket_scope": results["data"]["bucket_scope"],
+        "migrate_failed_0": bool(re.search(r"failed 0\b", migrate["tail"])),
+        "verify_all_equal": bool(re.search(rf"{jobs} runs compared, {jobs} equal", check["tail"])),
         "throttled_absorbed": sum(sum(r["throttled"].values()) for r in commands.values()),
-        "tool_jobs_per_s": whole["tool (migrate + verify)"]["jobs_per_s"],
-        "projected_hours": {f"{p['nodes']} node(s)": p["hours"] for p in whole["tool (migrate + verify)"]["projection"]},
+        "tool_jobs_per_s": tool_row["jobs_per_s"],
+        "projected_hours": {f"{p['nodes']} node(s)": p["hours"] for p in tool_row["projection"]},
+        "break_even_per_workspace_per_s": {f: eight["break_even_per_s"]["workspace"].get(f) for f in ("mlflow", "history", "artifacts")},
     }
     if "peer (export + import)" in whole:
-        # The peer checks nothing: the ratio with verify included (full checks) and without.
+        # The peer checks nothing: the ratio with the checks included (full checks) and of migrate alone (separate).
         peer_s = whole["peer (export + import)"]["wall_s"]
         out["peer_jobs_per_s"] = whole["peer (export + import)"]["jobs_per_s"]
-        out["ratio"] = round(peer_s / whole["tool (migrate + verify)"]["wall_s"], 2)
-        out["ratio_migrate_only"] = round(peer_s / commands["migrate"]["wall_s"], 2)
+        out["ratio"] = round(peer_s / tool_row["wall_s"], 2)
+        if tool_row["checks"] == "separate":
+            out["ratio_migrate_only"] = round(peer_s / commands["migrate"]["wall_s"], 2)
     return out
 
 
 def summary_lines(results: dict) -> list[str]:
     data, commands = results["data"], results["commands"]
-    lines = ["", *report.route_table(commands, data["jobs"], data["files"]), ""]
+    buckets = {f: (b["per_s"], b["burst"]) for f, b in results["buckets"].items()}
+    lines = ["", *report.route_table(commands, data["jobs"], data["files"]), "",
+             *report.workspace_table(commands, data["jobs"], data["workspaces"]), ""]
     for name, row in commands.items():
         lines.append(f"{name}: {row['wall_s']}s wall (model {row['modelled_s']}s), peak RSS {row['rss_mb']} MB, "
                      f"{sum(row['requests'].values())} requests, 429s absorbed {row['throttled'] or 0}")
     for name, row in results["whole"].items():
         lines.append(f"{name}: {row['wall_s']}s, {row['jobs_per_s']} jobs/s")
-        for p in row["projection"]:
-            lines.append(f"  {data['project']:,} jobs on {p['nodes']} node(s): {p['hours']} h (latency bound {p['latency_bound_h']} h, "
-                         f"throttle bound {p['throttle_bound_h']} h on {p['throttle_family']}: {p['throttle_h']}); "
-                         f"this run's wall time scaled: {p['measured_scale_h']} h")
+    rows = {name: row for name, row in commands.items() if not name.startswith("peer")}
+    rows[f"full checks ({results['whole'][FULL]['checks']}: {' + '.join(results['whole'][FULL]['commands'])})"] = results["whole"][FULL]
+    lines += ["", *report.projection_block(rows, data["jobs"], data, buckets, data["bucket_scope"]), ""]
     lines.append(f"the tool copied: {results['tool_copied']}")
     if "peer_copied" in results:
         lines.append(f"the peer copied: {results['peer_copied']}")

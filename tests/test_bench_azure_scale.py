@@ -38,14 +38,17 @@ def test_routes_are_templates_with_names_and_ids_taken_out():
 
 
 def test_made_counts_requests_carried_out_by_family_and_route():
-    before = {"family:mlflow": 10, "throttled:mlflow": 2, "route:mlflow POST /x": 8}
+    before = {"family:mlflow": 10, "throttled:mlflow": 2, "route:mlflow POST /x": 8, "ws:w1 mlflow": 8}
     after = {"family:mlflow": 40, "throttled:mlflow": 7, "route:mlflow POST /x": 20, "route:mlflow GET /y": 13,
-             "family:blob": 6, "route:blob HEAD /{account}/{container}/{blob}": 6, "jobs_get": 3}
+             "family:blob": 6, "route:blob HEAD /{account}/{container}/{blob}": 6, "jobs_get": 3,
+             "ws:w1 mlflow": 17, "ws:w2 mlflow": 16, "ws:w2 arm": 1, "ws_throttled:w2 mlflow": 5}
     row = report.made(before, after)
     assert row["requests"]["mlflow"] == 25  # 30 sent less 5 answered 429
     assert row["requests"]["blob"] == 6 and row["requests"]["arm"] == 0
     assert row["throttled"] == {"mlflow": 5}
     assert row["routes"] == {"mlflow": {"GET /y": 13, "POST /x": 12}, "blob": {"HEAD /{account}/{container}/{blob}": 6}}
+    assert row["workspaces"] == {"w1": {"mlflow": 9}, "w2": {"arm": 1, "mlflow": 16}}  # 9 + 16 = the 25 carried out
+    assert row["throttled_workspaces"] == {"w2": {"mlflow": 5}}
     units = report.per_unit({**row, "wall_s": 1}, jobs=4, files=12)
     assert units["blob HEAD /{account}/{container}/{blob}"] == {"total": 6, "per_job": 1.5, "per_file": 0.5}
     assert units["mlflow GET /y"]["per_file"] is None  # MLflow requests grow with jobs, not files
@@ -70,11 +73,46 @@ def test_projection_takes_the_larger_of_the_latency_and_the_throttle_bound():
     assert report.modelled_seconds(row, latency_ms, {}, 8) == round(13.1 / 8, 1)
 
 
+def test_projection_by_scope_and_the_break_even_rate():
+    # Ten jobs; source reads and target writes counted per workspace (ARM's bucket is the subscription's).
+    row = {"wall_s": 50.0, "requests": {"arm": 10, "discovery": 0, "history": 20, "artifacts": 0, "mlflow": 100, "blob": 30},
+           "workspaces": {"src": {"arm": 4, "history": 12, "mlflow": 40}, "dst": {"arm": 6, "history": 8, "mlflow": 60}}}
+    latency_ms = {"arm": 50, "history": 100, "mlflow": 100, "blob": 20}
+    buckets = {"arm": (25.0, 250), "history": (20.0, 40), "mlflow": (20.0, 40)}
+    one, eight = (report.projection(row, 10, latency_ms, buckets, 8, 100_000, n, scope="workspace") for n in (1, 8))
+    # x10,000. Per workspace: MLflow's busiest is dst, (600,000 - 40) / 20 = 29,998 s = 8.33 h; run history's is src,
+    # (120,000 - 40) / 20 = 5,998 s = 1.67 h; ARM the subscription's, (100,000 - 250) / 25 = 3,990 s = 1.11 h.
+    assert one["throttle_h_by_scope"]["workspace"] == {"arm": 1.11, "history": 1.67, "mlflow": 8.33}
+    assert one["busiest_workspace"] == {"arm": "subscription", "history": "src", "mlflow": "dst"}
+    # Shared: all of a family's, MLflow (1,000,000 - 40) / 20 = 49,998 s = 13.89 h; run history (200,000 - 40) / 20 = 2.78 h.
+    assert one["throttle_h_by_scope"]["shared"] == {"arm": 1.11, "history": 2.78, "mlflow": 13.89}
+    # The run's scope decides: max(latency floor 4.55 h / 0.57 h, 8.33 h); the same for any node count.
+    assert one["throttle_h"] == one["throttle_h_by_scope"]["workspace"] and one["throttle_family"] == "mlflow"
+    assert (one["hours"], eight["hours"], one["throttle_bound_h"]) == (8.33, 8.33, 8.33)
+    # Break-even for 1 h: (busiest bucket's requests - burst) / 3,600 s. MLflow per workspace 599,960 / 3,600 = 166.66/s,
+    # run history 119,960 / 3,600 = 33.32/s, ARM 99,750 / 3,600 = 27.71/s; one bucket for all: 277.77/s and 55.54/s.
+    assert eight["break_even_per_s"] == {"workspace": {"arm": 27.71, "history": 33.32, "mlflow": 166.66},
+                                         "shared": {"arm": 27.71, "history": 55.54, "mlflow": 277.77}}
+    assert eight["break_even_per_s"] == one["break_even_per_s"]  # the node count moves the latency floor only
+    assert (one["latency_fits_goal"], eight["latency_fits_goal"]) == (False, True)  # 4.55 h, 0.57 h against 1 h
+    shared = report.projection(row, 10, latency_ms, buckets, 8, 100_000, 8, scope="shared")
+    assert (shared["hours"], shared["throttle_bound_h"]) == (13.89, 13.89)
+    # A run without buckets still prices its requests: the break-even of the families given.
+    unthrottled = report.projection(row, 10, latency_ms, {}, 8, 100_000, 8, priced={"mlflow": (20.0, 40)})
+    assert unthrottled["hours"] == 0.57 and unthrottled["break_even_per_s"]["workspace"] == {"mlflow": 166.66}
+    # The bench's own workload: latency 13.1 s / 8 = 1.6 s; MLflow per workspace (60 - 40) / 20 = 1 s, shared (100 - 40) / 20 = 3 s.
+    assert report.modelled_seconds(row, latency_ms, buckets, 8, "workspace") == 1.6
+    assert report.modelled_seconds(row, latency_ms, buckets, 8, "shared") == 3.0
+    both = report.combined("tool", [row, {**row, "wall_s": 5.0, "workspaces": {"dst": {"mlflow": 1}}}])
+    assert both["workspaces"] == {"src": {"arm": 4, "history": 12, "mlflow": 40}, "dst": {"arm": 6, "history": 8, "mlflow": 61}}
+    assert both["wall_s"] == 55.0 and both["requests"]["mlflow"] == 200
+
+
 @pytest.fixture(scope="module")
 def small_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "azure_scale.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_azure_scale.py"), "--jobs", "38", "--files", "2", "--max-kb", "8",
-                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--out", str(out)],
+                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "separate", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     return json.loads(out.read_text()), done.stdout
@@ -99,6 +137,40 @@ def test_the_bench_counts_every_command_by_route(small_bench):
     assert results["commands"]["extract"]["routes"]["blob"].get("GET /{account}/{container}/{blob}", 0) >= 76
     assert any("(copy)" in r for r in results["commands"]["migrate"]["routes"]["blob"])
     assert "requests per job (per file: artifacts, blob) by route; 38 jobs, 76 files" in stdout
-    tool = results["whole"]["tool (migrate + verify)"]
+    tool = results["whole"]["tool, full checks"]
+    assert (tool["checks"], tool["commands"], results["data"]["bucket_scope"]) == ("separate", ["migrate", "verify"], "workspace")
     assert tool["wall_s"] == round(results["commands"]["migrate"]["wall_s"] + results["commands"]["verify"]["wall_s"], 1)
     assert [p["nodes"] for p in tool["projection"]] == [1, 8]
+
+
+def test_the_bench_counts_each_workspace_and_prices_the_break_even(small_bench):
+    results, stdout = small_bench
+    commands = results["commands"]
+    src, dst = "ws-scale-src", "ws-scale-dst"
+    for name, row in commands.items():
+        for family in ("history", "artifacts", "mlflow"):  # each of these requests names its workspace
+            assert sum(ws.get(family, 0) for ws in row["workspaces"].values()) == row["requests"][family], (name, family)
+    assert set(commands["extract"]["workspaces"]) == {src}  # extract reads the source alone
+    # migrate reads the source and writes the target; verify reads both; MLflow on each end, per job.
+    for name in ("migrate", "verify"):
+        assert commands[name]["workspaces"][src]["mlflow"] > 0 and commands[name]["workspaces"][dst]["mlflow"] > 0, name
+    assert commands["migrate"]["workspaces"][dst]["mlflow"] > commands["migrate"]["workspaces"][src]["mlflow"]  # writes: create, batches, status
+    tool = results["whole"]["tool, full checks"]
+    for ws in (src, dst):
+        for family in ("mlflow", "history", "artifacts"):
+            assert tool["workspaces"][ws].get(family, 0) == sum(commands[n]["workspaces"][ws].get(family, 0) for n in ("migrate", "verify"))
+    # No buckets in this run (--no-latency): no throttle bound, and the break-even still priced at the default
+    # buckets' bursts (40): (busiest workspace's MLflow requests x 100,000 / 38 - 40) / 3,600 s.
+    eight = tool["projection"][-1]
+    assert results["buckets"] == {} and eight["throttle_bound_h"] == 0 and eight["hours"] == eight["latency_bound_h"] == 0
+    busiest = max(ws.get("mlflow", 0) for ws in tool["workspaces"].values())
+    assert eight["break_even_per_s"]["workspace"]["mlflow"] == round((busiest * 100_000 / 38 - 40) / 3600, 2) > 0
+    everything = tool["requests"]["mlflow"]
+    assert eight["break_even_per_s"]["shared"]["mlflow"] == round((everything * 100_000 / 38 - 40) / 3600, 2)
+    assert all("projection" in row for row in commands.values())
+    assert "projection: 100,000 jobs from this run's 38" in stdout
+    assert "full checks (separate: migrate + verify): " in stdout and "break-even for 1 h on 8 nodes (latency floor " in stdout
+    full = stdout[stdout.index("full checks (separate"):]
+    per_workspace = next(line for line in full.splitlines() if line.startswith("    per workspace "))
+    assert f"mlflow {eight['break_even_per_s']['workspace']['mlflow']}/s" in per_workspace
+    assert "requests per job by workspace (source: ws-scale-src, target: ws-scale-dst, peer target: ws-scale-peer)" in stdout

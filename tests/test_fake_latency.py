@@ -84,6 +84,36 @@ def test_an_empty_bucket_answers_429_with_retry_after(azure):
     assert fake.requests["throttled:arm"] == 1
 
 
+@pytest.mark.parametrize("scope, second_workspace", [("workspace", 200), ("shared", 429)])
+def test_bucket_scope_a_workspace_each_or_one_for_all(azure, scope, second_workspace):
+    """Under "workspace" a second workspace has a budget of its own; under "shared" it draws from the first's.
+    ARM's bucket is the subscription's under either: two workspaces of one subscription share it."""
+    fake, ws = azure.fake, azure.ws
+    other = fake.add(FakeWorkspace(SUB, RG, "ws-other"))
+    seed.install(other, *seed.build_specs())
+    run = "/runs/eager_owl_04"
+    before = dict(fake.requests)
+    latency.turn_on(fake, latency={}, buckets={"history": (0.01, 1), "arm": (0.01, 1)}, scope=scope)  # one each, then one per 100 s
+    try:
+        history = [get(fake, f"/history/v1.0{w.scope}{run}").status_code for w in (ws, other, ws)]
+        arm = [get(fake, w.scope + "?api-version=2024-10-01-preview").status_code for w in (ws, other)]
+    finally:
+        latency.turn_off(fake)
+        del fake.workspaces[(SUB.lower(), RG.lower(), "ws-other")]
+    assert history == [200, second_workspace, 429]
+    assert arm == [200, 429]
+    counted = {k: v - before.get(k, 0) for k, v in fake.requests.items() if k.startswith("ws") and v != before.get(k, 0)}
+    expected = {f"ws:{WS} history": 1, f"ws_throttled:{WS} history": 1, f"ws:{WS} arm": 1, "ws_throttled:ws-other arm": 1}
+    expected.update({"ws:ws-other history": 1} if second_workspace == 200 else {"ws_throttled:ws-other history": 1})
+    assert counted == expected
+
+
+def test_an_unknown_scope_is_refused(azure):
+    with pytest.raises(ValueError, match="scope 'run'"):
+        latency.turn_on(azure.fake, scope="run")
+    assert "_azure_shape" not in azure.fake.__dict__
+
+
 def test_the_source_absorbs_throttling_and_reads_the_same_jobs(azure):
     baseline = {j.source_id: j.to_json() for j in source().jobs()}
     # ARM sees few requests (workspace, jobs list, components): a bucket of one that refills in 2 s

@@ -20,8 +20,23 @@ Default buckets (rate per second, burst): ARM 25/s with a burst of 250, the docu
 read throttle per subscription and region (token bucket, learn.microsoft.com "Understand how
 Azure Resource Manager throttles requests"); run history, artifacts and MLflow: nothing
 documented, 20/s with a burst of 40 assumed, so that the bench meets 429s and must absorb them.
+Azure ML's service-limits page (MicrosoftDocs/azure-docs, articles/machine-learning/
+resource-limits-capacity.md) lists sizes and counts, no request rates. One public report,
+mlflow/mlflow#11462 (2024-03): one sequential client logging a metric per request (roughly 10/s)
+met persistent 429s from Azure ML's MLflow endpoint after ~700 requests; so a rate of that order
+exists, and its scope (run, principal, workspace) is not said.
 
-    shape = turn_on(fake)                       # defaults; or turn_on(fake, latency={...}, buckets={...})
+Scope of the buckets (`scope=`):
+- "workspace" (the default): one bucket per (family, workspace), the workspace's name read from the
+  request path; ARM's per subscription, as ARM documents it. Azure documents data-plane limits per
+  resource for Storage, Key Vault and Cosmos DB; for Azure ML's run history and MLflow that it is
+  the same is an assumption.
+- "shared": one bucket per family for every workspace the fake serves (the bench's first model).
+Blob is never throttled under either. Requests carried out that name a workspace are also counted
+per workspace, `ws:NAME FAMILY` (ARM's too, though its bucket is the subscription's), and 429s as
+`ws_throttled:NAME FAMILY`, so a bench can tell a source's reads from a target's writes.
+
+    shape = turn_on(fake)                       # defaults; or turn_on(fake, latency={...}, buckets={...}, scope="shared")
     counter = BlobCounter(azurite.endpoint, fake).start()
     store.public = counter.account_url(store.account)
     # or, for production blob URLs (tests/cloud_storage.py): clients get HTTPS_PROXY=counter.url
@@ -41,6 +56,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from fakes.azureml_control_plane import HISTORY_RE, MLFLOW_RE, REQUEST_HOOKS, WORKSPACE_RE
+
+SCOPES = ("workspace", "shared")
+SUBSCRIPTION_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)")
 
 # A segment after one of these names is an instance's name or id: `{runs}` in a route template.
 COLLECTIONS = {"runs", "experiments", "jobs", "components", "versions", "datastores", "computes", "environments", "models",
@@ -75,9 +93,11 @@ class Bucket:
 @dataclass
 class Shape:
     latency: dict[str, tuple[float, float]]  # family -> (low, high) ms
-    buckets: dict[str, Bucket]
+    rates: dict[str, tuple[float, int]]  # family -> (per second, burst); a family without one is never throttled
+    scope: str = "workspace"  # SCOPES: what one bucket covers
     rng: random.Random = field(default_factory=lambda: random.Random(18))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    buckets: dict[tuple[str, str], Bucket] = field(default_factory=dict)  # (family, scope key) -> its bucket, made on first use
 
     def delay(self, family: str) -> float:
         low, high = self.latency.get(family, (0, 0))
@@ -87,6 +107,39 @@ class Shape:
     def mean_ms(self, family: str) -> float:
         low, high = self.latency.get(family, (0, 0))
         return (low + high) / 2
+
+    def bucket(self, family: str, path: str) -> Bucket | None:
+        """The bucket a request of `family` on `path` draws from: its family's only one under "shared", its
+        workspace's (ARM: its subscription's) under "workspace"; None for a family without a rate."""
+        if family not in self.rates:
+            return None
+        key = (family, bucket_key(family, path) if self.scope == "workspace" else "")
+        with self.lock:
+            if key not in self.buckets:
+                self.buckets[key] = Bucket(*self.rates[family])
+            return self.buckets[key]
+
+
+def workspace_name(path: str) -> str | None:
+    """The workspace a control-plane path names (ARM, run history, MLflow), or None (discovery, lists above a
+    workspace). The name alone: the bench's workspaces differ by name."""
+    for pattern in (MLFLOW_RE, WORKSPACE_RE):
+        match = pattern.match(path)
+        if match:
+            return match.group("ws")
+    match = HISTORY_RE.match(path)
+    scope = WORKSPACE_RE.match(match.group("scope")) if match else None
+    return scope.group("ws") if scope else None
+
+
+def bucket_key(family: str, path: str) -> str:
+    """What one bucket covers under the "workspace" scope: ARM's subscription (ARM documents its throttle per
+    principal and subscription; the fake has one principal), else the workspace's name; "" when the path
+    names neither, so such requests share one bucket of their family."""
+    if family == "arm":
+        match = SUBSCRIPTION_RE.match(path)
+        return f"sub:{match.group('sub')}" if match else ""
+    return workspace_name(path) or ""
 
 
 def family(path: str) -> str:
@@ -134,12 +187,15 @@ def blob_route(method: str, path: str, headers) -> str:
     return f"{method} /{{account}}/{{container}}/{{blob}}{what}"
 
 
-def turn_on(fake, latency: dict | None = None, buckets: dict | None = None, seed: int = 18) -> Shape:
+def turn_on(fake, latency: dict | None = None, buckets: dict | None = None, seed: int = 18, scope: str = "workspace") -> Shape:
     """Latency and throttling on `fake` from now on; `latency` / `buckets` replace the defaults family by family
-    ({} for none: a family without a range answers at once, one without a bucket is never throttled)."""
+    ({} for none: a family without a range answers at once, one without a bucket is never throttled); `scope`
+    says whether each workspace has its own buckets or all share one per family (module docstring)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope!r}: one of {SCOPES}")
     ranges = LATENCY_MS if latency is None else latency
     rates = BUCKETS if buckets is None else buckets
-    shape = Shape(dict(ranges), {name: Bucket(*rate) for name, rate in rates.items()}, random.Random(seed))
+    shape = Shape(dict(ranges), dict(rates), scope, random.Random(seed))
     fake.__dict__["_azure_shape"] = shape
     return shape
 
@@ -148,15 +204,15 @@ def turn_off(fake) -> None:
     fake.__dict__.pop("_azure_shape", None)
 
 
-def shaped(fake, name: str) -> float:
-    """Count a request of family `name`, make it wait its latency; the seconds until its bucket has a
-    token when it is throttled, else 0."""
+def shaped(fake, name: str, path: str = "") -> float:
+    """Count a request of family `name` on `path`, make it wait its latency; the seconds until its bucket has
+    a token when it is throttled, else 0."""
     shape = fake.__dict__.get("_azure_shape")
     if shape is None:
         return 0.0
     fake.requests[f"family:{name}"] += 1
     time.sleep(shape.delay(name))
-    bucket = shape.buckets.get(name)
+    bucket = shape.bucket(name, path)
     wait = bucket.take() if bucket else 0.0
     if wait:
         fake.requests[f"throttled:{name}"] += 1
@@ -165,11 +221,17 @@ def shaped(fake, name: str) -> float:
 
 def hook(handler, path: str) -> bool:
     name = family(path)
-    wait = shaped(handler.fake, name)
+    wait = shaped(handler.fake, name, path)
+    shaping = "_azure_shape" in handler.fake.__dict__
+    workspace = workspace_name(path) if shaping else None
     if not wait:
-        if "_azure_shape" in handler.fake.__dict__:  # carried out: counted by route too
+        if shaping:  # carried out: counted by route, and by workspace when the path names one
             handler.fake.requests[f"route:{name} {route(handler.command, handler.path)}"] += 1
+            if workspace:
+                handler.fake.requests[f"ws:{workspace} {name}"] += 1
         return False
+    if workspace:
+        handler.fake.requests[f"ws_throttled:{workspace} {name}"] += 1
     handler._error(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": str(max(1, math.ceil(wait)))})
     return True
 
