@@ -258,7 +258,9 @@ def tool(command: str, ends, args, *more: str, name: str | None = None) -> dict:
 # Azure ML refuses more than 250 rows of one metric name in one log-batch (the fake's reading of the
 # documented limit, tests/fakes/azureml_limits.py; the docs also read as 250 rows in all);
 # mlflow-export-import sends mlflow's MAX_METRICS_PER_BATCH, 1,000, so as released a metric of more
-# than 250 points can be refused. The peer runs with 250, which fits either reading.
+# than 250 points can be refused. It batches a run's points name after name, so with --steps 250 or
+# fewer no name passes 250 in a request and it runs as released; with more it runs with 250 in all,
+# which fits either reading (the one change it needs).
 PEER_SHIM = """import mlflow.utils.validation as validation
 validation.MAX_METRICS_PER_BATCH = 250
 """
@@ -271,12 +273,12 @@ cat {token}
 """
 
 
-def peer_environment(ends) -> dict:
+def peer_environment(ends, steps: int) -> dict:
     from fakes.azureml_control_plane import TENANT, make_token
 
     folder = ends.work / "peer-shim"
     folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(PEER_SHIM)
+    (folder / "sitecustomize.py").write_text(PEER_SHIM if steps > 250 else "")
     token = folder / "token.json"
     token.write_text(json.dumps({"accessToken": make_token(TENANT, expires_in=12 * 3600), "expires_on": int(time.time()) + 12 * 3600,
                                  "tenant": TENANT, "tokenType": "Bearer"}))
@@ -288,11 +290,11 @@ def peer_environment(ends) -> dict:
             "PATH": f"{folder}{os.pathsep}{ends.env['PATH']}"}
 
 
-def peer(ends) -> dict:
+def peer(ends, steps: int) -> dict:
     """mlflow-export-import from the source's MLflow endpoint to the peer workspace's, through azureml-mlflow;
     what it copied is read back from the peer workspace's stores."""
     dump = ends.work / "peer-dump"
-    env = peer_environment(ends)
+    env = peer_environment(ends, steps)
     rows = {
         "export": counted("peer-export", [str(PEER_BIN / "export-experiments"), "--experiments", "all", "--output-dir", str(dump),
                                           "--use-threads", "True"], ends, {**env, "MLFLOW_TRACKING_URI": ends.tracking["src"]}),
@@ -369,7 +371,7 @@ def run(args, ends, shape) -> dict:
         commands["verify"] = tool("verify", ends, args, "--target", ends.target)
     checked = ["migrate --verify"] if args.checks == "inline" else ["migrate", "verify"]
     if not args.no_peer:
-        rows = peer(ends)
+        rows = peer(ends, args.steps)
         commands["peer-export"], commands["peer-import"] = rows["export"], rows["import"]
         results["peer_copied"] = copied(ends, "peer")
     results["tool_copied"] = copied(ends, "dst")
