@@ -13,10 +13,10 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
+from runner.engine.ledger import COMPLETE, ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
-from runner.engine.metric_digest import Digest, count_differences, point_hash
+from runner.engine.metric_digest import Digest, count_differences, digests_by_key, point_hash
 from runner.engine.verify import Difference, expected_user_tags, show, user_tags
 from runner.files.checks import compare
 from runner.files.copier import select
@@ -71,14 +71,16 @@ class JobChecker:
         rows = logged_model_check.compare(reader, self._selection, self.source.workspace, self.client, experiment, target_experiment_id)
         return [Difference(*row) for row in rows]
 
-    def compare(self, job: JobRecord) -> list[Difference]:
+    def compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
+        """`wanted`: the source's metric digests per key when the caller streamed them already
+        (`migrate --verify`, runner.engine.migrate_verify); None reads the source's histories."""
         try:
-            return self._compare(job)
+            return self._compare(job, wanted)
         except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash
             logger.opt(exception=error).debug("verify failed on {}", job.source_id)
             return [Difference(job.source_id, job.name, "error", "", f"{type(error).__name__}: {error}")]
 
-    def _compare(self, job: JobRecord) -> list[Difference]:
+    def _compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
         found = self.ledger.find(job.source_id)
         diff = lambda what, a, b: Difference(job.source_id, job.name, what, show(a), show(b))  # noqa: E731
         if found is None:
@@ -87,6 +89,8 @@ class JobChecker:
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         run = self.client.get_run(found.run_id)
         info, data = run.info, run.data
+        if COMPLETE not in data.tags:  # the run as read now, not as the ledger (or the copy that just wrote it) saw it
+            return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
         overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow()
         params, tags = {**data.params, **overflow["params"]}, {**data.tags, **overflow["tags"]}
@@ -108,7 +112,7 @@ class JobChecker:
         if self.logged_models:
             pairs += model_inputs.compare(self.client, job.model_inputs, run, self._originals)
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
-        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
+        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"], wanted)
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
         for difference in out:
             difference.target_run = found.run_id
@@ -145,10 +149,12 @@ class JobChecker:
         parent = self.ledger.find(job.parent_id)
         return parent.run_id if parent else f"(replayed {job.parent_id})"
 
-    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None) -> list[Difference]:
-        wanted: dict[str, Digest] = {}
-        for point in self.source.metrics(job):  # one stream over every key, as the source reads it
-            wanted.setdefault(point.key, Digest()).add(point_hash(point))
+    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None,
+                        wanted: dict[str, Digest] | None = None) -> list[Difference]:
+        """Every key's history on both sides as digests; `wanted` (the source's, already streamed
+        by the copy) spares reading the source again. A key that differs is counted exactly, and
+        that re-reads its source history: rare, and the count says what is missing."""
+        wanted = digests_by_key(self.source.metrics(job)) if wanted is None else wanted  # one stream over every key
         spilled = spilled or {}
         out = []
         for key in sorted(set(wanted) | target_keys | set(spilled)):
