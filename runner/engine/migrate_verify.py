@@ -68,6 +68,8 @@ class RunCheck:
     def start(self, ledger: Ledger) -> None:
         """The copy's ledger (orphans removed): what the target held before, as verify would read it."""
         self.ledger = Ledger(runs=dict(ledger.runs), duplicates=ledger.duplicates, orphans=list(ledger.orphans))
+        if hasattr(self.target, "remember_copied_files"):  # each run's files are compared with what its copy read
+            self.target.remember_copied_files = True
         self.checker = self.target.checker(self.source, self.ledger, self.mapping)
         if hasattr(self.checker, "logged_models"):
             self.checker.logged_models = self.logged_models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -36,6 +37,7 @@ class JobChecker:
         self.client = target.client
         self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
         self._experiment_names: dict[str, str] = {}
+        self._names_lock = threading.Lock()
         self.logged_models = True  # False with --skip-logged-models: neither models nor model inputs compared
         self._originals: dict[str, str] = {}  # target model id -> source model id, for model inputs
 
@@ -139,9 +141,11 @@ class JobChecker:
         return caps.read(self.client, run_id, self.scratch)
 
     def experiment_name(self, experiment_id: str) -> str:
-        if experiment_id not in self._experiment_names:
-            self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
-        return self._experiment_names[experiment_id]
+        # Under the lock: the checks' threads would otherwise each ask for the same experiment at first.
+        with self._names_lock:
+            if experiment_id not in self._experiment_names:
+                self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
+            return self._experiment_names[experiment_id]
 
     def expected_parent(self, job: JobRecord) -> str | None:
         if not job.parent_id:
@@ -186,15 +190,24 @@ class JobChecker:
             yield MetricPoint(key, decode_float(value), timestamp, step)
 
     def compare_artifacts(self, job: JobRecord, run_id: str, artifact_uri: str | None = None) -> list[Difference]:
+        """The source's files (as a copy selects them) against the target run's, by size and MD5.
+
+        Right after this process copied the run (`migrate --verify`), the source side is what that
+        copy read: the listing it made and, per file, the source's HEAD (size, Content-MD5) or the
+        MD5 of the bytes it streamed (runner.files.copier: `stats.refs`). No second source listing,
+        HEAD or download; the target is listed and each file's size and MD5 read (HEAD or download)
+        as always, so a file lost, cut or changed on the way still shows."""
         options = getattr(self.target, "artifact_options", None) or ArtifactOptions()
+        take = getattr(self.target, "take_copied_files", None)
+        copied = take(run_id) if take is not None else None
         if artifact_uri and open_store(artifact_uri, self.client.tracking_uri, options.auth).server_side:
             # A blob root (or run history's, through its blobs) answers size and MD5 per file without downloading.
             found = compare(
-                source_store(self.source, job, self.scratch, options.auth), artifact_uri, None, options,
+                source_store(self.source, job, self.scratch, options.auth), artifact_uri, copied, options,
                 tracking_uri=self.client.tracking_uri,
             )
             return [Difference(job.source_id, job.name, f"artifact:{m.path}", m.source, m.target) for m in found]
-        chosen = select(self.source.artifacts(job), options, CopyStats())  # as replay chose
+        chosen = select(self.source.artifacts(job) if copied is None else copied, options, CopyStats())  # as replay chose
         listing = [info for info in self.target.list_artifacts(run_id) if info.path != OVERFLOW_PATH]
         if any(info.path == REFS_FILE for info in listing):
             return self.compare_recorded_refs(job, run_id, chosen)
