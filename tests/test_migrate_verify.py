@@ -18,8 +18,9 @@ from conftest import ROOT, run_cli
 from test_fidelity import seed_rich
 
 # `python -c` body: the CLI with the target's caps fitting dropping the first point of `loss` on
-# its way to the target: a copy that loses a point after the source's stream was digested (an
-# aimed patch; what the check must catch on the digest path, with no source read of its own).
+# its way to the target (a copy that loses a point after the source's stream was digested), and the
+# leaf's model/weights.bin overwritten in the target before its completion tag: aimed patches, what
+# the check must catch from the copy's own read of the source (digests, files), with no source read.
 LOSES_A_POINT = """
 import sys
 from runner.mlflow.target import DirectTarget
@@ -34,6 +35,17 @@ def losing(self, job, points, overflow):
         yield point
 
 DirectTarget.fit_metrics = losing
+finish = DirectTarget.finish
+
+def corrupting(self, run_id, job):
+    if job.name == "leaf":  # a file changed in the target between its copy and the completion tag
+        import pathlib, tempfile
+        folder = pathlib.Path(tempfile.mkdtemp())
+        (folder / "weights.bin").write_bytes(b"corrupted")
+        self.client.log_artifact(run_id, str(folder / "weights.bin"), "model")
+    finish(self, run_id, job)
+
+DirectTarget.finish = corrupting
 from runner.cli import main
 main()
 """
@@ -98,9 +110,10 @@ def test_a_target_changed_after_the_copy_is_reported_by_the_rerun(seeded):
     assert "metric:loss" in rerun.stdout and "fix: a run that differs" in rerun.stdout
 
 
-def test_a_point_lost_by_the_copy_is_caught_by_the_inline_check(seeded, tmp_path):
+def test_what_the_copy_lost_or_changed_is_caught_by_the_inline_check(seeded, tmp_path):
     """The digests are taken from the source's stream before the target's caps fitting: a point the
-    copy loses after that shows as missing, though the check reads no source history of its own."""
+    copy loses after that shows as missing, though the check reads no source history of its own; a
+    file changed in the target shows against the size and MD5 the copy read from the source."""
     workspace = f"ws-{seeded['name']}-lossy"
     report = tmp_path / "lossy.json"
     lossy = subprocess.run(
@@ -112,16 +125,18 @@ def test_a_point_lost_by_the_copy_is_caught_by_the_inline_check(seeded, tmp_path
     assert "created 4, repaired 0, skipped 0, failed 0" in lossy.stderr  # the copy itself saw no error
     data = report_of(report)
     assert data["summary"]["compared"] == 4 and data["summary"]["equal"] == 3
-    [difference] = data["differences"]
-    assert difference["job"] == seeded["ids"]["leaf"] and difference["field"] == "metric:loss"
-    assert (difference["source"], difference["target"]) == ("250 points", "249 points (1 missing, 0 extra or changed)")
+    found = {d["field"]: d for d in data["differences"]}
+    assert set(found) == {"metric:loss", "artifact:model/weights.bin"} and {d["job"] for d in found.values()} == {seeded["ids"]["leaf"]}
+    assert (found["metric:loss"]["source"], found["metric:loss"]["target"]) == ("250 points", "249 points (1 missing, 0 extra or changed)")
+    weights = found["artifact:model/weights.bin"]
+    assert json.loads(weights["source"])[0] == 256 * 40 and json.loads(weights["target"])[0] == len(b"corrupted")
 
 
 def test_verify_with_dry_run_is_a_usage_error_and_the_config_file_takes_verify(seeded, tmp_path):
     refused = migrate(seeded, "ws-never", "--verify", "--dry-run")
     assert refused.returncode == 2
-    assert [line for line in refused.stderr.splitlines() if line.strip()] == [
-        next(line for line in refused.stderr.splitlines() if "--verify" in line)]  # one line, naming the flag
+    [line] = refused.stderr.strip().splitlines()  # one line, naming both flags
+    assert "--verify" in line and "--dry-run" in line
     config = tmp_path / "migration.yml"
     config.write_text(f"source: {seeded['source']}\ntarget: {seeded['target']}\nworkspace: ws-{seeded['name']}-config\n"
                       f"filters: {{experiments: ['{seeded['name']}-other']}}\noptions: {{verify: true}}\n", encoding="utf-8")
@@ -138,3 +153,24 @@ def test_replay_verify_checks_against_the_manifest(seeded, tmp_path):
     done = run_cli("replay", "--manifest", str(manifest), "--target", str(target), "--verify", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "created 5" in done.stderr and "verify: 5 runs compared, 5 equal, 0 differ" in done.stdout
+
+
+def test_runs_with_model_inputs_are_checked_after_the_logged_models(servers, tmp_path):
+    """A model input names the model's copy, written in the logged-model pass after the runs: those
+    runs are checked once it is done (checked right after their completion tag, they would lack it)."""
+    from test_mlflow3_models import seed_evaluated
+
+    source, target = servers
+    name = f"inputs-{uuid.uuid4().hex[:8]}"
+    ids = seed_evaluated(MlflowClient(source.uri), name, tmp_path)
+    report = tmp_path / "inputs.json"
+    done = run_cli("migrate", "--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}",
+                   "--verify", "--report", str(report), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "model inputs added 1" in done.stderr
+    runs = len(MlflowClient(source.uri).search_runs([ids["experiment"]]))
+    assert report_of(report)["summary"]["compared"] == report_of(report)["summary"]["equal"] == runs
+    # verify on its own agrees (and reads the model inputs the ordinary way).
+    bare = run_cli("verify", "--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}",
+                   cwd=tmp_path)
+    assert bare.returncode == 0, bare.stdout + bare.stderr[-3000:]
