@@ -85,10 +85,10 @@ def test_the_bench_counts_every_command_by_route(small_bench):
     data = results["data"]
     assert (data["jobs"], data["files"]) == (38, 76)
     assert data["kinds"]["pipeline"] == 2 and data["kinds"]["command step"] > 0 and data["kinds"]["command trial"] == 8
-    assert results["summary"]["migrate_failed_0"] and results["summary"]["verify_all_equal"]
+    assert results["summary"]["migrate_failed_0"] and results["summary"]["verify_all_equal"] and results["summary"]["migrate_verify_all_equal"]
     assert results["tool_copied"] == {"runs": 38, "metric_points": 38 * 5, "files": 76}  # read back from the target's stores
     must = {"extract": {"arm", "history", "artifacts", "mlflow", "blob"}, "migrate": {"arm", "history", "artifacts", "mlflow", "blob"},
-            "verify": {"arm", "history", "artifacts", "mlflow", "blob"}}
+            "verify": {"arm", "history", "artifacts", "mlflow", "blob"}, "migrate --verify": {"arm", "history", "artifacts", "mlflow", "blob"}}
     for name, families in must.items():
         row = results["commands"][name]
         assert families <= set(row["routes"]), (name, row["routes"])
@@ -99,6 +99,11 @@ def test_the_bench_counts_every_command_by_route(small_bench):
     assert results["commands"]["extract"]["routes"]["blob"].get("GET /{account}/{container}/{blob}", 0) >= 76
     assert any("(copy)" in r for r in results["commands"]["migrate"]["routes"]["blob"])
     assert "requests per job (per file: artifacts, blob) by route; 38 jobs, 76 files" in stdout
+    # migrate --verify: the source's histories read once (1 metric key: one get-history a run on each side),
+    # so one run's metric reads fewer than migrate and verify together.
+    routes = {name: results["commands"][name]["routes"]["mlflow"] for name in ("migrate", "verify", "migrate --verify")}
+    history = "GET /mlflow/v2.0/{ws}/api/2.0/mlflow/metrics/get-history"
+    assert (routes["migrate"][history], routes["verify"][history], routes["migrate --verify"][history]) == (38, 76, 76)
     tool = results["whole"]["tool (migrate + verify)"]
     assert tool["wall_s"] == round(results["commands"]["migrate"]["wall_s"] + results["commands"]["verify"]["wall_s"], 1)
     assert [p["nodes"] for p in tool["projection"]] == [1, 8]
