@@ -62,7 +62,7 @@ class Settings:
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
         self.skip_traces = as_bool(options.get("skip_traces", False), "--skip-traces")
-        self.verify = as_bool(options.get("verify", False), "--verify") and "verify" in allowed  # migrate, replay
+        self.verify = "verify" in allowed and as_bool(options.get("verify", False), "--verify")  # migrate, replay
         if self.verify and self.dry_run:
             raise UsageError("--verify checks what the copy wrote, and --dry-run writes nothing: give one of them")
         # runner.mlflow.sync_state: --incremental continues from the sync state in the target; --full reads all and resets it
@@ -252,10 +252,10 @@ class Replayer:
                                     skip_traces=s.skip_traces, logged_models=s.logged_models, check=check)
             summary = replay(src, dst, options)
             code = finish_replay(summary, s.dry_run, None if check else s.report)  # --verify: --report is verify's
-            if check:
-                code = max(code, finish_verify(check, src, dst, s, summary.failures))
             if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
                 sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
+            if check:  # as migrate: the copy's clean pass commits the sync state, the check decides the exit code
+                code = max(code, finish_verify(check, src, dst, s, summary.failures))
             return code
 
         run("replay", flags, body)

@@ -8,6 +8,9 @@ cost is requests, and verify after migrate re-read the source run by run).
 - Right after the run is finished (completion tag written), it is checked as verify checks it
   (`Checker.compare`) with those digests; then they are dropped. Memory: the digests of the runs in
   flight only (a count and a 256-bit sum per key), and the ids of the runs seen (as verify keeps).
+- Files: a target that remembers what its copy of a run read of the source (runner.mlflow.target
+  `remember_copied_files`: each file's size and MD5) lets the checker compare the target's files
+  with that instead of listing the source again (runner.mlflow.check `compare_artifacts`).
 - Runs the copy skipped (complete from an earlier migration), or whose stream did not end, have
   no digest and are checked the ordinary way (the source read again): every selected run is checked.
 - Runs with model inputs are checked after the logged-model pass, which writes those inputs.
