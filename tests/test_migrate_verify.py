@@ -174,3 +174,20 @@ def test_runs_with_model_inputs_are_checked_after_the_logged_models(servers, tmp
     bare = run_cli("verify", "--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", f"ws-{name}",
                    cwd=tmp_path)
     assert bare.returncode == 0, bare.stdout + bare.stderr[-3000:]
+
+
+def test_migrate_models_verify_compares_the_registry_after_its_copy(servers, tmp_path):
+    """With --models the registered models are compared after their copy, in verify's report."""
+    from test_registry import seed as seed_registry
+
+    source, target = servers
+    name = f"regv-{uuid.uuid4().hex[:8]}"
+    seed_registry(MlflowClient(source.uri), name, tmp_path / "seed")
+    report = tmp_path / "verify-report.json"
+    done = run_cli("migrate", "--source", source.uri, "--target", target.uri, "--experiments", f"{name}-exp", "--workspace", f"ws-{name}",
+                   "--models", f"{name}-churn,{name}-fraud", "--verify", "--report", str(report), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "versions: created 6, repaired 0, skipped 0, failed 0" in done.stderr
+    summary = report_of(report)["summary"]
+    assert (summary["compared"], summary["equal"], summary["models"]) == (4, 4, 2) and report_of(report)["differences"] == []
+    assert "verify: 4 runs compared, 4 equal, 0 differ, 2 models compared" in done.stdout
