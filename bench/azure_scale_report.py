@@ -148,20 +148,20 @@ def route_table(commands: dict, jobs: int, files: int) -> list[str]:
                   key=lambda k: (FAMILIES.index(k[0]), k[1]))
     width = max([len(f"{f} {short(r)}") for f, r in keys] + [20])
     lines = [f"requests per job (per file: artifacts, blob) by route; {jobs} jobs, {files} files",
-             f"{'route':<{width}}" + "".join(f"{n:>16}" for n in names)]
+             f"{'route':<{width}}" + "".join(f"{n:>18}" for n in names)]
     for family, route in keys:
         cells = []
         for name in names:
             n = commands[name]["routes"].get(family, {}).get(route, 0)
             cell = f"{n / jobs:.2f}" + (f" ({n / files:.2f})" if family in PER_FILE and files else "") if n else "-"
-            cells.append(f"{cell:>16}")
+            cells.append(f"{cell:>18}")
         lines.append(f"{family + ' ' + short(route):<{width}}" + "".join(cells))
     totals = []
     for name in names:
         row = commands[name]
         job_side = sum(n for f, n in row["requests"].items() if f not in PER_FILE)
         file_side = sum(n for f, n in row["requests"].items() if f in PER_FILE)
-        totals.append(f"{job_side / jobs:.1f} + {file_side / files if files else 0:.2f}/f".rjust(16))
+        totals.append(f"{job_side / jobs:.1f} + {file_side / files if files else 0:.2f}/f".rjust(18))  # 18: `migrate --verify` and a gap
     lines.append(f"{'per job + per file':<{width}}" + "".join(totals))
     return lines
 

@@ -62,6 +62,9 @@ class Settings:
         if self.models_only and not self.models:
             raise UsageError("--models-only needs --models NAME,GLOB|all")
         self.skip_traces = as_bool(options.get("skip_traces", False), "--skip-traces")
+        self.verify = "verify" in allowed and as_bool(options.get("verify", False), "--verify")  # migrate, replay
+        if self.verify and self.dry_run:
+            raise UsageError("--verify checks what the copy wrote, and --dry-run writes nothing: give one of them")
         # runner.mlflow.sync_state: --incremental continues from the sync state in the target; --full reads all and resets it
         self.full = as_bool(flags.get("full", False), "--full")
         self.incremental = as_bool(flags.get("incremental", False), "--incremental") or self.full
@@ -86,8 +89,8 @@ KIND_FLAGS = ("skip_logged_models",)  # kinds beyond runs that can be left out
 # What each command takes besides its named arguments (Settings refuses the rest; --help lists them).
 COMMAND_FLAGS = {
     "extract": SELECT + tuple(config_file.ARTIFACT_KEYS) + SYNC_FLAGS + KIND_FLAGS + ("skip_traces",),
-    "replay": SELECT + ("report", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + KIND_FLAGS,
-    "migrate": SELECT + ("report", "models", "models_only", "skip_traces") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS + KIND_FLAGS,
+    "replay": SELECT + ("report", "skip_traces", "verify") + MAPPING_FLAGS + ARTIFACT_FLAGS + KIND_FLAGS,
+    "migrate": SELECT + ("report", "models", "models_only", "skip_traces", "verify") + MAPPING_FLAGS + ARTIFACT_FLAGS + SYNC_FLAGS + KIND_FLAGS,
     "verify": SELECT + ("report", "models", "models_only", "rename_file", "skip_traces") + ARTIFACT_FLAGS + KIND_FLAGS,
     "tree": SELECT,
     "demo": ("verbose",),
@@ -155,6 +158,32 @@ def finish_replay(summary, dry_run: bool, report: str | None = None) -> int:
     return EXIT_DIFFERENCES if summary.failed else EXIT_OK
 
 
+def run_check(src, dst, s: Settings):
+    """--verify: the check that rides along the copy (runner.engine.migrate_verify), or None."""
+    if not s.verify:
+        return None
+    from runner.engine.migrate_verify import RunCheck
+
+    return RunCheck(src, dst, s.mapping, s.parallel, s.logged_models)
+
+
+def finish_verify(check, src, dst, s: Settings, failures: list) -> int:
+    """--verify after the copy: verify's table, its report (`--report FILE`) and its exit code.
+    With --models-only no run was copied: verify's own registry pass."""
+    from runner.engine.verify import print_table, verify, write_report
+
+    if s.models_only:
+        report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=False, traces=False,
+                        logged_models=s.logged_models)
+    else:
+        report = check.finish(failures, models=s.models, traces=not s.skip_traces)
+    print_table(report)
+    if s.report:
+        write_report(report, Path(s.report))
+        logger.info("report written to {}", s.report)
+    return EXIT_OK if report.ok else EXIT_DIFFERENCES
+
+
 class Replayer:
     """Replay AzureML / MLflow run history into another workspace or tracking store."""
 
@@ -201,6 +230,7 @@ class Replayer:
         --manifest DIR  --target URI|config.yml  [filters as in extract] [--parallel N] [--dry-run]
         [--report summary.json] [--skip-logged-models] [--skip-traces]
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
+        [--verify [--report verify-report.json]] (check each run as `verify` does, against the manifest, as it is written)
         """
 
         def body():
@@ -217,11 +247,15 @@ class Replayer:
             require_files(src, s.artifacts.mode, "replay")
             s.mapping.check_against(src.experiments())
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
+            check = run_check(src, dst, s)
             options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
-                                    skip_traces=s.skip_traces, logged_models=s.logged_models)
-            code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
+                                    skip_traces=s.skip_traces, logged_models=s.logged_models, check=check)
+            summary = replay(src, dst, options)
+            code = finish_replay(summary, s.dry_run, None if check else s.report)  # --verify: --report is verify's
             if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
                 sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
+            if check:  # as migrate: the copy's clean pass commits the sync state, the check decides the exit code
+                code = max(code, finish_verify(check, src, dst, s, summary.failures))
             return code
 
         run("replay", flags, body)
@@ -233,6 +267,8 @@ class Replayer:
         [--models NAME,GLOB|all] [--models-only] [--rename-file F] [--import-source-tags] [--use-source-user] [--skip-traces]
         [--artifacts copy|list|none] [--max-artifact-size 500MB] [--artifact-include GLOBS] [--artifact-exclude GLOBS]
         [--incremental [--full]] (only what changed since the last incremental sync; state kept in the target)
+        [--verify [--report verify-report.json]] (check every selected run as `verify` does, in the same pass: the source's
+        metric histories are digested as they are copied, not read again; verify's table, report and exit code)
         """
 
         def body():
@@ -246,17 +282,24 @@ class Replayer:
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
             code = EXIT_OK
+            check = run_check(src, dst, s)
+            summary_file = None if check else s.report  # --verify: --report is verify's report
+            failures = []
             if not s.models_only:
                 options = ReplayOptions(dry_run=s.dry_run, parallel=s.parallel, retries=s.retries, mapping=s.mapping,
-                                        skip_traces=s.skip_traces, logged_models=s.logged_models)
-                code = finish_replay(replay(src, dst, options), s.dry_run, s.report)
+                                        skip_traces=s.skip_traces, logged_models=s.logged_models, check=check)
+                summary = replay(src, dst, options)
+                failures = summary.failures
+                code = finish_replay(summary, s.dry_run, summary_file)
                 if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
                     sync_state.commit(dst.client, sync.next_state(src))
             if s.models:  # after the runs: versions link to the replayed runs
                 from runner.mlflow.model_copy import RegistryOptions, finish_models, migrate_models
 
                 options = RegistryOptions(s.models, dry_run=s.dry_run, parallel=s.parallel, mapping=s.mapping)
-                code = max(code, finish_models(migrate_models(src, dst, options), s.dry_run, s.report))
+                code = max(code, finish_models(migrate_models(src, dst, options), s.dry_run, summary_file))
+            if check:  # after the registry's copy: its versions are compared too
+                code = max(code, finish_verify(check, src, dst, s, failures))
             return code
 
         run("migrate", flags, body)

@@ -25,6 +25,7 @@ OPTION_KEYS += ARTIFACT_KEYS
 OPTION_KEYS += ("max_tags", "max_metric_keys")  # override the target kind's caps (runner.mlflow.target.Limits)
 OPTION_KEYS += ("skip_traces",)  # runner.mlflow.traces
 OPTION_KEYS += ("skip_logged_models",)  # runs only: no MLflow 3 logged models, nor model inputs
+OPTION_KEYS += ("verify",)  # migrate / replay: verify's full check in the same pass (runner.engine.migrate_verify)
 
 
 @dataclass

@@ -17,6 +17,7 @@ Either way: files byte-identical under the new runs, `verify` clean, a rerun cop
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import re
@@ -29,10 +30,10 @@ from mlflow import MlflowClient
 from azurite import Azurite
 from cloud_storage import CloudStorage
 from conftest import replayed_runs, run_cli
-from fakes import azureml_artifacts
-from fakes.azureml_latency import BlobCounter
+from fakes import azureml_artifacts, azureml_latency
+from fakes.azureml_latency import BlobCounter, blob_route as plain_blob_route, family, route, turn_off, turn_on
 from fakes import azureml_seed as seed
-from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, write_fake_az
+from fakes.azureml_control_plane import REQUEST_HOOKS, FakeControlPlane, FakeWorkspace, write_fake_az
 from servers import MlflowServer
 
 SUB, RG = "3c6a0b1e-0000-4000-8000-00000000a2a2", "rg-move"
@@ -131,9 +132,9 @@ def migrate(move, pair, workspace: str, tmp_path, *more):
                    "--credential", "cli", "--parallel", "4", *more, cwd=tmp_path, env=move.env, timeout=600)
 
 
-def verify(move, pair, workspace: str, tmp_path):
+def verify(move, pair, workspace: str, tmp_path, *more):
     return run_cli("verify", "--source", pair.source, "--target", pair.target, "--experiments", EXPERIMENTS, "--workspace", workspace,
-                   "--credential", "cli", cwd=tmp_path, env=move.env, timeout=600)
+                   "--credential", "cli", *more, cwd=tmp_path, env=move.env, timeout=600)
 
 
 def artifact_line(stderr: str) -> str:
@@ -245,3 +246,82 @@ def test_only_a_runs_root_in_a_workspace_is_a_run_history_store():
         "mlflow-artifacts:/7/abc-1/artifacts",
     ):
         assert parse_run_root(other) is None, other
+
+
+COPY_PUT = "PUT /{account}/{container}/{blob} (copy)"
+
+
+def requests_by_side(move, pair, *commands) -> list[Counter]:
+    """Each command's requests as `SIDE FAMILY METHOD TEMPLATE` (SIDE: source, target or other,
+    from the workspace in the path; blob requests as the fake's blob counter sees them, no side)."""
+    sides = {pair.source.rsplit("/", 1)[1]: "source", pair.dst.name: "target"}
+    counts: Counter = Counter()
+
+    def count(handler, path: str) -> bool:
+        found = re.search(r"/workspaces/([^/?]+)", path, re.IGNORECASE)
+        side = sides.get(found.group(1), "other") if found else "other"
+        counts[f"{side} {family(path)} {route(handler.command, handler.path)}"] += 1
+        return False  # counted only; the request goes on
+
+    def blob_side(method, path, headers) -> str:  # the blob counter's route, with the side its container is on
+        container = path.split("?", 1)[0].split("/")[2]
+        side = {pair.src_store.container: "source", pair.dst_store.container: "target"}.get(container, "other")
+        return f"{side} {plain_blob_route(method, path, headers)}"
+
+    REQUEST_HOOKS.insert(0, count)
+    azureml_latency.blob_route = blob_side
+    turn_on(move.fake, latency={}, buckets={})  # no wait, no 429: the fake's blob routes are counted too
+    out = []
+    try:
+        for command in commands:
+            blobs = Counter({k: v for k, v in move.fake.requests.items() if k.startswith("route:blob ") or k == "blob_refused"})
+            counts.clear()
+            result = command()
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            blob = Counter({k: v for k, v in move.fake.requests.items() if k.startswith("route:blob ") or k == "blob_refused"}) - blobs
+            # Azurite answers 501 to Put Blob From URL; how many copies try it before the process learns
+            # (then Copy Blob) depends on the threads: those refused PUTs are left out, the copies kept.
+            blob[f"route:blob target {COPY_PUT}"] -= blob.pop("blob_refused", 0)
+            out.append(counts + Counter({"{} blob {}".format(*k.removeprefix("route:blob ").split(" ", 1)): v for k, v in blob.items()}))
+    finally:
+        REQUEST_HOOKS.remove(count)
+        azureml_latency.blob_route = plain_blob_route
+        turn_off(move.fake)
+    return out
+
+
+def renamed(tmp_path, suffix: str) -> str:
+    """A rename file sending the experiments to new names: each command below then finds the same
+    target (experiments created by the command), whichever tests ran before."""
+    path = tmp_path / f"rename-{suffix}.yml"
+    path.write_text("".join(f"{name}: {name}-{suffix}\n" for name in EXPERIMENTS.split(",")), encoding="utf-8")
+    return str(path)
+
+
+def test_migrate_verify_reads_each_source_history_once(move, unique, tmp_path):
+    pair = move.pairs["same"]
+    plain, inline = ("--rename-file", renamed(tmp_path, f"p{unique}")), ("--rename-file", renamed(tmp_path, f"i{unique}"))
+    report = tmp_path / "verify-report.json"
+    copied, checked, both = requests_by_side(
+        move, pair, lambda: migrate(move, pair, f"plain-{unique}", tmp_path, *plain),
+        lambda: verify(move, pair, f"plain-{unique}", tmp_path, *plain),
+        lambda: migrate(move, pair, f"inline-{unique}", tmp_path, *inline, "--verify", "--report", str(report)),
+    )
+    assert json.loads(report.read_text())["summary"] == {
+        "compared": 15, "equal": 15, "differing": 0, "models": 0, "traces": 0, "by_field": {}}
+    source = lambda counts: Counter({k: v for k, v in counts.items() if not k.startswith("target ")})  # noqa: E731
+    target = lambda counts: Counter({k: v for k, v in counts.items() if k.startswith("target ")})  # noqa: E731
+    history = "source mlflow GET /mlflow/v2.0/{ws}/api/2.0/mlflow/metrics/get-history"
+    # The source is read once, exactly as plain migrate reads it: its 15 runs' 13 metric histories (one
+    # get-history per key and run, K summed over the runs), the listing (a prefix/contentinfo per job,
+    # 17 with the pages), 10 HEADs for 10 files, 2 files without an MD5 read to hash them, the job tree.
+    assert source(both) == source(copied) and both[history] == copied[history] == checked[history] == 13
+    # The target: the copy's writes plus verify's reads (a runs/get, a get-history per key, the
+    # listing and a HEAD per file), less the ledger verify reads again (an experiments and a runs search).
+    ledger = Counter({"target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/experiments/search": 1,
+                      "target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/search": 1})
+    assert target(both) == target(copied) + target(checked) - ledger
+    # So migrate + verify 160 + 132 = 292 requests; migrate --verify 219: verify's 71 source reads (13
+    # get-history, 5 runs/get, 5 searches, 19 artifacts, 16 blob, 12 job tree and discovery) and the 2 ledger reads fewer.
+    assert (sum(copied.values()), sum(checked.values()), sum(both.values())) == (160, 132, 219)
+    assert sum(source(checked).values()) == 71  # with the discovery request (on neither side)

@@ -47,6 +47,19 @@ def point_hash(point: MetricPoint) -> bytes:
     return hashlib.sha256(f"{int(point.step)} {int(point.timestamp)} {text}".encode()).digest()
 
 
+def add_point(digests: dict[str, Digest], point: MetricPoint) -> None:
+    """`point` into its key's Digest (one made for a key first seen)."""
+    digests.setdefault(point.key, Digest()).add(point_hash(point))
+
+
+def digests_by_key(points: Iterable[MetricPoint]) -> dict[str, Digest]:
+    """A stream of points over any keys as one Digest per key: what verify wants of a source run."""
+    digests: dict[str, Digest] = {}
+    for point in points:
+        add_point(digests, point)
+    return digests
+
+
 def count_differences(
     want: Callable[[], Iterable[MetricPoint]], have: Callable[[], Iterable[MetricPoint]], points: int, scratch: Path,
     part_points: int = PART_POINTS,

@@ -35,6 +35,7 @@ class ReplayOptions:
     mapping: Mapping = field(default_factory=Mapping)  # experiment renames, source tags, source user
     skip_traces: bool = False  # --skip-traces: MLflow 3 traces stay behind
     logged_models: bool = True  # False with --skip-logged-models: runs only (nor model inputs, which name models)
+    check: object = None  # --verify: a runner.engine.migrate_verify.RunCheck, told of each run as it is finished
 
 
 @dataclass
@@ -124,6 +125,8 @@ def replay(source, target, options: ReplayOptions) -> Summary:
         summary.seconds = time.monotonic() - started
         return summary
     ledger = remove_orphans(target, source.workspace, ledger)
+    if options.check is not None:
+        options.check.start(ledger)
     first = Copier(source, target, ledger, options)
     summary = first.run()
     for attempt in range(options.retries):
@@ -318,6 +321,8 @@ class Copier:
             raise ParentFailed() from error
         with self._lock:
             self.summary.count(action)
+        if self.options.check is not None:  # --verify: checked right after its completion tag, in this worker
+            self.options.check.run_done(job, action, run_id)
         self.progress.tick(skipped=action == "skip")
         return run_id
 
@@ -339,13 +344,15 @@ class Copier:
         source_experiment = self.experiments.get(job.experiment) or Experiment(name=job.experiment)
         experiment_id = target.ensure_experiment(self.options.mapping.target_experiment(source_experiment))
         tags = self.options.mapping.run_tags(job, source_experiment, target.run_tags(job, self.source.workspace, parent_run_id))
+        # With --verify the metric stream is digested on its way to the target (runner.engine.migrate_verify).
+        source = self.source if self.options.check is None else self.options.check.source_view
         if action == "create":
             run_id = target.create_run(job, experiment_id, tags)
-            points = target.write_new(run_id, job, self.source, scratch)
+            points = target.write_new(run_id, job, source, scratch)
         else:
             run_id = existing.run_id
             logger.info("repairing {} ({})", describe(job), run_id)
-            points = target.repair(run_id, job, tags, self.source, scratch)
+            points = target.repair(run_id, job, tags, source, scratch)
         target.finish(run_id, job)
         with self._lock:
             self.summary.metric_points += points
@@ -353,6 +360,8 @@ class Copier:
 
     def fail(self, job: JobRecord, reason: str) -> None:
         logger.error("failed {}: {}", describe(job), reason)
+        if self.options.check is not None:
+            self.options.check.run_failed(job)
         with self._lock:
             self.summary.failed += 1
             self.summary.failures.append((job.source_id, reason))

@@ -69,7 +69,9 @@ class Checker(Protocol):
 
     scratch: Path  # a folder for downloads, removed by close()
 
-    def compare(self, job: JobRecord) -> list["Difference"]: ...
+    def compare(self, job: JobRecord, wanted: dict | None = None) -> list["Difference"]:
+        """`wanted`: the source run's metric digests by key, when already read (runner.engine.migrate_verify)."""
+        ...
 
     def compare_experiments(self, experiments: Iterable[Experiment], mapping: Mapping) -> list["Difference"]: ...
 

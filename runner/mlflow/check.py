@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -13,10 +14,10 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
+from runner.engine.ledger import COMPLETE, ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
-from runner.engine.metric_digest import Digest, count_differences, point_hash
+from runner.engine.metric_digest import Digest, count_differences, digests_by_key, point_hash
 from runner.engine.verify import Difference, expected_user_tags, show, user_tags
 from runner.files.checks import compare
 from runner.files.copier import select
@@ -36,6 +37,7 @@ class JobChecker:
         self.client = target.client
         self.scratch = Path(tempfile.mkdtemp(prefix="replayer-verify-"))
         self._experiment_names: dict[str, str] = {}
+        self._names_lock = threading.Lock()
         self.logged_models = True  # False with --skip-logged-models: neither models nor model inputs compared
         self._originals: dict[str, str] = {}  # target model id -> source model id, for model inputs
 
@@ -71,14 +73,16 @@ class JobChecker:
         rows = logged_model_check.compare(reader, self._selection, self.source.workspace, self.client, experiment, target_experiment_id)
         return [Difference(*row) for row in rows]
 
-    def compare(self, job: JobRecord) -> list[Difference]:
+    def compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
+        """`wanted`: the source's metric digests per key when the caller streamed them already
+        (`migrate --verify`, runner.engine.migrate_verify); None reads the source's histories."""
         try:
-            return self._compare(job)
+            return self._compare(job, wanted)
         except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash
             logger.opt(exception=error).debug("verify failed on {}", job.source_id)
             return [Difference(job.source_id, job.name, "error", "", f"{type(error).__name__}: {error}")]
 
-    def _compare(self, job: JobRecord) -> list[Difference]:
+    def _compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
         found = self.ledger.find(job.source_id)
         diff = lambda what, a, b: Difference(job.source_id, job.name, what, show(a), show(b))  # noqa: E731
         if found is None:
@@ -87,6 +91,8 @@ class JobChecker:
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         run = self.client.get_run(found.run_id)
         info, data = run.info, run.data
+        if COMPLETE not in data.tags:  # the run as read now, not as the ledger (or the copy that just wrote it) saw it
+            return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
         overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow()
         params, tags = {**data.params, **overflow["params"]}, {**data.tags, **overflow["tags"]}
@@ -108,7 +114,7 @@ class JobChecker:
         if self.logged_models:
             pairs += model_inputs.compare(self.client, job.model_inputs, run, self._originals)
         out += [diff(what, a, b) for what, a, b in pairs if a != b]
-        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"])
+        out += self.compare_metrics(job, found.run_id, set(data.metrics), overflow["metrics"], wanted)
         out += self.compare_artifacts(job, found.run_id, info.artifact_uri)
         for difference in out:
             difference.target_run = found.run_id
@@ -135,9 +141,11 @@ class JobChecker:
         return caps.read(self.client, run_id, self.scratch)
 
     def experiment_name(self, experiment_id: str) -> str:
-        if experiment_id not in self._experiment_names:
-            self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
-        return self._experiment_names[experiment_id]
+        # Under the lock: the checks' threads would otherwise each ask for the same experiment at first.
+        with self._names_lock:
+            if experiment_id not in self._experiment_names:
+                self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
+            return self._experiment_names[experiment_id]
 
     def expected_parent(self, job: JobRecord) -> str | None:
         if not job.parent_id:
@@ -145,10 +153,12 @@ class JobChecker:
         parent = self.ledger.find(job.parent_id)
         return parent.run_id if parent else f"(replayed {job.parent_id})"
 
-    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None) -> list[Difference]:
-        wanted: dict[str, Digest] = {}
-        for point in self.source.metrics(job):  # one stream over every key, as the source reads it
-            wanted.setdefault(point.key, Digest()).add(point_hash(point))
+    def compare_metrics(self, job: JobRecord, run_id: str, target_keys: set[str], spilled: dict | None = None,
+                        wanted: dict[str, Digest] | None = None) -> list[Difference]:
+        """Every key's history on both sides as digests; `wanted` (the source's, already streamed
+        by the copy) spares reading the source again. A key that differs is counted exactly, and
+        that re-reads its source history: rare, and the count says what is missing."""
+        wanted = digests_by_key(self.source.metrics(job)) if wanted is None else wanted  # one stream over every key
         spilled = spilled or {}
         out = []
         for key in sorted(set(wanted) | target_keys | set(spilled)):
@@ -180,15 +190,24 @@ class JobChecker:
             yield MetricPoint(key, decode_float(value), timestamp, step)
 
     def compare_artifacts(self, job: JobRecord, run_id: str, artifact_uri: str | None = None) -> list[Difference]:
+        """The source's files (as a copy selects them) against the target run's, by size and MD5.
+
+        Right after this process copied the run (`migrate --verify`), the source side is what that
+        copy read: the listing it made and, per file, the source's HEAD (size, Content-MD5) or the
+        MD5 of the bytes it streamed (runner.files.copier: `stats.refs`). No second source listing,
+        HEAD or download; the target is listed and each file's size and MD5 read (HEAD or download)
+        as always, so a file lost, cut or changed on the way still shows."""
         options = getattr(self.target, "artifact_options", None) or ArtifactOptions()
+        take = getattr(self.target, "take_copied_files", None)
+        copied = take(run_id) if take is not None else None
         if artifact_uri and open_store(artifact_uri, self.client.tracking_uri, options.auth).server_side:
             # A blob root (or run history's, through its blobs) answers size and MD5 per file without downloading.
             found = compare(
-                source_store(self.source, job, self.scratch, options.auth), artifact_uri, None, options,
+                source_store(self.source, job, self.scratch, options.auth), artifact_uri, copied, options,
                 tracking_uri=self.client.tracking_uri,
             )
             return [Difference(job.source_id, job.name, f"artifact:{m.path}", m.source, m.target) for m in found]
-        chosen = select(self.source.artifacts(job), options, CopyStats())  # as replay chose
+        chosen = select(self.source.artifacts(job) if copied is None else copied, options, CopyStats())  # as replay chose
         listing = [info for info in self.target.list_artifacts(run_id) if info.path != OVERFLOW_PATH]
         if any(info.path == REFS_FILE for info in listing):
             return self.compare_recorded_refs(job, run_id, chosen)

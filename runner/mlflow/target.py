@@ -58,6 +58,8 @@ class DirectTarget:
         self._completed: set[str] = set()  # runs whose completion tag is written already
         self._row_caps: RowCaps | None = None  # see row_caps()
         self.inputs = run_inputs.InputWriter()  # dataset inputs; remembers a target without that route
+        self.remember_copied_files = False  # --verify sets it (runner.engine.migrate_verify)
+        self._copied_files: dict[str, list] = {}  # run id -> the source files its copy read, until checked
 
     def describe(self) -> dict:
         return {"kind": "direct", "uri": uris.redact(self.uri)}
@@ -394,12 +396,23 @@ class DirectTarget:
             source_store(source, job, scratch, options.auth), artifact_uri, None, options,
             tracking_uri=self.client.tracking_uri, fresh=fresh, label=f"artifacts of {job.source_id}",
         )
-        stats.refs = []
+        copied, stats.refs = stats.refs, []
         with self._lock:
             self.artifact_stats.merge(stats)
+            # --verify: what this copy read of the source files (path, size, MD5 of the bytes or the
+            # source's HEAD), for the check right after (take_copied_files). Only a run created now:
+            # a repair's "already there" files carry the target's MD5, not the source's.
+            if self.remember_copied_files and fresh and options.mode == "copy" and not stats.failed:
+                self._copied_files[run_id] = copied
         if stats.failed:
             path, reason = stats.failed[0]
             raise ReplayerError(f"{len(stats.failed)} artifacts not copied (first: {path}: {reason}); rerun to resume")
+
+    def take_copied_files(self, run_id: str) -> list | None:
+        """The source files (ArtifactRefs with MD5) the copy of a run created by this process read,
+        once, for its check; None when not remembered (verify alone, a repaired or skipped run)."""
+        with self._lock:
+            return self._copied_files.pop(run_id, None)
 
     def list_artifacts(self, run_id: str) -> Iterator:
         pending = [""]
