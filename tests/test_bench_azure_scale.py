@@ -174,3 +174,22 @@ def test_the_bench_counts_each_workspace_and_prices_the_break_even(small_bench):
     per_workspace = next(line for line in full.splitlines() if line.startswith("    per workspace "))
     assert f"mlflow {eight['break_even_per_s']['workspace']['mlflow']}/s" in per_workspace
     assert "requests per job by workspace (source: ws-scale-src, target: ws-scale-dst, peer target: ws-scale-peer)" in stdout
+
+
+def test_the_bench_checks_inline_with_the_source_read_once(tmp_path):
+    """`--checks inline` (the default): one `migrate --verify` is the migration with full checks. Each
+    source history is read once (38 runs x 1 key), the target's once by the check: 2 x 38 get-history,
+    where migrate + verify read 3 x 38 (the separate fixture above)."""
+    out = tmp_path / "azure_scale.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_azure_scale.py"), "--jobs", "38", "--files", "1", "--max-kb", "4",
+                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "inline", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    results = json.loads(out.read_text())
+    assert results["summary"]["checks"] == "inline" and results["summary"]["migrate_failed_0"] and results["summary"]["verify_all_equal"]
+    assert set(results["commands"]) == {"extract", "migrate --verify"}
+    tool = results["whole"]["tool, full checks"]
+    assert tool["commands"] == ["migrate --verify"] and results["tool_copied"]["runs"] == 38
+    history = "GET /mlflow/v2.0/{ws}/api/2.0/mlflow/metrics/get-history"
+    assert results["commands"]["migrate --verify"]["routes"]["mlflow"][history] == 2 * 38
+    assert "full checks (inline: migrate --verify): " in done.stdout
