@@ -321,7 +321,8 @@ def test_migrate_verify_reads_each_source_history_once(move, unique, tmp_path):
     ledger = Counter({"target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/experiments/search": 1,
                       "target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/search": 1})
     assert target(both) == target(copied) + target(checked) - ledger
-    # So migrate + verify 160 + 132 = 292 requests; migrate --verify 219: verify's 71 source reads (13
+    # So migrate + verify 159 + 132 = 291 requests; migrate --verify 218: verify's 71 source reads (13
     # get-history, 5 runs/get, 5 searches, 19 artifacts, 16 blob, 12 job tree and discovery) and the 2 ledger reads fewer.
-    assert (sum(copied.values()), sum(checked.values()), sum(both.values())) == (160, 132, 219)
+    # (bright_kiwi_01's 50 accuracy and 2,500 loss points take 10 log-batch requests, not 11: 250 rows per name.)
+    assert (sum(copied.values()), sum(checked.values()), sum(both.values())) == (159, 132, 218)
     assert sum(source(checked).values()) == 71  # with the discovery request (on neither side)
