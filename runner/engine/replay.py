@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -23,6 +24,9 @@ from runner.engine.mapping import Mapping, sync_deleted_experiments
 from runner.core.records import Experiment, JobRecord
 from runner.core.progress import Progress
 from runner.engine.selection import Selection, kinds_line
+
+if TYPE_CHECKING:  # the annotation only: a copy without --verify never loads the checks
+    from runner.engine.migrate_verify import RunCheck
 
 SIGILS = {"create": "+", "repair": "*", "skip": "="}
 
@@ -35,7 +39,7 @@ class ReplayOptions:
     mapping: Mapping = field(default_factory=Mapping)  # experiment renames, source tags, source user
     skip_traces: bool = False  # --skip-traces: MLflow 3 traces stay behind
     logged_models: bool = True  # False with --skip-logged-models: runs only (nor model inputs, which name models)
-    check: object = None  # --verify: a runner.engine.migrate_verify.RunCheck, told of each run as it is finished
+    check: RunCheck | None = None  # --verify: told of each run as it is finished (runner.engine.migrate_verify)
 
 
 @dataclass
