@@ -509,3 +509,30 @@ def test_token_refused_midway_is_one_error_line_and_exit_2(azure, tmp_path):
     assert len(lines) == 1, result.stderr[-3000:]
     assert f"workspace {WS}" in lines[0] and "credential 'cli'" in lines[0] and "HTTP 401" in lines[0] and "ExpiredAuthenticationToken" in lines[0], lines[0]
     assert "Traceback" not in result.stderr and not (out / "manifest.json").exists()
+
+
+def test_a_throttled_run_history_request_waits_past_the_clients_own_attempts(azure):
+    """A 429 is the service pacing the tool: past azure-core's own 8 attempts a run history request
+    is sent again after the Retry-After (runner.azureml.run_history `_send`). Here the children
+    listing is refused 10 times running (more than the client's attempts; what 16 threads sharing
+    one bucket met on the 2,000-job bench, where the whole extract stopped), then answered."""
+    from fakes.azureml_control_plane import REQUEST_HOOKS
+
+    refused = Counter()
+
+    def throttle(handler, path: str) -> bool:
+        """The first parent's children: refused 10 times running (the same request each time)."""
+        route = path.split("?", 1)[0]
+        if route.endswith("/children") and (not refused or route in refused) and refused[route] < 10:
+            refused[route] += 1
+            handler._error(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": "0"})
+            return True
+        return False
+
+    REQUEST_HOOKS.insert(0, throttle)
+    try:
+        listed = names()
+    finally:
+        REQUEST_HOOKS.remove(throttle)
+    assert list(refused.values()) == [10]
+    assert sorted(listed) == sorted(s.name for s in azure.specs)

@@ -32,6 +32,7 @@ Every SAS URL lives in one request: never stored, logged, or put in an error mes
 """
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -42,6 +43,7 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
+from runner.core import retry
 from runner.core.errors import EndpointError, UsageError, first_line
 from runner.core.records import ArtifactRef
 from runner.azureml.blob import GET_SIZES, blob_stat, copy_into_blob, downloaded, pooled_transport, server_side_refusals, set_content_md5, write_block_blob
@@ -81,12 +83,25 @@ class RunHistory:
         from azure.core.exceptions import HttpResponseError
 
         with self.errors(doing):
-            answer = self.client().send_request(request)
+            answer = self._send(request)
             if answer.status_code == 404 and missing_ok:
                 return None
             if answer.status_code != 200:
                 raise HttpResponseError(response=answer)
             return answer.json()
+
+    def _send(self, request):
+        """The answer to `request`; throttled past the client's own retries, sent again after the
+        service's Retry-After (with jitter, so threads refused together do not return together)
+        until retry.THROTTLE_PATIENCE has passed: then the refusal is the answer."""
+        deadline = time.monotonic() + retry.THROTTLE_PATIENCE
+        while True:
+            answer = self.client().send_request(request)
+            wait = retry.throttled_for(answer.status_code, answer.headers)
+            if wait is None or time.monotonic() + wait > deadline:
+                return answer
+            logger.debug("run history throttled ({}): again in {:.1f} s", answer.status_code, wait)
+            time.sleep(wait + random.uniform(0, 1))
 
     def _scope(self) -> tuple[str, str, str]:
         return self.subscription, self.resource_group, self.workspace
