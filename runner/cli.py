@@ -170,13 +170,21 @@ def run_check(src, dst, s: Settings):
 def finish_verify(check, src, dst, s: Settings, failures: list) -> int:
     """--verify after the copy: verify's table, its report (`--report FILE`) and its exit code.
     With --models-only no run was copied: verify's own registry pass."""
-    from runner.engine.verify import print_table, verify, write_report
+    from runner.engine.verify import verify
 
     if s.models_only:
         report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=False, traces=False,
                         logged_models=s.logged_models)
     else:
         report = check.finish(failures, models=s.models, traces=not s.skip_traces)
+    return end_verify(report, s)
+
+
+def end_verify(report, s: Settings) -> int:
+    """verify's ending, alone or after a copy: its table, its report (`--report FILE`; written only
+    when asked, nothing lands in the working directory by itself) and its exit code."""
+    from runner.engine.verify import print_table, write_report
+
     print_table(report)
     if s.report:
         write_report(report, Path(s.report))
@@ -313,7 +321,7 @@ class Replayer:
 
         def body():
             from runner.ends import open_source
-            from runner.engine.verify import print_table, verify, write_report
+            from runner.engine.verify import verify
 
             s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["verify"])
             src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
@@ -322,11 +330,7 @@ class Replayer:
             # --models-only: the registry alone, e.g. the pipeline's models step (its verify step compares the runs)
             report = verify(src, dst, parallel=s.parallel, mapping=s.mapping, models=s.models, runs=not s.models_only,
                             traces=not (s.skip_traces or s.models_only), logged_models=s.logged_models)
-            print_table(report)
-            if s.report:  # written only when asked: nothing lands in the working directory by itself
-                write_report(report, Path(s.report))
-                logger.info("report written to {}", s.report)
-            return EXIT_OK if report.ok else EXIT_DIFFERENCES
+            return end_verify(report, s)
 
         run("verify", flags, body)
 
