@@ -260,10 +260,10 @@ class Replayer:
                                     skip_traces=s.skip_traces, logged_models=s.logged_models, check=check)
             summary = replay(src, dst, options)
             code = finish_replay(summary, s.dry_run, None if check else s.report)  # --verify: --report is verify's
-            if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in
-                sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
-            if check:  # as migrate: the copy's clean pass commits the sync state, the check decides the exit code
+            if check:  # the check decides the exit code, and so whether the sync state may move on
                 code = max(code, finish_verify(check, src, dst, s, summary.failures))
+            if code == EXIT_OK and not s.dry_run:  # an incremental extract's sync state, once all of it is in (and equal)
+                sync_state.commit_pending(str(manifest), s.need("target", "target"), dst.client, whole=s.filters == Filters())
             return code
 
         run("replay", flags, body)
@@ -289,7 +289,7 @@ class Replayer:
             sync = sync_state.begin(src, s.need("target", "target"), s.full) if s.incremental else None
             s.mapping.check_against(src.experiments())  # an unknown --experiments name fails here, before the target is created
             dst = open_target(s.need("target", "target"), s.dry_run, s.artifacts, s.limits)
-            code = EXIT_OK
+            code, copied_clean = EXIT_OK, False
             check = run_check(src, dst, s)
             summary_file = None if check else s.report  # --verify: --report is verify's report
             failures = []
@@ -299,8 +299,7 @@ class Replayer:
                 summary = replay(src, dst, options)
                 failures = summary.failures
                 code = finish_replay(summary, s.dry_run, summary_file)
-                if sync and code == EXIT_OK and not s.dry_run:  # only after a clean pass: a failed sync redoes its window
-                    sync_state.commit(dst.client, sync.next_state(src))
+                copied_clean = sync is not None and code == EXIT_OK and not s.dry_run
             if s.models:  # after the runs: versions link to the replayed runs
                 from runner.mlflow.model_copy import RegistryOptions, finish_models, migrate_models
 
@@ -308,6 +307,10 @@ class Replayer:
                 code = max(code, finish_models(migrate_models(src, dst, options), s.dry_run, summary_file))
             if check:  # after the registry's copy: its versions are compared too
                 code = max(code, finish_verify(check, src, dst, s, failures))
+            # The sync state moves on only after a clean pass (a failed sync redoes its window); with --verify,
+            # only after an equal one too.
+            if copied_clean and (not check or code == EXIT_OK):
+                sync_state.commit(dst.client, sync.next_state(src))
             return code
 
         run("migrate", flags, body)

@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from conftest import ROOT, run_cli
+from runner.core.filters import Filters
+from runner.mlflow import sync_state
 from test_fidelity import seed_rich
 
 # `python -c` body: the CLI with the target's caps fitting dropping the first point of `loss` on
@@ -118,7 +120,7 @@ def test_what_the_copy_lost_or_changed_is_caught_by_the_inline_check(seeded, tmp
     report = tmp_path / "lossy.json"
     lossy = subprocess.run(
         [sys.executable, "-c", LOSES_A_POINT, "migrate", "--source", seeded["source"], "--target", seeded["target"],
-         "--experiments", seeded["name"], "--workspace", workspace, "--verify", "--report", str(report)],
+         "--experiments", seeded["name"], "--workspace", workspace, "--verify", "--report", str(report), "--incremental"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "REPLAYER_LOG_DIR": str(tmp_path)},
     )
     assert lossy.returncode == 1, lossy.stdout + lossy.stderr[-3000:]
@@ -130,6 +132,16 @@ def test_what_the_copy_lost_or_changed_is_caught_by_the_inline_check(seeded, tmp
     assert (found["metric:loss"]["source"], found["metric:loss"]["target"]) == ("250 points", "249 points (1 missing, 0 extra or changed)")
     weights = found["artifact:model/weights.bin"]
     assert json.loads(weights["source"])[0] == 256 * 40 and json.loads(weights["target"])[0] == len(b"corrupted")
+    # A pass that differs keeps the incremental sync state where it was: the next sync reads this window again.
+    assert sync_state.read_state(seeded["target"], sync_state.state_key(workspace, Filters())) is None
+
+
+def test_an_equal_incremental_pass_moves_the_sync_state_on(seeded):
+    workspace = f"ws-{seeded['name']}-sync"
+    done = migrate(seeded, workspace, "--verify", "--incremental")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    state = sync_state.read_state(seeded["target"], sync_state.state_key(workspace, Filters()))
+    assert state is not None and state.watermark is not None
 
 
 def test_verify_with_dry_run_is_a_usage_error_and_the_config_file_takes_verify(seeded, tmp_path):
