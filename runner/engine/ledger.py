@@ -18,6 +18,7 @@ ORIGINAL_EXPERIMENT = "original_experiment"
 ORIGINAL_WORKSPACE = "original_workspace"
 ORIGINAL_DEPTH = "original_pipeline_depth"
 ORIGINAL_ERROR = "original_error"
+ORIGINAL_MODEL_ID = "original_model_id"  # on logged models copied into the target
 # A run tag value holds at most 1,000 characters on Azure ML (resource-limits-capacity.md), and
 # the tool's own tags are never cut or moved to overflow: the error message is cut here.
 MAX_ERROR_TAG = 1000

@@ -30,13 +30,13 @@ from loguru import logger
 from runner.core.errors import ReplayerError
 from runner.core.records import ModelMetric, ModelRecord
 from runner.engine import manifest_models
-from runner.engine.ledger import ORIGINAL_WORKSPACE
+from runner.engine.ledger import ORIGINAL_MODEL_ID, ORIGINAL_WORKSPACE
 from runner.engine.manifest import ManifestSource
 from runner.engine.selection import Selection
 from runner.files.copier import copy_artifacts
 from runner.files.roots import open_store
 from runner.mlflow import model_inputs
-from runner.mlflow.registry import MODEL_VERSIONS_TAG, ORIGINAL_MODEL_ID, user_tags
+from runner.mlflow.registry import MODEL_VERSIONS_TAG, user_tags
 from runner.mlflow.uris import is_azureml_endpoint, missing_route
 
 PAGE = 100

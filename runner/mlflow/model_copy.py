@@ -14,12 +14,12 @@ from loguru import logger
 
 from runner.mlflow import uris
 from runner.core.errors import ReplayerError, UsageError
-from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, Ledger
+from runner.engine.ledger import COMPLETE, ORIGINAL_MODEL_ID, ORIGINAL_WORKSPACE, Ledger
 from runner.engine.mapping import Mapping
 from runner.core.records import Experiment
 from runner.core.progress import Progress
 from runner.mlflow.registry import (
-    ALIASES_TAG, Files, MODEL_VERSIONS_TAG, ModelRecord, NO_STAGE, ORIGINAL_MODEL_ID,
+    ALIASES_TAG, Files, MODEL_VERSIONS_TAG, ModelRecord, NO_STAGE,
     ORIGINAL_SOURCE, ORIGINAL_VERSION, PLACEHOLDER, READY_TIMEOUT, Registry, SIGILS, STAGE_TAG,
     VersionRecord, reason, settled, target_aliases, target_stage, user_tags,
     version_lineage,

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from runner.engine.ledger import ORIGINAL_MODEL_ID
 from runner.mlflow.uris import is_azureml_endpoint, missing_route
-
-# runner.mlflow.registry's name, not imported: the registry reads runs through runner.mlflow.source,
-# which reads model inputs through this module.
-ORIGINAL_MODEL_ID = "original_model_id"
 
 READERS = 8  # get_run requests in flight while a page of runs is read
 

@@ -41,7 +41,6 @@ from runner.core.records import Experiment
 
 ORIGINAL_VERSION = "original_model_version"
 ORIGINAL_RUN = "original_run_id"
-ORIGINAL_MODEL_ID = "original_model_id"  # on logged models copied into the target
 ORIGINAL_SOURCE = "original_source"  # on logged models holding files uploaded from elsewhere
 ORIGINAL_CREATED = "original_creation_timestamp"  # what a target sets by itself on a new version:
 ORIGINAL_USER = "original_user_id"  # the source's creation time (ms), user and run link (a URL
