@@ -203,9 +203,8 @@ def test_a_create_throttled_past_mlflows_retries_is_sent_again_and_the_run_copie
     with refusing([throttled] * 10, "POST", "/api/2.0/mlflow/runs/create") as refused:
         result = run_cli("migrate", "--source", str(source), "--target", azure.target, "--workspace", f"ws-{unique}",
                          "--parallel", "1", "--retries", "0", cwd=tmp_path, env=FAST_RETRIES)
-    assert refused == [429] * 10
-    assert result.returncode == 0, result.stderr[-3000:]
     assert f"created {total}, repaired 0, skipped 0, failed 0" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0 and refused == [429] * 10, refused
     copies = active_copies(MlflowClient(azure.fake.mlflow_uri), f"ws-{unique}")
     assert len(copies) == len(set(copies)) == total
     check = run_cli("verify", "--source", str(source), "--target", azure.target, "--workspace", f"ws-{unique}", cwd=tmp_path)

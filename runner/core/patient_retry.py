@@ -19,6 +19,14 @@ retry.THROTTLE_PATIENCE has passed since its first refusal. A wait that would en
 deadline is not begun: urllib3 raises as before (MLflow: "... too many 429 error responses").
 Every other error (a 400, a 500, a 503 without Retry-After, a reset) spends the budget as before.
 
+Why resending is safe, POSTs included: a throttled request is refused, not carried out. ARM
+documents it ("If you send a request before the retry value has elapsed, your request isn't
+processed", MicrosoftDocs/azure-docs articles/azure-resource-manager/management/
+request-limits-and-throttling.md); for Azure ML's MLflow endpoint it is assumed alike (nothing
+documents its throttle; tests/recordings/README.md). What it fixes: mlflow/mlflow#11462, Azure ML's
+MLflow endpoint refusing `runs/log-batch` past the client's retries ("Max retries exceeded ... too
+many 429 error responses"), and the same on the Azure-shaped bench at --parallel 16.
+
 `install(policy)` (from retry.configure) takes runner.core.retry itself: THROTTLE_PATIENCE,
 MAX_BACKOFF and throttled_for are read at each refusal (a test may lower the patience), and this
 module does not import retry back (retry imports it; the layers allow no circle). It puts the
