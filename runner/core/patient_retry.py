@@ -51,8 +51,8 @@ class PatientRetry(Retry):
     """urllib3's Retry that keeps resending a throttled request past its budget (module docstring).
 
     `policy` is runner.core.retry (set by `install`). `deadline` (time.monotonic()) is set on the
-    request's first refusal; the session's own instance never carries one (urllib3 derives a new object per attempt through `new`).
-    `patient_rounds` counts the sends past the budget; `patient_wait` is the wait chosen for the
+    request's first throttle; the session's own instance never carries one (urllib3 derives a new
+    object per attempt through `new`, so one request's deadline is not another's). `patient_rounds` counts the sends past the budget; `patient_wait` is the wait chosen for the
     next one (urllib3 calls `sleep` on the object `increment` returned).
     """
 
@@ -113,6 +113,7 @@ def install(policy) -> None:
 
 
 def put_into(request_utils) -> None:
+    """mlflow builds each session's Retry from this module global: make it ours (once)."""
     if request_utils.Retry is not PatientRetry:
         request_utils.Retry = PatientRetry
         request_utils._cached_get_request_session.cache_clear()  # sessions built with the old policy
