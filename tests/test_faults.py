@@ -157,3 +157,121 @@ def test_extraction_through_lost_answers_and_resets_is_exact(azure):
     assert got_records == records and len(records) == len(azure.specs)
     assert got_histories == {s.name: sorted(MetricPoint(k, v, ts, step).identity() for k, rows in s.metrics.items() for step, ts, v in rows)
                              for s in azure.specs}
+
+
+# -- throttling past the client's own retries (runner/core/patient_retry.py) ------------------------
+
+
+@contextmanager
+def refusing(answers: list[tuple[int, dict]], method: str, route: str):
+    """A REQUEST_HOOK answering `method` requests whose path ends with `route` with `answers` in
+    turn (status, headers); the last one again once they run out when `answers` ends with None, else
+    the request goes on to the fake. Yields the list of statuses answered, one per refused request."""
+    from fakes.azureml_control_plane import REQUEST_HOOKS
+
+    answered: list[int] = []
+    forever = answers[-1] is None
+    script = answers[:-1] if forever else answers
+
+    def hook(handler, path: str) -> bool:
+        if handler.command != method or not path.endswith(route):
+            return False
+        if len(answered) >= len(script) and not forever:
+            return False
+        status, headers = script[min(len(answered), len(script) - 1)]
+        answered.append(status)
+        code = {429: "TooManyRequests", 503: "ServiceUnavailable", 400: "BadRequest"}.get(status, "Error")
+        handler._error(status, code, "refused by the test", headers)
+        return True
+
+    REQUEST_HOOKS.insert(0, hook)
+    try:
+        yield answered
+    finally:
+        REQUEST_HOOKS.remove(hook)
+
+
+def test_a_create_throttled_past_mlflows_retries_is_sent_again_and_the_run_copied_once(azure, unique, tmp_path):
+    """Azure ML's MLflow endpoint refuses the same runs/create 10 times running (MLflow's client has
+    7 retries: without patience the 8th refusal fails the run, as on the Azure-shaped bench at
+    --parallel 16), then takes it. One thread and --retries 0, so every refusal is the same request
+    and no whole-command rerun hides a failure. A refused POST was not carried out: one copy per run."""
+    source = tmp_path / "src"
+    experiment = f"az-patience-{unique}"
+    total = seed(uris.open_client(str(source), create=True), experiment, tmp_path, roots=1, children=2)
+    throttled = (429, {"Retry-After": "0"})
+    with refusing([throttled] * 10, "POST", "/api/2.0/mlflow/runs/create") as refused:
+        result = run_cli("migrate", "--source", str(source), "--target", azure.target, "--workspace", f"ws-{unique}",
+                         "--parallel", "1", "--retries", "0", cwd=tmp_path, env=FAST_RETRIES)
+    assert f"created {total}, repaired 0, skipped 0, failed 0" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0 and refused == [429] * 10, refused
+    copies = active_copies(MlflowClient(azure.fake.mlflow_uri), f"ws-{unique}")
+    assert len(copies) == len(set(copies)) == total
+    check = run_cli("verify", "--source", str(source), "--target", azure.target, "--workspace", f"ws-{unique}", cwd=tmp_path)
+    assert check.returncode == 0 and f"{total} runs compared, {total} equal" in check.stdout, check.stdout[-3000:]
+
+
+def probe(azure, route: str):
+    """One MLflow GET to the fake as the tool sends it (mlflow's own http_request and session,
+    7 retries), fast backoff; returns the response, or the MlflowException it raised."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    try:
+        return http_request(MlflowHostCreds(azure.fake.url), route, "GET", max_retries=7, backoff_factor=0, backoff_jitter=0.1)
+    except MlflowException as error:
+        return error
+
+
+def test_mlflow_throttle_patience_ends_when_the_wait_would_pass_the_deadline(azure, unique, monkeypatch):
+    """Past the 7 retries a throttled request is sent again while the wait fits the patience; a
+    Retry-After reaching past the deadline ends it: the 429 stands, as it did without patience."""
+    from runner.core.patient_retry import PatientRetry
+
+    retry.configure()
+    monkeypatch.setattr(retry, "THROTTLE_PATIENCE", 60.0)
+    route = f"/mlflow/v2.0/patience/{unique}/deadline"
+    answers = [(429, {"Retry-After": "0"})] * 9 + [(429, {"Retry-After": "3600"})]
+    with refusing(answers + [None], "GET", route) as refused:
+        outcome = probe(azure, route)
+    assert isinstance(outcome, Exception) and "too many 429 error responses" in str(outcome), outcome
+    assert len(refused) == 10  # 8 of the client's own attempts, 2 sent in patience, then 3600 s > 60 s
+    from mlflow.utils import request_utils
+    assert request_utils.Retry is PatientRetry
+
+    monkeypatch.setattr(retry, "THROTTLE_PATIENCE", 0.0)  # no patience left: the client's own attempts only
+    with refusing([(429, {"Retry-After": "0"}), None], "GET", route + "/none") as refused:
+        outcome = probe(azure, route + "/none")
+    assert isinstance(outcome, Exception) and len(refused) == 8
+
+
+@pytest.mark.parametrize("status, headers, attempts", [(400, {}, 1), (503, {}, 8), (500, {}, 8)],
+                         ids=["400-not-retried", "503-without-retry-after", "500"])
+def test_mlflow_errors_other_than_throttling_keep_the_clients_own_budget(azure, unique, status, headers, attempts):
+    """A 400 is answered at once; a 503 without Retry-After and a 500 get MLflow's 7 retries, then
+    the error: only a throttle (429, or 503 with Retry-After) is waited out."""
+    retry.configure()
+    route = f"/mlflow/v2.0/patience/{unique}/{status}"
+    with refusing([(status, headers), None], "GET", route) as refused:
+        outcome = probe(azure, route)
+    assert len(refused) == attempts
+    if status == 400:
+        assert outcome.status_code == 400
+    else:
+        assert isinstance(outcome, Exception) and f"too many {status} error responses" in str(outcome), outcome
+
+
+def test_mlflow_gets_the_patient_policy_when_it_loads_after_configure():
+    """The CLI configures before mlflow is imported (importing it costs ~2 s; `wait` never does):
+    the policy goes in as mlflow's session module loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from runner.core import retry; retry.configure(); assert 'mlflow' not in sys.modules; "
+            "from mlflow.utils import request_utils; from runner.core.patient_retry import PatientRetry; "
+            "session = request_utils._get_request_session(7, 1, 1.0, (429,), True, True); "
+            "print(type(session.get_adapter('https://x').max_retries).__name__)")
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "PatientRetry", done.stderr[-2000:]

@@ -10,6 +10,14 @@ leave a second, empty run behind. Those orphans never get the completion tag (on
 we hold is written to) and carry `original_job_id`, so the ledger finds and removes them after
 each pass (see `replay.remove_orphans`): safe through the ledger rather than by not retrying.
 
+Throttling: a 429 (or a 503 with Retry-After) is the service pacing us, not failing. Past the
+client's own attempts the refused request is sent again, after the wait the service names (and
+our own growing, capped backoff, with jitter), until THROTTLE_PATIENCE has passed; then the error
+stands. Run history does this in `RunHistory._send`; every MLflow request through `PatientRetry`
+(below), installed into MLflow's own session by `configure`. A request refused with 429 was not
+carried out, so sending it again (a POST too) adds nothing: the orphans above come only from lost
+answers (a 5xx or a dropped connection after the work was done), which keep the client's budget.
+
 Whole command: `--retries N` runs the idempotent copy again for runs that failed (rclone's
 `--retries`): complete runs are skipped, interrupted ones repaired.
 """
@@ -38,6 +46,16 @@ def configure() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # A migration tool does not phone home; offline, telemetry also costs ~1 s at exit.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    patient_mlflow()
+
+
+def patient_mlflow() -> None:
+    """Every MLflow request waits out throttling past the client's retries (runner.core.patient_retry)."""
+    import sys
+
+    from runner.core import patient_retry
+
+    patient_retry.install(sys.modules[__name__])
 
 
 def azure_retry_kwargs() -> dict:
