@@ -32,7 +32,7 @@ MAX_BACKOFF and throttled_for are read at each refusal (a test may lower the pat
 module does not import retry back (retry imports it; the layers allow no circle). It puts the
 class where mlflow looks its Retry up, the module global `Retry` of mlflow.utils.request_utils
 (with urllib3 2 mlflow builds `Retry(**kwargs)` from it), and drops the sessions mlflow cached
-with the old one; if mlflow is not loaded yet, as that module loads. tests/test_throttle_patience.py
+with the old one; if mlflow is not loaded yet, as that module loads. tests/test_faults.py (the throttle patience tests)
 fails if a new mlflow stops building its session that way.
 """
 from __future__ import annotations
