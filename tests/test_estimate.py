@@ -16,8 +16,10 @@ import pytest
 from conftest import run_cli
 from fakes import azureml_latency as latency
 from fakes import azureml_seed as seed
-from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace
+from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace
+from runner.azureml.source import AzuremlSource
 from runner.engine import estimate
+from runner.ends import probe_reads
 from runner.engine.estimate import Measured, Workload, projection, requests_per_job, summary_line
 from servers import MlflowServer
 from test_azureml_source import RG, SUB, URI, WS, cli_env
@@ -79,16 +81,25 @@ def test_the_probe_meets_the_mlflow_bucket_and_reports_its_rate(azure, tmp_path)
     assert "429 met" in run.stdout and "lower bound" in run.stdout
 
 
-def test_without_a_throttle_every_rate_is_a_lower_bound(azure, tmp_path):
-    latency.turn_on(azure.fake, latency={}, buckets={})  # counted, never refused
+def test_without_a_throttle_every_rate_is_a_lower_bound(azure, monkeypatch):
+    """In process, on the target workspace alone (the CLI's path is the test above): counted, never refused."""
+    for key, value in azure.env.items():
+        monkeypatch.setenv(key, value)
+    target = AzuremlSource(TARGET, credential=FakeCredential())
+    reads = {f"target {family}": send for family, send in probe_reads(target, None, "fraud-baseline", "eager_owl_04").items()}
+    before = dict(azure.fake.requests)
+    latency.turn_on(azure.fake, latency={}, buckets={})
     try:
-        _, report = estimate_cli(azure, tmp_path, "--max-rate", "10", "--probe-seconds", "2", "--no-verify")
+        results, measured = estimate.probe_all(reads, max_rate=10, seconds=2)
     finally:
         latency.turn_off(azure.fake)
-    for key, probe in report["probes"].items():
+    assert set(results) == {"target mlflow", "target artifacts"}
+    for key, probe in results.items():
         assert not probe["found"] and probe["throttled"] == 0 and probe["rate"] > 0 and probe["p50_ms"] is not None, (key, probe)
-    assert report["workload"]["verify"] is False
-    assert sorted(report["projection"]["lower_bound_rates"]) == sorted(report["probes"])
+        assert probe["describe"].startswith(">= ") and "lower bound" in probe["describe"]
+        assert not measured[key].found
+    sent = {f: azure.fake.requests[f"family:{f}"] - before.get(f"family:{f}", 0) for f in ("mlflow", "artifacts")}
+    assert sent == {"mlflow": results["target mlflow"]["requests"], "artifacts": results["target artifacts"]["requests"]}
 
 
 def test_the_formula_matches_the_benchs_measured_requests_per_job():
@@ -137,3 +148,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, flags, says):
     run = run_cli("estimate", "--source", str(tmp_path / "src"), "--target", str(tmp_path / "dst"), *flags, cwd=tmp_path)
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and len(lines) == 1 and says in lines[0], run.stderr
+
+
+def test_the_ramp_doubles_from_5_per_s_and_fits_the_time_box():
+    from runner.engine.rate_probe import ramp
+
+    assert ramp(100, 20) == ([5, 10, 20, 40, 80, 100], 2.0)  # the defaults: 12 s of 20
+    assert ramp(20, 3) == ([5, 10, 20], 1.0)  # shorter stages when --probe-seconds needs them
+    assert ramp(3, 20) == ([3], 2.0)  # a --max-rate under the first stage's
