@@ -38,7 +38,8 @@ def probe_reads(end, uri: str | None, experiment: str, run_id: str) -> dict:
     if end is None and uri and is_azureml(uri):
         end = AzuremlSource(uri, Filters())
     if isinstance(end, AzuremlSource):
-        return {"mlflow": experiment_read(end.client, experiment), "artifacts": listing_read(end, experiment, run_id)}
+        reads = {"mlflow": experiment_read(end.client, experiment), "artifacts": listing_read(end, experiment, run_id)}
+        return {family: send for family, send in reads.items() if send}
     if end is not None:
         client = getattr(end, "client", None)  # an MLflow source's; a manifest folder has none
     else:
