@@ -223,3 +223,18 @@ def projection_block(rows: dict[str, dict], jobs: int, data: dict, buckets: dict
             lines.append(f"    per workspace       {_rates(many['break_even_per_s']['workspace'])}")
             lines.append(f"    one bucket for all  {_rates(many['break_even_per_s']['shared'])}")
     return lines
+
+
+def formula_line(row: dict, jobs: int, files: int, keys: int, verify: bool = True) -> str:
+    """The per-job formula `replayer estimate` projects with (runner.engine.estimate.requests_per_job, the one
+    copy of it) set against what this run carried out, so the two cannot drift unseen: K the bench's metric
+    keys, F its files a job, B the `runs/log-batch` requests it measured a job. Families the formula counts:
+    MLflow, run history artifacts, blob (runs, children, ARM and discovery are per parent: left out)."""
+    from runner.engine.estimate import requests_per_job, total
+
+    batches = sum(n for route, n in row.get("routes", {}).get("mlflow", {}).items() if route.endswith("/runs/log-batch")) / jobs
+    # The formula's ceil()s are per job: the bench's jobs all have the same number of files.
+    formula = total(requests_per_job(keys, batches, files // jobs, verify))
+    measured = sum(row["requests"].get(f, 0) for f in ("mlflow", "artifacts", "blob")) / jobs
+    return (f"formula (runner.engine.estimate, K {keys}, B {batches:.2f}, F {files / jobs:g}): {formula:.1f} requests a job "
+            f"(MLflow, run history artifacts, blob) against {measured:.1f} carried out")

@@ -440,6 +440,9 @@ def summary_lines(results: dict) -> list[str]:
     rows = {name: row for name, row in commands.items() if not name.startswith("peer")}
     rows[f"full checks ({results['whole'][FULL]['checks']}: {' + '.join(results['whole'][FULL]['commands'])})"] = results["whole"][FULL]
     lines += ["", *report.projection_block(rows, data["jobs"], data, buckets, data["bucket_scope"]), ""]
+    for name in ("migrate --verify", "migrate"):
+        if name in commands:
+            lines.append(f"{name}: " + report.formula_line(commands[name], data["jobs"], data["files"], data["metrics"], name != "migrate"))
     lines.append(f"the tool copied: {results['tool_copied']}")
     if "peer_copied" in results:
         lines.append(f"the peer copied: {results['peer_copied']}")

@@ -18,7 +18,7 @@ from runner.core import logs
 from runner.core import retry
 from runner.mlflow import sync_state
 from runner.core.errors import EXIT_DIFFERENCES, EXIT_OK, EXIT_USAGE, ReplayerError, UsageError
-from runner.core.filters import Filters, as_bool, as_int, as_list, as_seconds
+from runner.core.filters import Filters, as_bool, as_int, as_list, as_rate, as_seconds
 
 COMMON_FLAGS = ("config", "verbose", "parallel", "dry_run", "workspace", "retries", "credential", "client_id")
 
@@ -97,6 +97,7 @@ COMMAND_FLAGS = {
     "step": COMMON_FLAGS + ("max_tags", "max_metric_keys"),
     "submit": SELECT + ("report",) + MAPPING_FLAGS,
     "wait": ("verbose", "config", "parallel", "credential", "client_id"),
+    "estimate": ("config", "verbose", "parallel", "workspace", "credential", "client_id") + FILTER_FLAGS + ("report",),
 }
 
 
@@ -190,6 +191,31 @@ def end_verify(report, s: Settings) -> int:
         write_report(report, Path(s.report))
         logger.info("report written to {}", s.report)
     return EXIT_OK if report.ok else EXIT_DIFFERENCES
+
+
+def estimate_options(shards, sample, probe_seconds, max_rate, verify, no_verify) -> dict:
+    """estimate's own flags, checked: one line naming the flag for anything else."""
+    return {"shards": as_int(shards, "--shards", minimum=1), "sample": as_int(sample, "--sample", minimum=1),
+            "probe_seconds": as_seconds(probe_seconds, "--probe-seconds"), "max_rate": as_rate(max_rate, "--max-rate"),
+            "verify": as_bool(verify, "--verify") and not as_bool(no_verify, "--no-verify")}
+
+
+def batch_counter(target_uri: str):
+    """How many log-batch requests a job takes on this target (runner.mlflow.batching within its caps):
+    the job's params, its tags and the lineage tags the copy adds (runner.engine.ledger), and its points."""
+    from runner.azureml.workspace import is_azureml
+    from runner.engine import ledger
+    from runner.engine.limits import limits_for
+    from runner.mlflow.batching import batches
+
+    limits = limits_for("azureml://" if is_azureml(target_uri) else target_uri)
+    names = (ledger.ORIGINAL_JOB_ID, ledger.ORIGINAL_PARENT, ledger.ORIGINAL_DEPTH, ledger.ORIGINAL_EXPERIMENT, ledger.ORIGINAL_WORKSPACE)
+    lineage = dict.fromkeys(names, "")
+
+    def count(job, points) -> int:
+        return sum(1 for _ in batches(job.params, {**job.tags, **lineage}, points, rows_per_metric=limits.rows_per_metric_per_batch))
+
+    return count
 
 
 class Replayer:
@@ -466,6 +492,45 @@ class Replayer:
             return result.exit_code
 
         run("wait", flags, body)
+
+    def estimate(self, source=None, target=None, shards=8, sample=20, probe_seconds=20, max_rate=100, verify=True, **flags):
+        """Project how long a migration takes: the source's workload sampled, request rates probed (reads only).
+
+        --source URI|config.yml  --target URI|config.yml  [filters as in extract] [--parallel N] [--shards N]
+        [--sample N] [--probe-seconds S] [--max-rate R] [--verify|--no-verify] [--report estimate.json]
+        Each end's MLflow endpoint and run history get one cheap read at a ramp (5/s doubling every ~2 s up to
+        --max-rate, for at most --probe-seconds each), stopped at the first 429 after its Retry-After.
+        """
+        no_verify = flags.pop("no_verify", False)
+
+        def body():
+            from runner.engine import estimate as plan
+            from runner.ends import open_source, probe_reads
+
+            s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["estimate"])
+            options = estimate_options(shards, sample, probe_seconds, max_rate, verify, no_verify)
+            target_uri = s.need("target", "target")
+            src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            workload = plan.sample_workload(src, options["sample"], batch_counter(target_uri), options["verify"])
+            if not workload.sampled:
+                raise UsageError("the filters select no jobs in the source: nothing to estimate; check --experiments and the other filters")
+            experiment, run_id = workload.first
+            reads = {f"{end} {family}": send for end, opened, uri in (("source", src, None), ("target", None, target_uri))
+                     for family, send in probe_reads(opened, uri, experiment, run_id).items()}
+            results, measured = plan.probe_all(reads, options["max_rate"], options["probe_seconds"])
+            projected = plan.projection(workload, measured, s.parallel, options["shards"])
+            for line in plan.table(workload, measured, results, projected):
+                print(line)
+            print(plan.summary_line(projected))
+            if s.report:
+                import json
+
+                Path(s.report).parent.mkdir(parents=True, exist_ok=True)
+                Path(s.report).write_text(json.dumps(plan.report(workload, results, projected), indent=2), encoding="utf-8")
+                logger.info("report written to {}", s.report)
+            return EXIT_OK
+
+        run("estimate", flags, body)
 
 
 # Packages the image does not ship (it has mlflow-skinny, not mlflow): mlflow imports them when

@@ -74,9 +74,16 @@ FLAGS.update({
     "poll": ("10", "seconds between status checks (growing)"),
     "max_poll": ("60", "seconds between status checks at most"),
     "from": ("-", "a `submit --report` file, or one job name per line"),
+    "shards": ("8", "nodes the migration would run on (--shard i/N): the projection's second figure"),
+    "sample": ("20", "jobs read for their metric keys, points and files"),
+    "probe_seconds": ("20", "seconds each probed endpoint (MLflow, run history; per end) gets at most"),
+    "max_rate": ("100", "requests/s the probe's ramp (5/s, doubling) stops at"),
 })
 PER_COMMAND = {
     "step": {"artifacts": ("-", "a folder for the original's files"), "tags": ("-", "extra tags for the run, as JSON")},
+    "estimate": {"parallel": ("8", "the migration's --parallel: requests in flight per node, for the latency floor"),
+                 "verify": ("true", "count migrate --verify's requests (--no-verify: migrate's)"),
+                 "report": ("-", "write the workload, the probes and the projection as JSON to this file")},
 }
 
 EXAMPLES = {
@@ -89,6 +96,8 @@ EXAMPLES = {
     "demo": "replayer demo --out ./source-store",
     "step": "replayer step --manifest ./manifest --job-id JOB --target ./target-store",
     "submit": "replayer submit --manifest ./manifest --target azureml://subscriptions/S/resourcegroups/R/workspaces/W --dry-run",
+    "estimate": "replayer estimate --source azureml://subscriptions/S/resourcegroups/R/workspaces/OLD "
+                "--target azureml://subscriptions/S/resourcegroups/R/workspaces/NEW --shards 8 --report estimate.json",
     "wait": "replayer wait --from submitted.json --target azureml://subscriptions/S/resourcegroups/R/workspaces/W",
 }
 

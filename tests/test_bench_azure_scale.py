@@ -9,6 +9,7 @@ takes a minute, asserting that every command's table has routes of every family 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,21 @@ def test_the_bench_checks_inline_with_the_source_read_once(tmp_path):
     history = "GET /mlflow/v2.0/{ws}/api/2.0/mlflow/metrics/get-history"
     assert results["commands"]["migrate --verify"]["routes"]["mlflow"][history] == 2 * 38
     assert "full checks (inline: migrate --verify): " in done.stdout
+
+
+def test_the_formula_line_sets_replayer_estimates_formula_against_the_run():
+    # 10 jobs of K 5, F 3, 20 log-batch requests (B 2): migrate --verify = 5 + 10 + 2 + 2 + 1 + 9 = 29 a job.
+    row = {"requests": {"arm": 1, "history": 2, "mlflow": 170, "artifacts": 30, "blob": 90, "discovery": 0},
+           "routes": {"mlflow": {"POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/log-batch": 20, "GET /x": 150}}}
+    assert report.formula_line(row, jobs=10, files=30, keys=5) == (
+        "formula (runner.engine.estimate, K 5, B 2.00, F 3): 29.0 requests a job (MLflow, run history artifacts, blob) against 29.0 carried out")
+
+
+def test_the_estimates_formula_matches_what_the_bench_carried_out(small_bench):
+    """`replayer estimate` projects with runner.engine.estimate.requests_per_job; the bench prints it beside the
+    requests it carried out (MLflow, run history artifacts, blob): they must not drift apart. Per experiment and
+    per parent a few requests are outside the formula, and children read in their parent's search spare one."""
+    _, stdout = small_bench
+    line = next(line for line in stdout.splitlines() if line.startswith("migrate: formula (runner.engine.estimate"))
+    formula, measured = (float(x) for x in re.search(r": ([\d.]+) requests a job .* against ([\d.]+) carried out", line).groups())
+    assert abs(formula - measured) <= 0.1 * measured, line

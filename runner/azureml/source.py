@@ -96,6 +96,7 @@ class AzuremlSource:
         self.discovery_url = ws.discovery_url
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._history = None
+        self._api_url: str | None = None  # run history's host, from the discovery document on first use
         self._history_lock = threading.Lock()
         self._components: dict[str, dict[str, dict] | None] = {}
         self._component_locks: dict[str, threading.Lock] = {}
@@ -312,7 +313,7 @@ class AzuremlSource:
         placed = {r.name for r in roots if r.name in keep} | {r.display_name for r in roots if r.name in keep}
         names = {r.name for r in roots}
         for ident in (i for i in f.include if i not in placed):
-            run = self._run_history().request_json(self._run_request(ident), f"find job {ident}", missing_ok=True)
+            run = self._run_history().request_json(self.run_request(ident), f"find job {ident}", missing_ok=True)
             if not run:
                 logger.info("--include {}: not a job id this workspace knows; walking every selected root to find it by name", ident)
                 return roots
@@ -320,7 +321,7 @@ class AzuremlSource:
                 keep.add(run["rootRunId"])
         return [r for r in roots if r.name in keep]
 
-    def _run_request(self, name: str):
+    def run_request(self, name: str):
         from azure.ai.ml._restclient.runhistory.operations._operations import build_runs_get_request
 
         return build_runs_get_request(subscription_id=self.ref.subscription_id, resource_group_name=self.ref.resource_group,
@@ -372,19 +373,25 @@ class AzuremlSource:
     def _history_client(self):
         with self._history_lock:
             if self._history is None:
-                from runner.core import retry
-                from runner.azureml import credentials
-                from azure.ai.ml._restclient.runhistory import RunHistoryClient
-
-                answer = retry.get_with_retries(self.discovery_url, timeout=30)
-                if answer.status_code != 200:
-                    raise EndpointError(f"workspace discovery {self.discovery_url} answered HTTP {answer.status_code}")
-                # The `api` host, as azure-ai-ml's jobs operations (WorkspaceDiscoveryUrlKey.API): not `history`.
-                self._api_url = answer.json()["api"].rstrip("/")
-                # RunHistoryClient's own default scope (ml.azure.com) is not what azure-ai-ml sends.
-                scope = credentials.management_scope(getattr(self.ml, "_cloud", None))
-                self._history = RunHistoryClient(self.credential, base_url=self._api_url, credential_scopes=[scope], **self._retry)
+                self._history = self.history_client(**self._retry)
             return self._history
+
+    def history_client(self, **retry):
+        """A run history client for this workspace with azure-core's retry settings `retry` (the source's
+        own, or none for `replayer estimate`'s probe, which must see the 429s)."""
+        from runner.core import retry as policy
+        from runner.azureml import credentials
+        from azure.ai.ml._restclient.runhistory import RunHistoryClient
+
+        if self._api_url is None:
+            answer = policy.get_with_retries(self.discovery_url, timeout=30)
+            if answer.status_code != 200:
+                raise EndpointError(f"workspace discovery {self.discovery_url} answered HTTP {answer.status_code}")
+            # The `api` host, as azure-ai-ml's jobs operations (WorkspaceDiscoveryUrlKey.API): not `history`.
+            self._api_url = answer.json()["api"].rstrip("/")
+        # RunHistoryClient's own default scope (ml.azure.com) is not what azure-ai-ml sends.
+        scope = credentials.management_scope(getattr(self.ml, "_cloud", None))
+        return RunHistoryClient(self.credential, base_url=self._api_url, credential_scopes=[scope], **retry)
 
     def _children(self, name: str) -> Iterator:
         """Child runs, every page: the service pages with continuationToken (and no nextLink).
@@ -440,7 +447,7 @@ class AzuremlSource:
         answers carry none; MLflow had none) and a failure's message (only run history has it)."""
         if node.depth or (start is not None and node.status.lower() != "failed"):
             return {}
-        return self._run_history().request_json(self._run_request(node.name), f"read job {node.name}", missing_ok=True) or {}
+        return self._run_history().request_json(self.run_request(node.name), f"read job {node.name}", missing_ok=True) or {}
 
     def _record(self, node: Node) -> JobRecord:
         found = self._siblings.take(node.parent if node.depth else None, node.experiment, node.name) if self._siblings else None

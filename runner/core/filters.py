@@ -188,6 +188,17 @@ def as_seconds(value, flag: str) -> float:
     return seconds
 
 
+def as_rate(value, flag: str) -> float:
+    """A positive, finite number of requests per second from a flag or YAML."""
+    try:
+        rate = float(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: expected requests per second, e.g. 100") from None
+    if not 0 < rate < float("inf"):
+        raise UsageError(f"{flag} {value!r}: expected more than 0 requests per second, and a finite number")
+    return rate
+
+
 STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")  # MLflow's run statuses (Azure ML's map onto them)
 
 

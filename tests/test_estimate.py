@@ -1,0 +1,159 @@
+"""`replayer estimate` (runner/engine/estimate.py, runner/engine/rate_probe.py): the workload's requests by
+the formula of docs/performance.md, a read-only rate probe per end and family, and the projection.
+
+Against the HTTPS fake of the control plane (tests/fakes/azureml_control_plane.py) with two workspaces,
+the fixture's source and an empty target, and its throttle (tests/fakes/azureml_latency.py) on at a
+known small MLflow rate or off. What is asserted of the probe follows from the bucket's arithmetic,
+never from how fast this machine ran it; the projection is checked on numbers worked by hand.
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import run_cli
+from fakes import azureml_latency as latency
+from fakes import azureml_seed as seed
+from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace
+from runner.azureml.source import AzuremlSource
+from runner.engine import estimate
+from runner.ends import probe_reads
+from runner.engine.estimate import Measured, Workload, projection, requests_per_job, summary_line
+from servers import MlflowServer
+from test_azureml_source import RG, SUB, URI, WS, cli_env
+
+TARGET = URI.replace(WS, "ws-target")
+WRITES = ("runs/create", "log-batch", "runs/update", "set-tag", "experiments/create", "batch/metadata")
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory):
+    base = tmp_path_factory.mktemp("estimate")
+    specs, builders = seed.build_specs()
+    seed.seed_mlflow(base / "mlflow", specs)
+    server = MlflowServer(base / "mlflow").start()
+    fake = FakeControlPlane(base / "fake", server.uri).start()
+    ws = fake.add(FakeWorkspace(SUB, RG, WS))
+    seed.install(ws, specs, builders)
+    fake.add(FakeWorkspace(SUB, RG, "ws-target"))  # nothing in it yet: the reads answer 404, an answer like any other
+    try:
+        yield SimpleNamespace(fake=fake, env=fake.environ())
+    finally:
+        latency.turn_off(fake)
+        fake.stop()
+        server.stop()
+
+
+def estimate_cli(azure, tmp_path, *flags: str):
+    run = run_cli("estimate", "--source", URI, "--target", TARGET, "--sample", "3", "--report", "estimate.json", *flags,
+                  cwd=tmp_path, env={**cli_env(SimpleNamespace(env=azure.env), tmp_path)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run, json.loads((tmp_path / "estimate.json").read_text())
+
+
+def test_the_probe_meets_the_mlflow_bucket_and_reports_its_rate(azure, tmp_path):
+    # MLflow: 6/s with a burst of 5 in each workspace; run history's artifacts never throttled. The ramp
+    # (5, 10, 20/s, a second each) must be refused: 20 requests in a second find at most 5 + 6 tokens. The
+    # burst of 5 holds the whole first stage, even sent at once by threads that started late.
+    latency.turn_on(azure.fake, latency={}, buckets={"mlflow": (6.0, 5)})
+    try:
+        run, report = estimate_cli(azure, tmp_path, "--max-rate", "20", "--probe-seconds", "3")
+    finally:
+        latency.turn_off(azure.fake)
+    probes = report["probes"]
+    assert set(probes) == {"source mlflow", "source artifacts", "target mlflow", "target artifacts"}
+    for end in ("source", "target"):  # each workspace its own bucket: both refused
+        mlflow = probes[f"{end} mlflow"]
+        assert mlflow["found"] and mlflow["throttled"] >= 1 and mlflow["retry_after"] >= 1, mlflow
+        # A clean stage of T >= 1 s carried out at most 5 + 6 T requests: at most 11/s, below --max-rate.
+        assert 0 < mlflow["rate"] <= 11.0 < 20, mlflow
+        artifacts = probes[f"{end} artifacts"]
+        assert not artifacts["found"] and artifacts["throttled"] == 0 and artifacts["rate"] > 0, artifacts
+    assert azure.fake.requests["throttled:mlflow"] >= 2
+    routes = [key for key, n in azure.fake.requests.items() if key.startswith("route:") and n]
+    assert not [r for r in routes if any(w in r for w in WRITES)], routes  # reads only
+    p = report["projection"]
+    assert report["workload"]["sampled"] == 3 and p["jobs"] == report["workload"]["jobs"] > 3
+    assert "target mlflow" in p["throttle_h"] and p["lower_bound_rates"] == ["source artifacts", "target artifacts"]
+    line = run.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"projection: {p['jobs']:,} jobs: {p['hours_1']} h on 1 node, {p['hours_8']} h on 8 nodes"), line
+    assert "429 met" in run.stdout and "lower bound" in run.stdout
+
+
+def test_without_a_throttle_every_rate_is_a_lower_bound(azure, monkeypatch):
+    """In process, on the target workspace alone (the CLI's path is the test above): counted, never refused."""
+    for key, value in azure.env.items():
+        monkeypatch.setenv(key, value)
+    target = AzuremlSource(TARGET, credential=FakeCredential())
+    reads = {f"target {family}": send for family, send in probe_reads(target, None, "fraud-baseline", "eager_owl_04").items()}
+    before = dict(azure.fake.requests)
+    latency.turn_on(azure.fake, latency={}, buckets={})
+    try:
+        results, measured = estimate.probe_all(reads, max_rate=10, seconds=2)
+    finally:
+        latency.turn_off(azure.fake)
+    assert set(results) == {"target mlflow", "target artifacts"}
+    for key, probe in results.items():
+        assert not probe["found"] and probe["throttled"] == 0 and probe["rate"] > 0 and probe["p50_ms"] is not None, (key, probe)
+        assert probe["describe"].startswith(">= ") and "lower bound" in probe["describe"]
+        assert not measured[key].found
+    sent = {f: azure.fake.requests[f"family:{f}"] - before.get(f"family:{f}", 0) for f in ("mlflow", "artifacts")}
+    assert sent == {"mlflow": results["target mlflow"]["requests"], "artifacts": results["target artifacts"]["requests"]}
+
+
+def test_the_formula_matches_the_benchs_measured_requests_per_job():
+    """docs/performance.md: the bench's job (K 5, F 3; B 4 when measured) took 21 requests a job for migrate
+    and 31 for migrate --verify (its table: MLflow 18.92 and run history artifacts 3.0 a job)."""
+    plain, checked = requests_per_job(5, 4, 3, verify=False), requests_per_job(5, 4, 3)
+    assert estimate.total(plain) == 21 and estimate.total(checked) == 31
+    assert checked["source"]["mlflow"] + checked["target"]["mlflow"] == 19
+    assert checked["source"]["artifacts"] + checked["target"]["artifacts"] == 3
+    assert checked["source"]["blob"] + checked["target"]["blob"] == 9  # 3 F: HEAD, copy, the check's HEAD
+    assert requests_per_job(0, 1, 0)["target"]["artifacts"] == 0  # no files: no registration
+
+
+def test_projection_arithmetic_by_hand():
+    # 100,000 jobs of 10 + 2 MLflow requests (target, source), 2 + 1 run history artifacts, 6 + 3 blob.
+    w = Workload(jobs=100_000, sampled=20, verify=True, per_job={
+        "source": {"mlflow": 2.0, "artifacts": 1.0, "blob": 3.0}, "target": {"mlflow": 10.0, "artifacts": 2.0, "blob": 6.0}})
+    measured = {"source mlflow": Measured(50.0, False, 100.0), "target mlflow": Measured(20.0, True, 100.0),
+                "source artifacts": Measured(40.0, True, 50.0), "target artifacts": Measured(40.0, False, 50.0)}
+    p = projection(w, measured, parallel=8, shards=8)
+    # Latency: MLflow 1,200,000 x 100 ms = 120,000 s; artifacts 300,000 x 50 ms = 15,000 s; blob at its end's
+    # artifacts p50: 900,000 x 50 ms = 45,000 s; 180,000 s / 8 = 22,500 s = 6.25 h on 1 node, 0.78 h on 8.
+    assert (p["latency_floor_h_1"], p["latency_floor_h_8"]) == (6.25, 0.78)
+    # Throttle: target MLflow 1,000,000 / 20 = 50,000 s = 13.89 h, the largest (source MLflow 200,000 / 50 = 1.11 h).
+    assert p["throttle_h"] == {"source mlflow": 1.11, "target mlflow": 13.89, "source artifacts": 0.69, "target artifacts": 1.39}
+    assert p["hours_1"] == p["hours_8"] == 13.89 and p["bound_8"] == "target mlflow"
+    # Break-even for 1 h: 1,000,000 / 3,600 = 277.78/s for the target's MLflow.
+    assert p["break_even_per_s"]["target mlflow"] == 277.78 and p["break_even_per_s"]["source blob"] == 83.33
+    assert p["lower_bound_rates"] == ["source mlflow", "target artifacts"] and p["unmeasured_latency"] == []
+    assert summary_line(p) == ("projection: 100,000 jobs: 13.89 h on 1 node, 13.89 h on 8 nodes; bound by target mlflow "
+                               "(throttle 13.89 h); break-even for 1 h: target mlflow 277.78/s")
+    # A target MLflow 12.5x faster (1,000,000 / 250 = 1.11 h): latency decides on one node; on 8 the target's
+    # run history artifacts (200,000 / 40 = 1.39 h, over the 0.78 h floor).
+    measured["target mlflow"] = Measured(250.0, True, 100.0)
+    p = projection(w, measured, parallel=8, shards=8)
+    assert (p["hours_1"], p["bound_1"]) == (6.25, "latency") and (p["hours_8"], p["bound_8"]) == (1.39, "target artifacts")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (("--max-rate", "0"), "--max-rate '0': expected more than 0"),
+    (("--sample", "many"), "--sample"),
+    (("--probe-seconds", "-1"), "--probe-seconds -1: expected more than 0 seconds"),
+    (("--shard-count", "2"), "unknown flag --shard-count; did you mean --shard?"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, flags, says):
+    run = run_cli("estimate", "--source", str(tmp_path / "src"), "--target", str(tmp_path / "dst"), *flags, cwd=tmp_path)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and says in lines[0], run.stderr
+
+
+def test_the_ramp_doubles_from_5_per_s_and_fits_the_time_box():
+    from runner.engine.rate_probe import ramp
+
+    assert ramp(100, 20) == ([5, 10, 20, 40, 80, 100], 2.0)  # the defaults: 12 s of 20
+    assert ramp(20, 3) == ([5, 10, 20], 1.0)  # shorter stages when --probe-seconds needs them
+    assert ramp(3, 20) == ([3], 2.0)  # a --max-rate under the first stage's
