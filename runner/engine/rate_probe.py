@@ -9,13 +9,20 @@ one public sign, mlflow/mlflow#11462, is persistent 429s after ~700 sequential r
 - at a ramp: START_RATE requests/s, doubling every stage (STAGE_SECONDS, shorter when the time box
   needs it) up to `max_rate`, from a few threads, for at most `seconds` in all;
 - the first 429 (or a 503 with Retry-After, Azure's other throttling answer, as runner.core.retry
-  reads it) ends the ramp: the probe waits out the service's Retry-After, so it leaves the bucket as
-  it found it for the migration to come, and sends nothing more.
+  reads it) ends the ramp: the probe waits out the service's Retry-After;
+- then confirms: a token bucket's burst lets a short stage carry more than the sustained rate (on
+  the fake, 20/s with a burst of 40: a 2 s stage at 40/s went through whole, burst plus refill), so
+  the best clean rate is held for CONFIRM_SECONDS; refused, the probe waits again and tries half of
+  it, at most CONFIRMATIONS times. What the bucket refilled during the wait (about rate x wait
+  tokens) can still inflate a confirmation by wait / CONFIRM_SECONDS of the rate at most, against
+  burst / STAGE_SECONDS on the ramp. The last wait leaves the bucket as it found it for the
+  migration to come.
 
-The answer: the highest rate a stage carried out without a refusal (what it achieved, not what it
-offered: a stage the probe's own threads could not fill counts for what it sent), whether a refusal
-was met (`found`: the rate lies between that and the refused stage's) or not (a lower bound), and
-the latency (p50, p95) of the answers. Nothing here knows an endpoint, a URL or a token.
+The answer: the rate a confirmation carried out without a refusal (what it achieved, not what it
+offered), `found` when a refusal was met (else the ramp's best clean stage: a lower bound),
+`confirmed` when a confirmation held (a found rate that no confirmation held is half the lowest one
+tried, and says so), and the latency (p50, p95) of the answers. Nothing here knows an endpoint, a
+URL or a token.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ START_RATE = 5.0  # requests/s of the first stage: below the ~10/s of mlflow/mlf
 STAGE_SECONDS = 2.0  # each stage's length: long enough for a bucket's burst to drain at the next rate
 THREADS = 8  # requests in flight at most: at ~100 ms a request, 80/s before the probe itself is the bound
 MAX_WAIT = 60.0  # longest Retry-After honoured (a longer one is reported, the probe does not sit on it)
+CONFIRM_SECONDS = 4.0  # a found rate is held this long to drain what the bucket's burst lent the ramp
+CONFIRMATIONS = 3  # the found rate, then half, then a quarter
 THROTTLED = (429, 503)
 
 
@@ -65,6 +74,7 @@ class ProbeResult:
     name: str  # e.g. "target mlflow"
     rate: float = 0.0  # highest achieved rate of a clean stage, requests/s
     found: bool = False  # a refusal was met: `rate` is the service's, not a lower bound
+    confirmed: bool = False  # a found rate held for CONFIRM_SECONDS without a refusal
     p50_ms: float | None = None
     p95_ms: float | None = None
     requests: int = 0
@@ -77,7 +87,8 @@ class ProbeResult:
     def describe(self) -> str:
         """`12.3/s (429 met)` or `>= 40.0/s (no 429)`."""
         if self.found:
-            return f"{self.rate:.1f}/s ({self.throttled} x 429 met)"
+            held = "held" if self.confirmed else f"none held {CONFIRM_SECONDS:.0f} s: half the lowest tried"
+            return f"{self.rate:.1f}/s ({self.throttled} x 429 met, {held})"
         return f">= {self.rate:.1f}/s (no 429: lower bound)" if self.rate else "not measured"
 
 
@@ -105,21 +116,44 @@ def probe(send: Callable[[], Answer], max_rate: float, seconds: float, name: str
     latencies: list[float] = []
     rates, stage_seconds = ramp(max_rate, seconds)
     for rate in rates:
-        stage = run_stage(send, rate, stage_seconds, threads, latencies, result)
-        result.stages.append(stage)
-        result.requests += stage.sent
-        result.throttled += stage.throttled
-        result.errors += stage.errors
+        stage = add(result, run_stage(send, rate, stage_seconds, threads, latencies, result))
         if stage.clean:
             result.rate = max(result.rate, stage.achieved)
         if stage.throttled:
             result.found = True
-            sleep(min(result.retry_after or 1.0, MAX_WAIT))  # the service's bucket refills before the migration uses it
+            sleep(min(result.retry_after or 1.0, MAX_WAIT))  # the service's bucket refills before the next send
+            confirm(send, result, threads, latencies, sleep)
             break
         if stage.sent == 0 or stage.refused:  # nothing answered, or not to us: more of the same says nothing new
             break
     result.p50_ms, result.p95_ms = percentile(latencies, 0.5), percentile(latencies, 0.95)
     return result
+
+
+def confirm(send: Callable[[], Answer], result: ProbeResult, threads: int, latencies: list[float],
+            sleep: Callable[[float], None]) -> None:
+    """Hold the ramp's best clean rate for CONFIRM_SECONDS, halving after each refusal (module docstring)."""
+    rate = result.rate
+    for _ in range(CONFIRMATIONS):
+        if rate <= 0:
+            return
+        stage = add(result, run_stage(send, rate, CONFIRM_SECONDS, threads, latencies, result))
+        if stage.clean:
+            result.rate, result.confirmed = stage.achieved, True
+            return
+        if not stage.throttled:  # errors, not a refusal: no rate in it
+            return
+        sleep(min(result.retry_after or 1.0, MAX_WAIT))
+        rate /= 2
+    result.rate = rate  # half the lowest refused: not held, and `describe` says so
+
+
+def add(result: ProbeResult, stage: Stage) -> Stage:
+    result.stages.append(stage)
+    result.requests += stage.sent
+    result.throttled += stage.throttled
+    result.errors += stage.errors
+    return stage
 
 
 def run_stage(send: Callable[[], Answer], rate: float, seconds: float, threads: int, latencies: list[float],
