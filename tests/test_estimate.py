@@ -159,3 +159,32 @@ def test_the_ramp_doubles_from_5_per_s_and_fits_the_time_box():
     assert ramp(100, 20) == ([5, 10, 20, 40, 80, 100], 2.0)  # the defaults: 12 s of 20
     assert ramp(20, 3) == ([5, 10, 20], 1.0)  # shorter stages when --probe-seconds needs them
     assert ramp(3, 20) == ([3], 2.0)  # a --max-rate under the first stage's
+
+
+def test_a_burst_is_not_reported_as_rate_the_found_rate_is_held():
+    """A token bucket of 10/s with a burst of 20, in process: the ramp's 1 s stages carry up to 20/s
+    on the burst's loan (refused at 40/s). The rate reported is one held for 4 s after a refusal: the
+    bucket, emptied by the refusal, refills only during the 1 s Retry-After (10 tokens), so 4 s
+    carry at most 10 + 10 x 4 requests: 12.5/s. Without the confirmation this reports about 20/s."""
+    import threading
+    import time
+
+    from runner.engine.rate_probe import Answer, probe
+
+    lock, bucket = threading.Lock(), {"at": time.monotonic(), "tokens": 20.0}
+
+    def send() -> Answer:
+        time.sleep(0.02)
+        with lock:
+            now = time.monotonic()
+            bucket["tokens"] = min(20.0, bucket["tokens"] + (now - bucket["at"]) * 10)
+            bucket["at"] = now
+            if bucket["tokens"] < 1:
+                return Answer(429, 1.0)
+            bucket["tokens"] -= 1
+            return Answer(200)
+
+    result = probe(send, max_rate=40, seconds=4)
+    assert result.found and result.confirmed, result
+    assert 0 < result.rate <= 12.5, result
+    assert result.stages[-1].clean and result.stages[-1].seconds >= 4, result.stages
