@@ -102,6 +102,8 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--checks", choices=("inline", "separate"), default="inline",
                         help="full checks as `migrate --verify` (inline) or `migrate` then `verify` (separate); inline falls back "
                              "to separate where migrate has no --verify")
+    parser.add_argument("--estimate-seconds", type=float, default=20,
+                        help="`replayer estimate --probe-seconds` before the copy (its prediction set against the measured wall time); 0: no estimate")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "azure_scale.json")
     return parser.parse_args(argv)
 
@@ -363,6 +365,8 @@ def run(args, ends, shape) -> dict:
         "recorded": recorded_request_times(), "commands": {},
     }
     commands = results["commands"]
+    if args.estimate_seconds:  # first, on the untouched workspaces a user would estimate; its 429s are the probe's aim
+        results["estimate"] = predicted(ends, args)
     commands["extract"] = tool("extract", ends, args, "--out", str(ends.work / "manifest"))
     if args.checks == "inline":
         commands["migrate --verify"] = tool("migrate", ends, args, "--target", ends.target, "--verify", name="migrate --verify")
@@ -393,6 +397,17 @@ def run(args, ends, shape) -> dict:
     return results
 
 
+def predicted(ends, args) -> dict:
+    """`replayer estimate` on this run's two workspaces, on one node: what it predicts for the copy with full
+    checks (or without, with --checks separate it predicts migrate plus verify as migrate --verify's requests)."""
+    out = ends.work / "estimate.json"
+    row = tool("estimate", ends, args, "--target", ends.target, "--shards", "1", "--probe-seconds", f"{args.estimate_seconds:g}",
+               "--report", str(out))
+    p = json.loads(out.read_text())["projection"]
+    return {"predicted_s": p["seconds_1"], "bound": p["bound_1"], "wall_s": row["wall_s"], "requests": sum(row["requests"].values()),
+            "throttled": row["throttled"], "rates": {k: v["describe"] for k, v in json.loads(out.read_text())["probes"].items()}}
+
+
 def _kinds(specs) -> dict:
     out: dict[str, int] = {}
     for spec in specs:
@@ -417,6 +432,9 @@ def summary(results: dict, ends) -> dict:
         "projected_hours": {f"{p['nodes']} node(s)": p["hours"] for p in tool_row["projection"]},
         "break_even_per_workspace_per_s": {f: eight["break_even_per_s"]["workspace"].get(f) for f in ("mlflow", "history", "artifacts")},
     }
+    if "estimate" in results:
+        out["estimate_predicted_s"] = results["estimate"]["predicted_s"]
+        out["estimate_vs_measured"] = round(results["estimate"]["predicted_s"] / tool_row["wall_s"], 2) if tool_row["wall_s"] else None
     if "peer (export + import)" in whole:
         # The peer checks nothing: the ratio with the checks included (full checks) and of migrate alone (separate).
         peer_s = whole["peer (export + import)"]["wall_s"]
@@ -443,6 +461,10 @@ def summary_lines(results: dict) -> list[str]:
     for name in ("migrate --verify", "migrate"):
         if name in commands:
             lines.append(f"{name}: " + report.formula_line(commands[name], data["jobs"], data["files"], data["metrics"], name != "migrate"))
+    if "estimate" in results:
+        e, full = results["estimate"], results["whole"][FULL]
+        lines.append(f"replayer estimate (before the copy, {e['wall_s']}s, {e['requests']} requests): predicted {e['predicted_s']}s "
+                     f"({e['bound']}), measured {full['wall_s']}s: {results['summary']['estimate_vs_measured']}x; rates {e['rates']}")
     lines.append(f"the tool copied: {results['tool_copied']}")
     if "peer_copied" in results:
         lines.append(f"the peer copied: {results['peer_copied']}")

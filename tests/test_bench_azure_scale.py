@@ -113,7 +113,7 @@ def test_projection_by_scope_and_the_break_even_rate():
 def small_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "azure_scale.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_azure_scale.py"), "--jobs", "38", "--files", "2", "--max-kb", "8",
-                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "separate", "--out", str(out)],
+                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "separate", "--estimate-seconds", "0", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     return json.loads(out.read_text()), done.stdout
@@ -183,7 +183,7 @@ def test_the_bench_checks_inline_with_the_source_read_once(tmp_path):
     where migrate + verify read 3 x 38 (the separate fixture above)."""
     out = tmp_path / "azure_scale.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_azure_scale.py"), "--jobs", "38", "--files", "1", "--max-kb", "4",
-                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "inline", "--out", str(out)],
+                           "--metrics", "1", "--steps", "5", "--no-latency", "--no-peer", "--checks", "inline", "--estimate-seconds", "1", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     results = json.loads(out.read_text())
@@ -194,6 +194,11 @@ def test_the_bench_checks_inline_with_the_source_read_once(tmp_path):
     history = "GET /mlflow/v2.0/{ws}/api/2.0/mlflow/metrics/get-history"
     assert results["commands"]["migrate --verify"]["routes"]["mlflow"][history] == 2 * 38
     assert "full checks (inline: migrate --verify): " in done.stdout
+    # `replayer estimate` ran first, on the untouched workspaces, and its prediction is set against the wall time.
+    estimate = results["estimate"]
+    assert estimate["predicted_s"] > 0 and set(estimate["rates"]) >= {"source mlflow", "target mlflow"}, estimate
+    assert results["summary"]["estimate_vs_measured"] == round(estimate["predicted_s"] / tool["wall_s"], 2)
+    assert "replayer estimate (before the copy" in done.stdout
 
 
 def test_the_formula_line_sets_replayer_estimates_formula_against_the_run():

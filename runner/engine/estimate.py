@@ -147,6 +147,7 @@ def projection(workload: Workload, measured: dict[str, Measured], parallel: int,
         floor_s = latency_s / (parallel * nodes)
         out[f"latency_floor_h_{nodes}"] = round(floor_s / 3600, 2)
         out[f"hours_{nodes}"] = round(max(floor_s, throttle_s) / 3600, 2)
+        out[f"seconds_{nodes}"] = round(max(floor_s, throttle_s), 1)  # for a small workload (the bench's), where hours round to 0
         out[f"bound_{nodes}"] = bound if throttle_s > floor_s else "latency"
     out["throttle_bound"] = bound
     return out
