@@ -68,3 +68,37 @@ def test_children_over_several_pages_and_one_gone_for_good(servers, tmp_path):
     [missing] = checker.compare(jobs[ids["trial_4"]])  # read alone: runs/get says it is gone
     assert (missing.job, missing.field, missing.source, missing.target) == (ids["trial_4"], "run", "present", "missing")
     checker.close()
+
+
+def test_the_next_tree_closes_a_group_and_finish_reads_one_a_failed_child_kept_open(servers, tmp_path):
+    """Two sweeps: the first one's group is read as soon as the stream gives the second root (its
+    children all done); the second one's, where one child never finishes (a failed copy), waits for
+    `finish` and is read then, without that child."""
+    source, target = servers
+    name = f"trees-{uuid.uuid4().hex[:8]}"
+    for suffix in ("a", "b"):
+        seed_sweep(MlflowClient(source.uri), f"{name}-{suffix}", trials=3)
+    workspace = f"ws-{name}"
+    done = run_cli("migrate", "--source", source.uri, "--target", target.uri, "--experiments", f"{name}-*", "--workspace", workspace,
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    src = MlflowSource(source.uri, Filters(experiments=[f"{name}-*"]), workspace=workspace)
+    dst = DirectTarget(target.uri)
+    checker = dst.checker(src, dst.ledger(workspace), Mapping())
+    given = {}
+    groups = ChildGroups(checker, lambda job, wanted, run: given.__setitem__(job.source_id, run))
+    jobs = list(src.jobs())
+    [first_root, second_root] = [job for job in jobs if not job.parent_id]
+    first = [job.source_id for job in jobs if job.parent_id == first_root.source_id]
+    second = [job.source_id for job in jobs if job.parent_id == second_root.source_id]
+    for job in jobs:
+        groups.queued(job)
+        if job.source_id == second_root.source_id:
+            assert set(given) == set(first) and all(given[i] is not None for i in first)  # read when the next tree began
+        if job.source_id == second[-1]:
+            continue  # its copy failed: it never settles its group
+        assert groups.done(job, None) == bool(job.parent_id)  # children held, roots checked alone by the caller
+    assert not set(second) & set(given)  # still waiting for the failed child
+    groups.finish()
+    assert {i for i in second if given.get(i) is not None} == set(second[:-1]) and second[-1] not in given
+    checker.close()
