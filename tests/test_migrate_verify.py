@@ -203,3 +203,82 @@ def test_migrate_models_verify_compares_the_registry_after_its_copy(servers, tmp
     summary = report_of(report)["summary"]
     assert (summary["compared"], summary["equal"], summary["models"]) == (4, 4, 2) and report_of(report)["differences"] == []
     assert "verify: 4 runs compared, 4 equal, 0 differ, 2 models compared" in done.stdout
+
+
+# `python -c` body: the CLI, counting how verify's checker read each target run: alone (runs/get)
+# or from its parent's children search; printed as one JSON line on exit.
+COUNTS_READS = """
+import atexit, json
+from runner.mlflow.check import JobChecker
+reads = {"alone": [], "searched": []}
+read_run, read_children = JobChecker.read_run, JobChecker.read_children
+
+def alone(self, run_id):
+    reads["alone"].append(run_id)
+    return read_run(self, run_id)
+
+def searched(self, parent, jobs):
+    found = read_children(self, parent, jobs)
+    reads["searched"] += sorted(found)
+    return found
+
+JobChecker.read_run, JobChecker.read_children = alone, searched
+atexit.register(lambda: print("READS " + json.dumps(reads)))
+from runner.cli import main
+main()
+"""
+
+
+def seed_sweep(client, name: str, trials: int) -> dict[str, str]:
+    """A sweep parent with `trials` children, each with a param, a tag and a short history; name -> id."""
+    experiment = client.create_experiment(name)
+    parent = client.create_run(experiment, start_time=1_700_000_000_000, run_name="sweep").info.run_id
+    ids = {"sweep": parent}
+    for i in range(trials):
+        trial = client.create_run(experiment, start_time=1_700_000_001_000 + i, run_name=f"trial_{i}",
+                                  tags={"mlflow.parentRunId": parent, "trial": str(i)}).info.run_id
+        client.log_batch(trial, metrics=[Metric("loss", 1.0 / (i + step + 1), 1_700_000_002_000 + step, step) for step in range(3)])
+        client.log_param(trial, "lr", str(0.1 * (i + 1)))
+        client.set_terminated(trial, "FINISHED", end_time=1_700_000_003_000 + i)
+        ids[f"trial_{i}"] = trial
+    client.set_terminated(parent, "FINISHED", end_time=1_700_000_004_000)
+    return ids
+
+
+def target_runs(target_uri: str, workspace: str) -> dict[str, str]:
+    """source run id -> target run id, of the runs replayed from `workspace`."""
+    dst = MlflowClient(target_uri)
+    found = dst.search_runs([e.experiment_id for e in dst.search_experiments()], f"tags.original_workspace = '{workspace}'")
+    return {run.data.tags["original_job_id"]: run.info.run_id for run in found}
+
+
+def test_a_changed_child_is_reported_from_its_parents_search(servers, tmp_path):
+    """The children of a parent are checked against one search of their parent's children (no
+    runs/get each): a tag changed and a param added in the target after the copy still show."""
+    source, target = servers
+    name = f"sweep-{uuid.uuid4().hex[:8]}"
+    ids = seed_sweep(MlflowClient(source.uri), name, trials=3)
+    workspace = f"ws-{name}"
+    args = ("migrate", "--source", source.uri, "--target", target.uri, "--experiments", name, "--workspace", workspace, "--parallel", "4")
+    first = subprocess.run([sys.executable, "-c", COUNTS_READS, *args, "--verify"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, env={**__import__("os").environ, "REPLAYER_LOG_DIR": str(tmp_path)})
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    assert "verify: 4 runs compared, 4 equal, 0 differ" in first.stdout
+    reads = json.loads(first.stdout.split("READS ", 1)[1])
+    trials = sorted(ids[f"trial_{i}"] for i in range(3))
+    assert (reads["searched"], len(reads["alone"])) == (trials, 1), reads  # the sweep alone, its 3 trials from one search
+
+    dst = MlflowClient(target.uri)
+    copies = target_runs(target.uri, workspace)
+    dst.set_tag(copies[ids["trial_1"]], "trial", "changed")
+    dst.log_param(copies[ids["trial_2"]], "added", "later")
+    report = tmp_path / "changed.json"
+    rerun = subprocess.run([sys.executable, "-c", COUNTS_READS, *args, "--verify", "--report", str(report)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "REPLAYER_LOG_DIR": str(tmp_path)})
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr[-3000:]
+    assert "skipped 4, failed 0" in rerun.stderr
+    assert json.loads(rerun.stdout.split("READS ", 1)[1])["searched"] == trials  # skipped runs are searched too
+    found = {(d["job"], d["field"]): (d["source"], d["target"], d["target_run"]) for d in report_of(report)["differences"]}
+    assert found == {(ids["trial_1"], "tag:trial"): ("1", "changed", copies[ids["trial_1"]]),
+                     (ids["trial_2"], "param:added"): ("(absent)", "later", copies[ids["trial_2"]])}
+    assert report_of(report)["summary"]["compared"] == 4 and report_of(report)["summary"]["equal"] == 2

@@ -14,6 +14,10 @@ cost is requests, and verify after migrate re-read the source run by run).
 - Runs the copy skipped (complete from an earlier migration), or whose stream did not end, have
   no digest and are checked the ordinary way (the source read again): every selected run is checked.
 - Runs with model inputs are checked after the logged-model pass, which writes those inputs.
+- Children are checked with their siblings: held until the parent's last child is done, then read
+  from the target with one search, not one runs/get each (runner.engine.child_groups). The copy
+  tells which children a parent has (`queued`, as the source's stream gives them); parents and
+  standalone runs are read alone, right away.
 - Then what else verify compares: experiments (and their logged models), registry models, traces.
 The report, table and exit code are verify's (runner.engine.verify).
 """
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from runner.core.records import JobRecord, MetricPoint
+from runner.engine.child_groups import ChildGroups
 from runner.engine.ledger import Ledger, TargetRun
 from runner.engine.mapping import Mapping
 from runner.engine.metric_digest import Digest, add_point
@@ -52,7 +58,7 @@ class TeeSource:
 
 class RunCheck:
     """Verify, run by run, inside a copy (runner.engine.replay.Copier calls `source_view`,
-    `start`, `run_done` and `run_failed`), then the rest in `finish`."""
+    `start`, `queued`, `run_done` and `run_failed`), then the rest in `finish`."""
 
     def __init__(self, source, target, mapping: Mapping | None = None, parallel: int = 8, logged_models: bool = True):
         self.source, self.target, self.parallel = source, target, parallel
@@ -67,6 +73,8 @@ class RunCheck:
         self._failed: dict[str, str] = {}  # source run id -> name, of runs whose copy failed (a retry may succeed)
         self._later: list[tuple[JobRecord, dict[str, Digest] | None]] = []  # runs with model inputs
         self.source_view = TeeSource(source, self)
+        self.groups: ChildGroups | None = None
+        self._pool: ThreadPoolExecutor | None = None  # the checks of children read with their siblings
 
     def start(self, ledger: Ledger) -> None:
         """The copy's ledger (orphans removed): what the target held before, as verify would read it."""
@@ -76,6 +84,12 @@ class RunCheck:
         self.checker = self.target.checker(self.source, self.ledger, self.mapping)
         if hasattr(self.checker, "logged_models"):
             self.checker.logged_models = self.logged_models
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="check")
+        self.groups = ChildGroups(self.checker, lambda job, wanted, run: self._pool.submit(self._check, job, wanted, run))
+
+    def queued(self, job: JobRecord) -> None:
+        """The copy took `job` from the source's stream (before copying it): its parent's group counts it."""
+        self.groups.queued(job)
 
     def streamed(self, source_id: str, digests: dict[str, Digest]) -> None:
         with self._lock:
@@ -90,19 +104,23 @@ class RunCheck:
             self._failed.pop(job.source_id, None)
             if action != "skip":  # now complete in the target; the checker still reads its completion tag
                 self.ledger.runs[job.source_id] = TargetRun(run_id, "", job.fingerprint(), job.lifecycle_stage)
-            if job.model_inputs and self.logged_models:  # written by the logged-model pass, after the runs
+            later = bool(job.model_inputs and self.logged_models)
+            if later:  # written by the logged-model pass, after the runs
                 self._later.append((job, wanted))
-                return
-        self._check(job, wanted)
+        if later:
+            self.groups.settle(job)
+        elif not self.groups.done(job, wanted):  # held: checked with its siblings, from one search
+            self._check(job, wanted)
 
     def run_failed(self, job: JobRecord) -> None:
         with self._lock:
             self._digests.pop(job.source_id, None)
             self._seen.add(job.source_id)
             self._failed[job.source_id] = job.name
+        self.groups.settle(job)
 
-    def _check(self, job: JobRecord, wanted: dict[str, Digest] | None) -> None:
-        found = self.checker.compare(job, wanted)
+    def _check(self, job: JobRecord, wanted: dict[str, Digest] | None, run=None) -> None:
+        found = self.checker.compare(job, wanted, run) if run is not None else self.checker.compare(job, wanted)
         with self._lock:
             self.report.compared += 1
             self.report.equal += not found
@@ -112,6 +130,8 @@ class RunCheck:
         """After the copy (and the registry's, with `models`): the runs it could not copy, the runs
         waiting for model inputs, then what verify compares besides runs."""
         report = self.report
+        self.groups.finish()  # the groups a failed child kept open
+        self._pool.shutdown(wait=True)
         for source_id, reason in failures:
             report.compared += 1
             report.differences.append(Difference(source_id, self._failed.get(source_id, ""), "run", "copied", f"failed: {reason}"))

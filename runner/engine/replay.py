@@ -291,6 +291,8 @@ class Copier:
                     window.acquire()
                     if stopping.is_set():  # pressed while waiting for room
                         break
+                    if self.options.check is not None:  # --verify: children are checked by parent (runner.engine.child_groups)
+                        self.options.check.queued(job)
                     future = pool.submit(self.one, job, action, existing, futures.get(job.parent_id or ""), Path(scratch))
                     future.add_done_callback(lambda _: window.release())
                     futures[job.source_id] = future

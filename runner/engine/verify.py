@@ -23,6 +23,7 @@ from loguru import logger
 
 from runner.core.progress import Progress
 from runner.core.records import Experiment, JobRecord
+from runner.engine.child_groups import ChildGroups
 from runner.engine.ledger import PARENT_TAG, is_own_tag
 from runner.engine.mapping import USER_TAG, Mapping, source_user
 
@@ -69,8 +70,9 @@ class Checker(Protocol):
 
     scratch: Path  # a folder for downloads, removed by close()
 
-    def compare(self, job: JobRecord, wanted: dict | None = None) -> list["Difference"]:
-        """`wanted`: the source run's metric digests by key, when already read (runner.engine.migrate_verify)."""
+    def compare(self, job: JobRecord, wanted: dict | None = None, run=None) -> list["Difference"]:
+        """`wanted`: the source run's metric digests by key, when already read (runner.engine.migrate_verify);
+        `run`: the target run a children search returned (with `read_children`: runner.engine.child_groups)."""
         ...
 
     def compare_experiments(self, experiments: Iterable[Experiment], mapping: Mapping) -> list["Difference"]: ...
@@ -127,8 +129,8 @@ def compare_runs(source, target, ledger, checker: "Checker", report: "VerifyRepo
     lock = threading.Lock()
     seen: set[str] = set()
 
-    def one(job: JobRecord) -> None:
-        found = checker.compare(job)
+    def one(job: JobRecord, run=None) -> None:
+        found = checker.compare(job) if run is None else checker.compare(job, None, run)
         with lock:
             report.compared += 1
             report.equal += not found
@@ -136,9 +138,15 @@ def compare_runs(source, target, ledger, checker: "Checker", report: "VerifyRepo
         progress.tick()
 
     with ThreadPoolExecutor(parallel) as pool:
+        # A parent's children are read with one search once the stream has passed its tree
+        # (runner.engine.child_groups); parents and standalone runs alone, right away.
+        groups = ChildGroups(checker, lambda job, _, run: pool.submit(one, job, run))
         for job in source.jobs():
             seen.add(job.source_id)
-            pool.submit(one, job)
+            groups.queued(job)
+            if not groups.done(job, None):
+                pool.submit(one, job)
+        groups.finish()
     if not has_filters(source):
         for original_id, run in ledger.runs.items():
             if original_id not in seen and run.lifecycle_stage == "active":

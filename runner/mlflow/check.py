@@ -29,6 +29,8 @@ from runner.mlflow import experiment_overflow, logged_model_check, model_inputs,
 from runner.mlflow.logged_models import reader_for
 from runner.mlflow.source import metric_history
 
+CHILDREN_PAGE = 1000  # runs per page of a parent's children search (MLflow's max_results; Azure pages too)
+
 
 class JobChecker:
     def __init__(self, source, target, ledger, mapping: Mapping | None = None):
@@ -40,6 +42,8 @@ class JobChecker:
         self._names_lock = threading.Lock()
         self.logged_models = True  # False with --skip-logged-models: neither models nor model inputs compared
         self._originals: dict[str, str] = {}  # target model id -> source model id, for model inputs
+        self._experiment_ids: dict[str, str | None] = {}  # target experiment name -> id, for children searches
+        self.children_page = CHILDREN_PAGE
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -48,6 +52,8 @@ class JobChecker:
         out = []
         for experiment in experiments:
             found = self.client.get_experiment_by_name(mapping.experiment_name(experiment.name))
+            with self._names_lock:  # a children search needs it: asked here already
+                self._experiment_ids[mapping.experiment_name(experiment.name)] = found.experiment_id if found else None
             if found is None:
                 out.append(Difference("", experiment.name, "experiment", "present", "missing"))
                 continue
@@ -73,23 +79,27 @@ class JobChecker:
         rows = logged_model_check.compare(reader, self._selection, self.source.workspace, self.client, experiment, target_experiment_id)
         return [Difference(*row) for row in rows]
 
-    def compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
+    def compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None, run=None) -> list[Difference]:
         """`wanted`: the source's metric digests per key when the caller streamed them already
-        (`migrate --verify`, runner.engine.migrate_verify); None reads the source's histories."""
+        (`migrate --verify`, runner.engine.migrate_verify); None reads the source's histories.
+        `run`: the target run as its parent's children search returned it (`read_children`, read
+        after the run was done); None reads it alone (runs/get)."""
         try:
-            return self._compare(job, wanted)
+            return self._compare(job, wanted, run)
         except Exception as error:  # noqa: BLE001 - a read failure is a difference, not a crash
             logger.opt(exception=error).debug("verify failed on {}", job.source_id)
             return [Difference(job.source_id, job.name, "error", "", f"{type(error).__name__}: {error}")]
 
-    def _compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None) -> list[Difference]:
+    def _compare(self, job: JobRecord, wanted: dict[str, Digest] | None = None, run=None) -> list[Difference]:
         found = self.ledger.find(job.source_id)
         diff = lambda what, a, b: Difference(job.source_id, job.name, what, show(a), show(b))  # noqa: E731
         if found is None:
             return [diff("run", "present", "missing")]
         if not found.complete:
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
-        run = self.client.get_run(found.run_id)
+        run = run if run is not None else self.read_run(found.run_id)
+        if run is None:  # the ledger (or the copy) knew it; the target has it no more
+            return [diff("run", "present", "missing")]
         info, data = run.info, run.data
         if COMPLETE not in data.tags:  # the run as read now, not as the ledger (or the copy that just wrote it) saw it
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
@@ -119,6 +129,74 @@ class JobChecker:
         for difference in out:
             difference.target_run = found.run_id
         return out
+
+    def read_run(self, run_id: str):
+        """The target run as it is now; None when the target has it no more (deleted for good)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def searchable(self, job: JobRecord) -> bool:
+        """Whether a search result can stand for this run's runs/get in `_compare`. Not for runs
+        with dataset or model inputs: `run_inputs.compare` and `model_inputs.compare` read
+        `run.inputs`, and nothing recorded or documented says Azure ML's run search returns inputs
+        (MLflow's own search only gained them in some stores); those keep runs/get."""
+        return not job.datasets and not (job.model_inputs and self.logged_models)
+
+    def read_children(self, parent_source_id: str, jobs: list[JobRecord]) -> dict:
+        """source id -> the target run, for these children of one parent, from one search (paged):
+        `tags.mlflow.parentRunId = '<the parent's target run>'`. MLflow's convention for nested
+        runs, and Azure ML's documented way to read a run's children ("Getting child (nested) runs"
+        in MicrosoftDocs/azure-docs articles/machine-learning/how-to-track-experiments-mlflow.md;
+        its support matrix: tag filters with `=` supported, `!=` on tags not, no OR or LIKE).
+        Read after every child is done, so each completion tag is as the run holds it now. A child
+        the search does not bring (its parent tag changed, deleted, a refused search, a result
+        without an artifact root) is left out: `compare` reads it alone, and says "missing" when
+        the target has it no more."""
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        parent = self.ledger.find(parent_source_id)
+        if parent is None or "'" in parent.run_id:
+            return {}
+        wanted = {}  # target run id -> source id
+        for job in jobs:
+            found = self.ledger.find(job.source_id)
+            if found is not None and found.complete:
+                wanted[found.run_id] = job.source_id
+        ids = sorted({i for i in (self.experiment_id(self.mapping.experiment_name(j.experiment)) for j in jobs) if i})
+        if not wanted or not ids:
+            return {}
+        runs, token = {}, None
+        try:
+            while len(runs) < len(wanted):  # stop at the page that brought the last one
+                page = self.client.search_runs(ids, f"tags.{PARENT_TAG} = '{parent.run_id}'", ViewType.ALL,
+                                               max_results=self.children_page, page_token=token)
+                for run in page:
+                    if run.info.run_id in wanted and run.info.artifact_uri:  # files are compared from that root
+                        runs[wanted[run.info.run_id]] = run
+                token = page.token
+                if not token:
+                    break
+        except MlflowException as error:  # a refused search: each child is read alone
+            logger.debug("searching the children of {} failed ({}); reading them one by one", parent.run_id, error)
+        return runs
+
+    def experiment_id(self, name: str) -> str | None:
+        """The target experiment's id: known from compare_experiments or the copy's target, else asked once."""
+        with self._names_lock:
+            if name not in self._experiment_ids:
+                known = getattr(self.target, "known_experiment_id", lambda _: None)(name)
+                if known is None:
+                    found = self.client.get_experiment_by_name(name)
+                    known = found.experiment_id if found else None
+                self._experiment_ids[name] = known
+            return self._experiment_ids[name]
 
     def compare_recorded_refs(self, job: JobRecord, run_id: str, chosen) -> list[Difference]:
         """`--artifacts list` copied no bytes but recorded each file: compare that record."""

@@ -157,6 +157,12 @@ class DirectTarget:
             self._experiments[experiment.name] = experiment_id
             return experiment_id
 
+    def known_experiment_id(self, name: str) -> str | None:
+        """The id of an experiment this process ensured already (no request): verify's children
+        searches (runner.mlflow.check `read_children`) name it."""
+        with self._lock:
+            return self._experiments.get(name)
+
     def _create_experiment(self, experiment: Experiment, tags: dict[str, str]) -> str:
         from mlflow.exceptions import MlflowException
 
