@@ -188,3 +188,20 @@ def test_a_burst_is_not_reported_as_rate_the_found_rate_is_held():
     assert result.found and result.confirmed, result
     assert 0 < result.rate <= 12.5, result
     assert result.stages[-1].clean and result.stages[-1].seconds >= 4, result.stages
+
+
+def test_children_come_in_their_parents_search():
+    """A child's runs/get is 0 at each end: its parent's one search of children stands for it (the check's
+    child groups, runner/engine/child_groups.py; the source's plan). One parent and two children sampled:
+    3 runs/get become 1 + 1 search at each end, 2/3 a job, where 1 a job was counted before."""
+    from runner.core.records import JobRecord
+
+    assert requests_per_job(5, 2, 3, child=True)["source"]["mlflow"] == requests_per_job(5, 2, 3)["source"]["mlflow"] - 1
+    assert requests_per_job(5, 2, 3, child=True)["target"]["mlflow"] == requests_per_job(5, 2, 3)["target"]["mlflow"] - 1
+    jobs = [JobRecord(source_id="p", name="p", experiment="e"),
+            *(JobRecord(source_id=c, name=c, experiment="e", parent_id="p", depth=1) for c in ("c1", "c2"))]
+    source = SimpleNamespace(count=lambda: 3, jobs=lambda: iter(jobs), metrics=lambda job: iter(()), artifacts=lambda job: iter(()))
+    w = estimate.sample_workload(source, 20, lambda job, points: sum(1 for _ in points) or 1)
+    alone = requests_per_job(0, 1, 0)
+    assert w.per_job["source"]["mlflow"] == pytest.approx(alone["source"]["mlflow"] * 1 / 3 + 1 / 3)
+    assert w.per_job["target"]["mlflow"] == pytest.approx(alone["target"]["mlflow"] - 1 + 2 / 3)

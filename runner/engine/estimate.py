@@ -11,7 +11,8 @@ log-batch requests and F files, pages of `page` files a listing:
 
 split by where each request goes (`requests_per_job`): the source's MLflow a `runs/get` and K
 `get-history`; the target's MLflow create, status, completion tag and B `log-batch` (the check: a
-`runs/get` and K `get-history`); run history's artifact routes a listing page per `page` files on
+`runs/get` and K `get-history`); a child's `runs/get` is 0 at either end, its parent's one search
+of children standing for them (`sample_workload` adds that search per parent sampled); run history's artifact routes a listing page per `page` files on
 the source, a registration per 50 new paths on the target (the check: the target's listing); blob
 a HEAD per file on the source, the copy on the target (the check: a HEAD there). Per experiment and
 per parent a few more (get-by-name, a children page) that the formula leaves out.
@@ -44,13 +45,15 @@ ENDS = ("source", "target")
 GOAL_H = 1.0
 
 
-def requests_per_job(keys: int, batches: int, files: int, verify: bool = True, page: int = LISTING_PAGE) -> dict[str, dict[str, int]]:
+def requests_per_job(keys: int, batches: int, files: int, verify: bool = True, page: int = LISTING_PAGE,
+                     child: bool = False) -> dict[str, dict[str, int]]:
     """The one formula (module docstring): requests of one job by end and family."""
     listing, register = math.ceil(files / page), math.ceil(files / REGISTER_BATCH)
-    source = {"mlflow": 1 + keys, "artifacts": listing, "blob": files}
+    get = 0 if child else 1  # a child comes in its parent's search of children
+    source = {"mlflow": get + keys, "artifacts": listing, "blob": files}
     target = {"mlflow": 3 + batches, "artifacts": register, "blob": files}
     if verify:  # the check reads the target only: runs/get, K histories, the listing, a HEAD per file
-        target = {"mlflow": target["mlflow"] + 1 + keys, "artifacts": register + listing, "blob": 2 * files}
+        target = {"mlflow": target["mlflow"] + get + keys, "artifacts": register + listing, "blob": 2 * files}
     return {"source": source, "target": target}
 
 
@@ -88,7 +91,7 @@ def sample_workload(source: Source, sample: int, count_batches: Callable[[JobRec
         keys: dict[str, int] = {}
         batches = count_batches(job, counted(source.metrics(job), keys))  # streamed: a long history is never held
         files = sum(1 for _ in source.artifacts(job))
-        rows.append((len(keys), sum(keys.values()), files, batches))
+        rows.append((len(keys), sum(keys.values()), files, batches, job.parent_id))
     if not rows:
         return workload
     workload.sampled = len(rows)
@@ -96,8 +99,12 @@ def sample_workload(source: Source, sample: int, count_batches: Callable[[JobRec
     workload.points_per_key = sum(r[1] for r in rows) / max(1, sum(r[0] for r in rows))
     workload.files = sum(r[2] for r in rows) / len(rows)
     workload.batches = sum(r[3] for r in rows) / len(rows)
-    each = [requests_per_job(k, b, f, verify) for k, _, f, b in rows]  # the mean of ceil(), not ceil() of the mean
+    each = [requests_per_job(k, b, f, verify, child=bool(parent)) for k, _, f, b, parent in rows]  # the mean of ceil()
     workload.per_job = {end: {f: sum(e[end][f] for e in each) / len(each) for f in FAMILIES} for end in ENDS}
+    searches = len({parent for *_, parent in rows if parent}) / len(rows)  # one search of children per parent, each end
+    workload.per_job["source"]["mlflow"] += searches
+    if verify:
+        workload.per_job["target"]["mlflow"] += searches
     return workload
 
 
