@@ -23,7 +23,7 @@ from azurite import Azurite
 from conftest import run_cli
 from fakes import azureml_artifacts
 from fakes import azureml_seed as seed
-from fakes.azureml_control_plane import TENANT, FakeControlPlane, FakeCredential, FakeWorkspace, write_fake_az
+from fakes.azureml_control_plane import TENANT, FakeCredential, write_fake_az
 from runner.core.errors import ReplayerError, UsageError
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, JobRecord
@@ -31,7 +31,6 @@ from runner.ends import open_source
 from runner.azureml.job_fields import map_status
 from runner.azureml.source import AzuremlSource
 from runner.azureml.workspace import is_azureml, parse_workspace
-from servers import MlflowServer
 
 SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"
 URI = f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}"
@@ -40,26 +39,19 @@ URI = f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}"
 @pytest.fixture(scope="module")
 def azure(tmp_path_factory):
     base = tmp_path_factory.mktemp("azureml")
-    specs, builders = seed.build_specs()
-    seed.seed_mlflow(base / "mlflow", specs)
-    server = MlflowServer(base / "mlflow").start()
-    fake = FakeControlPlane(base / "fake", server.uri).start()
-    ws = fake.add(FakeWorkspace(SUB, RG, WS))
-    seed.install(ws, specs, builders)
-    azurite = Azurite(base / "azurite").start()
-    env = fake.environ()
-    try:
-        store = azureml_artifacts.attach(ws, azurite)
-        assert seed.upload_files(store, specs) == 10
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in env.items():
-                patch.setenv(key, value)
-            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env, store=store)
-    finally:
-        azureml_artifacts.STORES.pop(ws.scope, None)
-        azurite.stop()
-        fake.stop()
-        server.stop()
+    with seed.fixture_workspace(base, SUB, RG, WS) as (fake, ws, specs):
+        azurite = Azurite(base / "azurite").start()
+        env = fake.environ()
+        try:
+            store = azureml_artifacts.attach(ws, azurite)
+            assert seed.upload_files(store, specs) == 10
+            with pytest.MonkeyPatch.context() as patch:
+                for key, value in env.items():
+                    patch.setenv(key, value)
+                yield SimpleNamespace(fake=fake, ws=ws, specs=specs, by_name={s.name: s for s in specs}, base=base, env=env, store=store)
+        finally:
+            azureml_artifacts.STORES.pop(ws.scope, None)
+            azurite.stop()
 
 
 def source(uri: str = URI, credential=None, parallel: int = 4, **filters) -> AzuremlSource:

@@ -16,12 +16,11 @@ import pytest
 from conftest import run_cli
 from fakes import azureml_latency as latency
 from fakes import azureml_seed as seed
-from fakes.azureml_control_plane import FakeControlPlane, FakeCredential, FakeWorkspace
+from fakes.azureml_control_plane import FakeCredential, FakeWorkspace
 from runner.azureml.source import AzuremlSource
 from runner.engine import estimate
 from runner.ends import probe_reads
 from runner.engine.estimate import Measured, Workload, projection, requests_per_job, summary_line
-from servers import MlflowServer
 from test_azureml_source import RG, SUB, URI, WS, cli_env
 
 TARGET = URI.replace(WS, "ws-target")
@@ -30,20 +29,12 @@ WRITES = ("runs/create", "log-batch", "runs/update", "set-tag", "experiments/cre
 
 @pytest.fixture(scope="module")
 def azure(tmp_path_factory):
-    base = tmp_path_factory.mktemp("estimate")
-    specs, builders = seed.build_specs()
-    seed.seed_mlflow(base / "mlflow", specs)
-    server = MlflowServer(base / "mlflow").start()
-    fake = FakeControlPlane(base / "fake", server.uri).start()
-    ws = fake.add(FakeWorkspace(SUB, RG, WS))
-    seed.install(ws, specs, builders)
-    fake.add(FakeWorkspace(SUB, RG, "ws-target"))  # nothing in it yet: the reads answer 404, an answer like any other
-    try:
-        yield SimpleNamespace(fake=fake, env=fake.environ())
-    finally:
-        latency.turn_off(fake)
-        fake.stop()
-        server.stop()
+    with seed.fixture_workspace(tmp_path_factory.mktemp("estimate"), SUB, RG, WS) as (fake, _, _):
+        fake.add(FakeWorkspace(SUB, RG, "ws-target"))  # nothing in it yet: the reads answer 404, an answer like any other
+        try:
+            yield SimpleNamespace(fake=fake, env=fake.environ())
+        finally:
+            latency.turn_off(fake)
 
 
 def estimate_cli(azure, tmp_path, *flags: str):

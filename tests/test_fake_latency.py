@@ -18,8 +18,7 @@ import requests
 from azurite import Azurite
 from fakes import azureml_latency as latency
 from fakes import azureml_seed as seed
-from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace, make_token
-from servers import MlflowServer
+from fakes.azureml_control_plane import FakeWorkspace, make_token
 from test_azureml_source import fixture_histories, histories, source
 
 SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"  # test_azureml_source's `source()` reads this workspace
@@ -28,21 +27,14 @@ SUB, RG, WS = "2f1e0c4d-0000-4000-8000-00000000c0de", "rg-ml", "ws-fraud"  # tes
 @pytest.fixture(scope="module")
 def azure(tmp_path_factory):
     base = tmp_path_factory.mktemp("latency")
-    specs, builders = seed.build_specs()
-    seed.seed_mlflow(base / "mlflow", specs)
-    server = MlflowServer(base / "mlflow").start()
-    fake = FakeControlPlane(base / "fake", server.uri).start()
-    ws = fake.add(FakeWorkspace(SUB, RG, WS))
-    seed.install(ws, specs, builders)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in fake.environ().items():
-                patch.setenv(key, value)
-            yield SimpleNamespace(fake=fake, ws=ws, specs=specs, base=base)
-    finally:
-        latency.turn_off(fake)
-        fake.stop()
-        server.stop()
+    with seed.fixture_workspace(base, SUB, RG, WS) as (fake, ws, specs):
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                for key, value in fake.environ().items():
+                    patch.setenv(key, value)
+                yield SimpleNamespace(fake=fake, ws=ws, specs=specs, base=base)
+        finally:
+            latency.turn_off(fake)
 
 
 def get(fake, path: str) -> requests.Response:

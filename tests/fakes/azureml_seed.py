@@ -253,6 +253,28 @@ FILES = {
 UNHASHED = {"outputs/model/model.pkl"}
 
 
+@contextlib.contextmanager
+def fixture_workspace(base: Path, subscription: str, resource_group: str, workspace: str):
+    """The fixture's jobs (`build_specs`) in `workspace` of a started HTTPS fake over a real mlflow server
+    holding their runs; yields (fake, ws, specs) and stops both after."""
+    from fakes.azureml_control_plane import FakeControlPlane
+    from servers import MlflowServer
+
+    specs, builders = build_specs()
+    seed_mlflow(base / "mlflow", specs)
+    server = MlflowServer(base / "mlflow").start()
+    try:
+        fake = FakeControlPlane(base / "fake", server.uri).start()
+        try:
+            ws = fake.add(FakeWorkspace(subscription, resource_group, workspace))
+            install(ws, specs, builders)
+            yield fake, ws, specs
+        finally:
+            fake.stop()
+    finally:
+        server.stop()
+
+
 def upload_files(store, specs: list[Spec]) -> int:
     """Put every spec's files into a workspace artifact store (tests/fakes/azureml_artifacts.py)."""
     count = 0
