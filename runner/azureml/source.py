@@ -54,7 +54,7 @@ from runner.azureml.credentials import CREDENTIAL_HINTS, workspace_credential
 from runner.core.errors import EndpointError, ReplayerError, UsageError, first_line
 from runner.core.filters import Filters
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
-from runner.mlflow.source import list_experiments, metric_history
+from runner.mlflow.source import list_experiments, metric_history, run_or_none
 from runner.azureml.sibling_runs import SiblingRuns, planned_children
 from runner.azureml.run_history import storage_reason
 from runner.azureml.workspace import WorkspaceRef, is_azureml, parse_workspace  # noqa: F401  (importers find them here)
@@ -432,15 +432,8 @@ class AzuremlSource:
     # -- MLflow reads --------------------------------------------------------------------------
 
     def _mlflow_run(self, name: str):
-        from mlflow.exceptions import MlflowException
-
         with self._mlflow_errors(f"read job {name}"):
-            try:
-                return self.client.get_run(name)
-            except MlflowException as error:
-                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return None
-                raise
+            return run_or_none(self.client, name)
 
     def _root_history(self, node: Node, start: int | None) -> dict:
         """Run history's record of a root, asked only for what the job answer lacks: times (MFE job

@@ -27,7 +27,7 @@ from runner.files.roots import open_store, source_store
 from runner.files.stats import CopyStats
 from runner.mlflow import experiment_overflow, logged_model_check, model_inputs, run_inputs
 from runner.mlflow.logged_models import reader_for
-from runner.mlflow.source import metric_history
+from runner.mlflow.source import metric_history, run_or_none
 
 CHILDREN_PAGE = 1000  # runs per page of a parent's children search (MLflow's max_results; Azure pages too)
 
@@ -132,14 +132,7 @@ class JobChecker:
 
     def read_run(self, run_id: str):
         """The target run as it is now; None when the target has it no more (deleted for good)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_run(run_id)
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
+        return run_or_none(self.client, run_id)
 
     def searchable(self, job: JobRecord) -> bool:
         """Whether a search result can stand for this run's runs/get in `_compare`. Not for runs

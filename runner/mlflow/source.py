@@ -156,16 +156,11 @@ class MlflowSource:
                 quoted = ", ".join(f"'{i}'" for i in ids[start : start + FETCH])
                 yield from self._search(f"attributes.run_id IN ({quoted})", FETCH)
             return
-        from mlflow.exceptions import MlflowException
-
         experiments = {e.source_id for e in self.experiments()}
         for run_id in ids:
-            try:
-                run = self.client.get_run(run_id)
-            except MlflowException as error:
-                if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    continue  # deleted for good since it was listed
-                raise
+            run = run_or_none(self.client, run_id)
+            if run is None:
+                continue  # deleted for good since it was listed
             deleted_hidden = run.info.lifecycle_stage == "deleted" and not self.filters.include_deleted
             if run.info.experiment_id in experiments and not deleted_hidden:
                 yield run
@@ -358,6 +353,18 @@ def list_experiments(client, filters: Filters, where: str) -> list[Experiment]:
         for e in found
         if filters.wants_experiment(e.name)
     ]
+
+
+def run_or_none(client, run_id: str):
+    """The run as the store holds it now (runs/get); None when the store has it no more (deleted for good)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def metric_history(client, run_id: str, key: str) -> Iterator[MetricPoint]:
