@@ -120,7 +120,7 @@ class RunCheck:
         self.groups.settle(job)
 
     def _check(self, job: JobRecord, wanted: dict[str, Digest] | None, run=None) -> None:
-        found = self.checker.compare(job, wanted, run) if run is not None else self.checker.compare(job, wanted)
+        found = self.checker.compare(job, wanted, run)
         with self._lock:
             self.report.compared += 1
             self.report.equal += not found

@@ -130,7 +130,7 @@ def compare_runs(source, target, ledger, checker: "Checker", report: "VerifyRepo
     seen: set[str] = set()
 
     def one(job: JobRecord, run=None) -> None:
-        found = checker.compare(job) if run is None else checker.compare(job, None, run)
+        found = checker.compare(job, None, run)
         with lock:
             report.compared += 1
             report.equal += not found
