@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from runner.core import retry
 from runner.engine.rate_probe import Answer
-from runner.mlflow.probe_reads import retry_after
 
 
 def listing_read(source, experiment: str, run_id: str) -> Callable[[], Answer]:
@@ -25,6 +25,6 @@ def listing_read(source, experiment: str, run_id: str) -> Callable[[], Answer]:
 
     def send() -> Answer:
         answer = client.send_request(build(*scope, experiment, run_id))  # a request each: threads share the client only
-        return Answer(answer.status_code, retry_after(answer.headers))
+        return Answer(answer.status_code, retry.throttled_for(answer.status_code, answer.headers))
 
     return send

@@ -41,14 +41,14 @@ THREADS = 8  # requests in flight at most: at ~100 ms a request, 80/s before the
 MAX_WAIT = 60.0  # longest Retry-After honoured (a longer one is reported, the probe does not sit on it)
 CONFIRM_SECONDS = 4.0  # a found rate is held this long to drain what the bucket's burst lent the ramp
 CONFIRMATIONS = 3  # the found rate, then half, then a quarter
-THROTTLED = (429, 503)
 
 
 @dataclass
 class Answer:
-    """What one read came back with: the HTTP status and the Retry-After it carried (seconds), if any."""
+    """What one read came back with: the HTTP status, and when the service throttled it the seconds it
+    asked to wait (runner.core.retry.throttled_for: a 429, or a 503 with Retry-After); None otherwise."""
     status: int
-    retry_after: float | None = None
+    wait: float | None = None
 
 
 @dataclass
@@ -194,9 +194,9 @@ def record(answer: Answer | None, took_ms: float, stage: Stage, latencies: list[
         result.error = result.error or why
         return
     stage.sent += 1
-    if answer.status in THROTTLED and (answer.status == 429 or answer.retry_after is not None):
+    if answer.wait is not None:
         stage.throttled += 1
-        result.retry_after = max(result.retry_after or 0.0, answer.retry_after or 1.0)
+        result.retry_after = max(result.retry_after or 0.0, answer.wait or 1.0)
         stop.set()
         return
     if answer.status >= 500 or answer.status in (401, 403):  # a refused token or a failing service: no rate in it

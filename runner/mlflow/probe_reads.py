@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from runner.core import retry
 from runner.engine.rate_probe import Answer
 
 ROUTE = "/api/2.0/mlflow/experiments/get-by-name"
@@ -26,14 +27,6 @@ def experiment_read(client, experiment: str) -> Callable[[], Answer] | None:
         # creds per request: the store's own, with the cached token (one token per scope until near expiry)
         answer = http_request(creds(), ROUTE, "GET", max_retries=0, retry_codes=frozenset(), raise_on_status=False,
                               timeout=30, params={"experiment_name": experiment})
-        return Answer(answer.status_code, retry_after(answer.headers))
+        return Answer(answer.status_code, retry.throttled_for(answer.status_code, answer.headers))
 
     return send
-
-
-def retry_after(headers) -> float | None:
-    """Retry-After in seconds, None when absent or a date."""
-    try:
-        return float(headers.get("Retry-After"))
-    except (TypeError, ValueError):
-        return None
