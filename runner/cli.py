@@ -201,19 +201,17 @@ def estimate_options(shards, sample, probe_seconds, max_rate, verify, no_verify)
 
 
 def batch_counter(target_uri: str):
-    """How many log-batch requests a job takes on this target (runner.mlflow.batching within its caps):
-    the job's params, its tags and the lineage tags the copy adds (runner.engine.ledger), and its points."""
+    """How many log-batch requests a job takes on this target (runner.mlflow.batching within its caps),
+    batched as the copy batches a new run (DirectTarget.write_new): its params and its points; its
+    tags go with runs/create."""
     from runner.azureml.workspace import is_azureml
-    from runner.engine import ledger
     from runner.engine.limits import limits_for
     from runner.mlflow.batching import batches
 
     limits = limits_for("azureml://" if is_azureml(target_uri) else target_uri)
-    names = (ledger.ORIGINAL_JOB_ID, ledger.ORIGINAL_PARENT, ledger.ORIGINAL_DEPTH, ledger.ORIGINAL_EXPERIMENT, ledger.ORIGINAL_WORKSPACE)
-    lineage = dict.fromkeys(names, "")
 
     def count(job, points) -> int:
-        return sum(1 for _ in batches(job.params, {**job.tags, **lineage}, points, rows_per_metric=limits.rows_per_metric_per_batch))
+        return sum(1 for _ in batches(job.params, {}, points, rows_per_metric=limits.rows_per_metric_per_batch))
 
     return count
 
