@@ -403,9 +403,10 @@ def predicted(ends, args) -> dict:
     out = ends.work / "estimate.json"
     row = tool("estimate", ends, args, "--target", ends.target, "--shards", "1", "--probe-seconds", f"{args.estimate_seconds:g}",
                "--report", str(out))
-    p = json.loads(out.read_text())["projection"]
+    estimated = json.loads(out.read_text())
+    p = estimated["projection"]
     return {"predicted_s": p["seconds_1"], "bound": p["bound_1"], "wall_s": row["wall_s"], "requests": sum(row["requests"].values()),
-            "throttled": row["throttled"], "rates": {k: v["describe"] for k, v in json.loads(out.read_text())["probes"].items()}}
+            "throttled": row["throttled"], "rates": {k: v["describe"] for k, v in estimated["probes"].items()}}
 
 
 def _kinds(specs) -> dict:
