@@ -153,3 +153,41 @@ def test_blob_counter_passes_sizes_reads_and_copies_through(azure, tmp_path):
             counter.stop()
         assert azurite.service("acct1").get_blob_client("cont", "b/copy.bin").download_blob().readall() == data
     assert fake.requests["family:blob"] == 3  # properties, download, copy; not Azurite's own check of the copy source
+
+
+def test_the_forward_to_mlflow_sends_again_on_a_connection_the_server_dropped(azure):
+    """The fake's forward keeps a connection alive per thread; a backing server may drop it (its keep-alive
+    timeout). Here a server answers once on a connection, then reads the next request on it and closes
+    without an answer: the forward sends that request again on a new connection instead of failing."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def answer(conn, text: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+
+    def serve() -> None:
+        for n in range(2):
+            conn, _ = listener.accept()
+            connections.append(conn)
+            conn.recv(65536)
+            if n == 0:
+                answer(conn, b"first")
+                conn.recv(65536)  # the next request on the kept-alive connection: dropped unanswered
+                conn.close()
+            else:
+                answer(conn, b"again")
+                conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/api/2.0/mlflow/runs/get"
+    try:
+        assert azure.fake.forward("GET", url, timeout=10).text == "first"
+        assert azure.fake.forward("GET", url, timeout=10).text == "again"
+    finally:
+        server.join(10)
+        listener.close()
+    assert len(connections) == 2

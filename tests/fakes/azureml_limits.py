@@ -134,7 +134,7 @@ class Backing:
         self.base = (workspace.mlflow_uri or handler.fake.mlflow_uri).rstrip("/") + "/api/2.0/mlflow"
 
     def get(self, route: str, **params) -> dict:
-        answer = self.handler.fake.mlflow_session().get(f"{self.base}/{route}", params=params, timeout=60)
+        answer = self.handler.fake.forward("GET", f"{self.base}/{route}", params=params, timeout=60)
         return answer.json() if answer.ok else {}
 
     def run(self, run_id: str) -> dict:
