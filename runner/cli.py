@@ -505,7 +505,7 @@ class Replayer:
 
         def body():
             from runner.engine import estimate as plan
-            from runner.ends import estimate_reads, open_source, same_store
+            from runner.ends import estimate_reads, open_source
 
             s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["estimate"])
             options = estimate_options(shards, sample, probe_seconds, max_rate, verify, no_verify)
@@ -518,7 +518,7 @@ class Replayer:
             reads = estimate_reads(src, source_uri, target_uri, experiment, run_id)  # one workspace: probed once
             results, measured = plan.probe_all(reads, options["max_rate"], options["probe_seconds"])
             measured.update(plan.documented_rates(measured))  # blob: Azure's documented rate, never probed
-            projected = plan.projection(workload, measured, s.parallel, options["shards"], shared=same_store(source_uri, target_uri))
+            projected = plan.projection(workload, measured, s.parallel, options["shards"])  # one workspace: its buckets, as probed
             for line in plan.table(workload, measured, results, projected):
                 print(line)
             print(plan.summary_line(projected))

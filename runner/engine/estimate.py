@@ -168,9 +168,12 @@ def loads(workload: Workload, shared: bool = False) -> dict[str, float]:
 
 
 def projection(workload: Workload, measured: dict[str, Measured], parallel: int, shards: int, goal_h: float = GOAL_H,
-               shared: bool = False) -> dict:
+               shared: bool | None = None) -> dict:
     """Hours on 1 node and on `shards` nodes, the bounding bucket and the break-even rates (module docstring).
-    `shared`: both ends are one workspace, its buckets `workspace family` (`buckets`)."""
+    `shared`: both ends are one workspace, its buckets `workspace family` (`buckets`); None: as the probes'
+    buckets say (runner.ends.estimate_reads names them `workspace family` then), so the two cannot disagree."""
+    if shared is None:
+        shared = any(key.split(" ")[0] == SHARED for key in measured)
     load = loads(workload, shared)
     unmeasured = sorted(k for k in load if load[k] and p50_for(k, measured) is None)
     latency_s = sum(n * (p50_for(k, measured) or 0.0) / 1000 for k, n in load.items())
