@@ -496,27 +496,29 @@ class Replayer:
 
         --source URI|config.yml  --target URI|config.yml  [filters as in extract] [--parallel N] [--shards N]
         [--sample N] [--probe-seconds S] [--max-rate R] [--verify|--no-verify] [--report estimate.json]
-        Each end's MLflow endpoint and run history get one cheap read at a ramp (5/s doubling every ~2 s up to
-        --max-rate, for at most --probe-seconds each), stopped at the first 429 after its Retry-After.
+        Each end's MLflow endpoint and run history (a workspace's, also when given as its MLflow tracking URI) get
+        one cheap read at a ramp (5/s doubling every ~2 s up to --max-rate, for at most --probe-seconds each),
+        stopped at the first 429 after its Retry-After; both ends in one workspace: probed and projected once.
+        Blob is never probed: a workspace's storage account is projected at Azure's documented 20,000 requests/s.
         """
         no_verify = flags.pop("no_verify", False)
 
         def body():
             from runner.engine import estimate as plan
-            from runner.ends import open_source, probe_reads
+            from runner.ends import estimate_reads, open_source
 
             s = Settings(flags, {"source": source, "target": target}, COMMAND_FLAGS["estimate"])
             options = estimate_options(shards, sample, probe_seconds, max_rate, verify, no_verify)
-            target_uri = s.need("target", "target")
-            src = open_source(s.need("source", "source"), s.filters, s.workspace, parallel=s.parallel)
+            source_uri, target_uri = s.need("source", "source"), s.need("target", "target")
+            src = open_source(source_uri, s.filters, s.workspace, parallel=s.parallel)
             workload = plan.sample_workload(src, options["sample"], batch_counter(target_uri), options["verify"])
             if not workload.sampled:
                 raise UsageError("the filters select no jobs in the source: nothing to estimate; check --experiments and the other filters")
             experiment, run_id = workload.first
-            reads = {f"{end} {family}": send for end, opened, uri in (("source", src, None), ("target", None, target_uri))
-                     for family, send in probe_reads(opened, uri, experiment, run_id).items()}
+            reads = estimate_reads(src, source_uri, target_uri, experiment, run_id)  # one workspace: probed once
             results, measured = plan.probe_all(reads, options["max_rate"], options["probe_seconds"])
-            projected = plan.projection(workload, measured, s.parallel, options["shards"])
+            measured.update(plan.documented_rates(measured))  # blob: Azure's documented rate, never probed
+            projected = plan.projection(workload, measured, s.parallel, options["shards"])  # one workspace: its buckets, as probed
             for line in plan.table(workload, measured, results, projected):
                 print(line)
             print(plan.summary_line(projected))

@@ -19,11 +19,17 @@ from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import FakeCredential, FakeWorkspace
 from runner.azureml.source import AzuremlSource
 from runner.engine import estimate
-from runner.ends import probe_reads
-from runner.engine.estimate import Measured, Workload, projection, requests_per_job, summary_line
+from runner.ends import estimate_reads, probe_reads, same_store
+from runner.engine.estimate import BLOB_RATE, Measured, Workload, documented_rates, projection, requests_per_job, summary_line
 from test_azureml_source import RG, SUB, URI, WS, cli_env
 
 TARGET = URI.replace(WS, "ws-target")
+
+
+def tracking_uri(host: str, workspace: str) -> str:
+    """A workspace given as its MLflow tracking URI, spelled as bench/bench_azure_scale.py and the portal spell it."""
+    return (f"azureml://{host}/mlflow/v2.0/subscriptions/{SUB}/resourceGroups/{RG}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{workspace}")
 WRITES = ("runs/create", "log-batch", "runs/update", "set-tag", "experiments/create", "batch/metadata")
 
 
@@ -70,30 +76,99 @@ def test_the_probe_meets_the_mlflow_bucket_and_reports_its_rate(azure, tmp_path)
     p = report["projection"]
     assert report["workload"]["sampled"] == 3 and p["jobs"] == report["workload"]["jobs"] > 3
     assert "target mlflow" in p["throttle_h"] and p["lower_bound_rates"] == ["source artifacts", "target artifacts"]
+    # Blob, never probed: each workspace's storage account at Azure's documented rate, neither found nor a lower bound.
+    assert p["documented_rates"] == ["source blob", "target blob"] and "source blob" not in probes
+    for end in ("source", "target"):
+        assert p["throttle_h"][f"{end} blob"] == round(p["requests"][f"{end} blob"] / BLOB_RATE / 3600, 2)
+    assert [line for line in run.stdout.splitlines() if line.startswith("target blob") and "20,000/s documented" in line]
     line = run.stdout.strip().splitlines()[-1]
     assert line.startswith(f"projection: {p['jobs']:,} jobs: {p['hours_1']} h on 1 node, {p['hours_8']} h on 8 nodes"), line
     assert "429 met" in run.stdout and "lower bound" in run.stdout
 
 
-def test_without_a_throttle_every_rate_is_a_lower_bound(azure, monkeypatch):
-    """In process, on the target workspace alone (the CLI's path is the test above): counted, never refused."""
+def test_one_workspace_at_both_ends_is_probed_once_and_carries_both_ends(azure, monkeypatch):
+    """In process (the CLI's path is the test above): the source workspace, and the target given as the same
+    workspace's MLflow tracking URI (its scope spelled otherwise): one probe per family, counted by the fake and
+    never refused (every rate a lower bound); the projection puts both ends' requests on that one rate."""
     for key, value in azure.env.items():
         monkeypatch.setenv(key, value)
-    target = AzuremlSource(TARGET, credential=FakeCredential())
-    reads = {f"target {family}": send for family, send in probe_reads(target, None, "fraud-baseline", "eager_owl_04").items()}
+    source = AzuremlSource(URI, credential=FakeCredential())
+    host = source.tracking_uri.split("/")[2]
+    target_uri = tracking_uri(host, WS.upper()).replace("/resourceGroups/", "/RESOURCEGROUPS/")
+    reads = estimate_reads(source, URI, target_uri, "fraud-baseline", "eager_owl_04")
+    assert set(reads) == {"workspace mlflow", "workspace artifacts"}
     before = dict(azure.fake.requests)
     latency.turn_on(azure.fake, latency={}, buckets={})
     try:
         results, measured = estimate.probe_all(reads, max_rate=10, seconds=2)
     finally:
         latency.turn_off(azure.fake)
-    assert set(results) == {"target mlflow", "target artifacts"}
     for key, probe in results.items():
         assert not probe["found"] and probe["throttled"] == 0 and probe["rate"] > 0 and probe["p50_ms"] is not None, (key, probe)
         assert probe["describe"].startswith(">= ") and "lower bound" in probe["describe"]
-        assert not measured[key].found
-    sent = {f: azure.fake.requests[f"family:{f}"] - before.get(f"family:{f}", 0) for f in ("mlflow", "artifacts")}
-    assert sent == {"mlflow": results["target mlflow"]["requests"], "artifacts": results["target artifacts"]["requests"]}
+    sent = {key: n - before.get(key, 0) for key, n in azure.fake.requests.items() if key.startswith("ws:") and n > before.get(key, 0)}
+    assert sent == {f"ws:{WS} mlflow": results["workspace mlflow"]["requests"], f"ws:{WS} artifacts": results["workspace artifacts"]["requests"]}
+    measured.update(documented_rates(measured))
+    w = Workload(jobs=100_000, sampled=3, verify=True, per_job=requests_per_job(5, 4, 3))
+    p = projection(w, measured, parallel=8, shards=8)  # as the CLI calls it: the probes' buckets say `workspace`
+    assert set(p["requests"]) == {"workspace mlflow", "workspace artifacts", "workspace blob"}
+    for family in ("mlflow", "artifacts", "blob"):
+        both = w.per_job["source"][family] + w.per_job["target"][family]
+        assert p["per_job"][f"workspace {family}"] == both and p["requests"][f"workspace {family}"] == both * w.jobs
+        rate = measured[f"workspace {family}"].rate
+        assert p["throttle_h"][f"workspace {family}"] == round(both * w.jobs / rate / 3600, 2), (family, rate)
+    assert p["documented_rates"] == ["workspace blob"]
+
+
+def test_a_target_given_as_its_tracking_uri_has_its_run_history_probed(azure, monkeypatch):
+    """The target workspace named by its MLflow tracking URI (as the Azure bench names it) is opened as a
+    workspace URI would be: its run history's listing is probed too, on that workspace (a 404: no such run yet)."""
+    from runner.azureml import credentials
+
+    for key, value in azure.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(credentials, "get", FakeCredential)
+    host = AzuremlSource(URI, credential=FakeCredential()).tracking_uri.split("/")[2]
+    reads = probe_reads(None, tracking_uri(host, "ws-target"), "fraud-baseline", "eager_owl_04")
+    assert set(reads) == {"mlflow", "artifacts"}
+    before = dict(azure.fake.requests)
+    latency.turn_on(azure.fake, latency={}, buckets={})  # counts requests per workspace and family
+    try:
+        assert reads["artifacts"]().status == 404 and reads["mlflow"]().status in (200, 404)  # ws-target holds no run yet
+    finally:
+        latency.turn_off(azure.fake)
+    sent = {key: n - before.get(key, 0) for key, n in azure.fake.requests.items() if key.startswith("ws:") and n > before.get(key, 0)}
+    assert sent == {"ws:ws-target artifacts": 1, "ws:ws-target mlflow": 1}
+
+
+@pytest.mark.parametrize("source, target, same", [
+    (URI, URI.upper().replace("AZUREML://", "azureml://"), True),
+    (URI, tracking_uri("westeurope.api.azureml.ms", WS.upper()), True),
+    (URI, TARGET, False),
+    (tracking_uri("h", WS), tracking_uri("h", "ws-target"), False),
+    ("http://localhost:5000/", "http://127.0.0.1:5000", True),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5001", False),
+])
+def test_same_store_whatever_the_spelling(source, target, same):
+    assert same_store(source, target) is same
+
+
+def test_blob_is_projected_at_the_documented_rate():
+    """Each workspace's blob bucket at 20,000/s documented: requests / 20,000, neither found nor a lower
+    bound, its latency its end's run history artifacts' p50; the table says documented."""
+    w = Workload(jobs=10_000_000, sampled=20, verify=True, per_job=requests_per_job(5, 4, 3))
+    measured = {"source artifacts": Measured(40.0, True, 50.0), "target artifacts": Measured(40.0, False, 70.0)}
+    measured.update(documented_rates(measured))
+    assert set(measured) == {"source artifacts", "target artifacts", "source blob", "target blob"}
+    p = projection(w, measured, parallel=8, shards=8)
+    # 10,000,000 jobs x 3 HEADs / 20,000/s = 1,500 s = 0.42 h; the target's 6 (copy and the check's HEAD): 0.83 h.
+    assert p["throttle_h"]["source blob"] == round(p["requests"]["source blob"] / 20_000 / 3600, 2) == 0.42
+    assert p["throttle_h"]["target blob"] == 0.83 and p["documented_rates"] == ["source blob", "target blob"]
+    assert p["lower_bound_rates"] == ["target artifacts"]
+    assert estimate.p50_for("target blob", measured) == 70.0
+    lines = estimate.table(w, measured, {}, p)
+    assert [line for line in lines if line.startswith("source blob") and "20,000/s documented" in line]
+    assert not [line for line in lines if " blob " in line and "not probed" in line]
 
 
 def test_the_formula_matches_the_benchs_measured_requests_per_job():

@@ -26,17 +26,13 @@ These are private internals: if they changed shape, the first use stops with one
 from __future__ import annotations
 
 import os
-import re
 import threading
 
+from runner.azureml.workspace import scope_of
 from runner.core.errors import ReplayerError, UsageError, first_line
 from runner.mlflow import uris
 
 SUPPORTED = "azureml-mlflow 1.62 (pinned in pyproject.toml)"
-WORKSPACE_RE = re.compile(
-    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/providers/microsoft\.machinelearningservices/workspaces/(?P<ws>[^/?#]+)",
-    re.IGNORECASE,
-)
 JOB_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID")
 
 _lock = threading.Lock()
@@ -116,8 +112,8 @@ class ExplainedCredential:
 
 
 def workspace_key(uri: str) -> tuple[str, str, str] | None:
-    match = WORKSPACE_RE.search(str(uri))
-    return (match["sub"].lower(), match["rg"].lower(), match["ws"].lower()) if match else None
+    ref = scope_of(uri)
+    return ref.key if ref else None
 
 
 def is_job_workspace(uri: str) -> bool:

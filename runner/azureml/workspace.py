@@ -1,6 +1,8 @@
 """Naming an Azure ML workspace: an `azureml://subscriptions/S/resourcegroups/R/workspaces/W` URI
 or the path of the portal's `config.json` (subscription_id, resource_group, workspace_name,
-optional tenant_id)."""
+optional tenant_id). Its MLflow URIs (`azureml://HOST/mlflow/v2.0/subscriptions/S/resourceGroups/R/
+providers/Microsoft.MachineLearningServices/workspaces/W[/experiments/...]`) name it by the same
+scope: `scope_of` reads it there (ARM names are case-insensitive, as the regexes are)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,10 @@ from runner.core.errors import UsageError
 URI_RE = re.compile(
     r"^azureml://subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/"
     r"(?:providers/microsoft\.machinelearningservices/)?workspaces/(?P<ws>[^/?#]+)/?$",
+    re.IGNORECASE,
+)
+SCOPE_RE = re.compile(  # the ARM scope inside a workspace's MLflow tracking URI, run roots and artifact URIs
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/providers/microsoft\.machinelearningservices/workspaces/(?P<ws>[^/?#]+)",
     re.IGNORECASE,
 )
 CONFIG_KEYS = ("subscription_id", "resource_group", "workspace_name")
@@ -28,6 +34,18 @@ class WorkspaceRef:
     @property
     def uri(self) -> str:
         return f"azureml://subscriptions/{self.subscription_id}/resourcegroups/{self.resource_group}/workspaces/{self.workspace_name}"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(subscription, resource group, workspace) in lower case: one workspace however it is spelled."""
+        return self.subscription_id.lower(), self.resource_group.lower(), self.workspace_name.lower()
+
+
+def scope_of(uri: str) -> WorkspaceRef | None:
+    """The workspace an Azure ML MLflow URI names by its scope (a tracking URI, a run's artifact root),
+    as spelled there; None for a URI without one."""
+    match = SCOPE_RE.search(str(uri))
+    return WorkspaceRef(match["sub"], match["rg"], match["ws"]) if match else None
 
 
 def is_azureml(uri: str) -> bool:

@@ -24,7 +24,13 @@ bench/azure_scale_report.py, whose measured counts the formula matches):
   node of the migration (shards read the same source and write the same target), so this bound
   does not fall with more nodes. One bucket per (workspace, family) is an assumption (Azure
   documents none for run history or MLflow; tests/fakes/azureml_latency.py says why).
+Buckets are named `end family`, end `source` or `target`; when both ends are one workspace (or one
+MLflow server), Azure meters the workspace, not the end: one bucket per family, `workspace family`,
+carries both ends' requests (`buckets(..., shared=True)`).
 A rate measured without a 429 is a lower bound: the throttle bound it gives is then an upper bound.
+Blob is never probed (no request of it can be made without a SAS): a workspace's blob bucket (its
+storage account) gets the rate Azure documents, `BLOB_RATE` (`documented_rates`), marked documented,
+never measured or found.
 Break-even: the rate each bucket must allow for the migration to fit in `goal_h` hours, its
 requests / (goal_h x 3600); enough only where the latency floor fits too.
 """
@@ -42,7 +48,13 @@ LISTING_PAGE = 100  # files a listing page: the service's own size, 100 on the b
 REGISTER_BATCH = 50  # paths per batch/metadata request (runner.azureml.run_history.REGISTER_BATCH)
 FAMILIES = ("mlflow", "artifacts", "blob")  # artifacts: run history's artifact routes (the bench's family of that name)
 ENDS = ("source", "target")
+SHARED = "workspace"  # the end of a bucket both ends share (one workspace, one MLflow server)
 GOAL_H = 1.0
+# "Maximum request rate per storage account: 20,000 requests per second" (MicrosoftDocs/azure-docs,
+# includes/azure-storage-account-limits-standard.md; learn.microsoft.com "Scalability and performance
+# targets for standard storage accounts" now lists 40,000/s in a few regions, 20,000/s elsewhere).
+# A target, not a measurement: a workspace's default storage account is a standard one.
+BLOB_RATE = 20_000.0
 
 
 def requests_per_job(keys: int, batches: int, files: int, verify: bool = True, page: int = LISTING_PAGE,
@@ -120,35 +132,59 @@ class Measured:
     rate: float  # requests/s; 0: none measured
     found: bool  # a 429 was met (else the rate is a lower bound)
     p50_ms: float | None
+    documented: bool = False  # the rate is the one Azure documents (BLOB_RATE), not measured
+
+
+def documented_rates(measured: dict[str, Measured]) -> dict[str, Measured]:
+    """The blob bucket of every end whose run history was probed (a workspace: its files are blobs in its
+    storage account) at the documented BLOB_RATE; its latency stays its end's artifacts' (p50_for)."""
+    ends = [key.split(" ")[0] for key in measured if key.split(" ")[1] == "artifacts"]
+    return {f"{end} blob": Measured(BLOB_RATE, found=False, p50_ms=None, documented=True) for end in ends}
 
 
 def p50_for(key: str, measured: dict[str, Measured]) -> float | None:
     """A bucket's p50: its own; blob's (not probed: no request of it can be made without a SAS) its end's
-    run history artifacts'; else the other end's of the same family; None if nothing was measured."""
+    run history artifacts'; else the other end's of the same family (none for a shared bucket); None if
+    nothing was measured."""
     end, family = key.split(" ")
-    other = "target" if end == "source" else "source"
-    for candidate in (key, f"{end} artifacts" if family == "blob" else None, f"{other} {family}"):
+    other = {"source": "target", "target": "source"}.get(end)
+    for candidate in (key, f"{end} artifacts" if family == "blob" else None, f"{other} {family}" if other else None):
         if candidate in measured and measured[candidate].p50_ms is not None:
             return measured[candidate].p50_ms
     return None
 
 
-def loads(workload: Workload) -> dict[str, float]:
-    """Requests of the whole migration per `end family`."""
-    return {f"{end} {family}": workload.jobs * n for end, families in workload.per_job.items() for family, n in families.items()}
+def buckets(workload: Workload, shared: bool = False) -> dict[str, float]:
+    """Requests a job per bucket: `end family`, or with `shared` (both ends one workspace) `workspace family`,
+    both ends' requests together."""
+    if shared:
+        return {f"{SHARED} {family}": sum(workload.per_job.get(end, {}).get(family, 0.0) for end in ENDS) for family in FAMILIES}
+    return {f"{end} {family}": n for end, families in workload.per_job.items() for family, n in families.items()}
 
 
-def projection(workload: Workload, measured: dict[str, Measured], parallel: int, shards: int, goal_h: float = GOAL_H) -> dict:
-    """Hours on 1 node and on `shards` nodes, the bounding bucket and the break-even rates (module docstring)."""
-    load = loads(workload)
+def loads(workload: Workload, shared: bool = False) -> dict[str, float]:
+    """Requests of the whole migration per bucket (`buckets`)."""
+    return {key: workload.jobs * n for key, n in buckets(workload, shared).items()}
+
+
+def projection(workload: Workload, measured: dict[str, Measured], parallel: int, shards: int, goal_h: float = GOAL_H,
+               shared: bool | None = None) -> dict:
+    """Hours on 1 node and on `shards` nodes, the bounding bucket and the break-even rates (module docstring).
+    `shared`: both ends are one workspace, its buckets `workspace family` (`buckets`); None: as the probes'
+    buckets say (runner.ends.estimate_reads names them `workspace family` then), so the two cannot disagree."""
+    if shared is None:
+        shared = any(key.split(" ")[0] == SHARED for key in measured)
+    load = loads(workload, shared)
     unmeasured = sorted(k for k in load if load[k] and p50_for(k, measured) is None)
     latency_s = sum(n * (p50_for(k, measured) or 0.0) / 1000 for k, n in load.items())
     throttle = {k: n / measured[k].rate for k, n in load.items() if k in measured and measured[k].rate > 0}
     bound = max(throttle, key=throttle.get) if throttle else None
     throttle_s = throttle.get(bound, 0.0)
-    out = {"jobs": workload.jobs, "parallel": parallel, "shards": shards, "goal_h": goal_h, "requests": {k: round(n) for k, n in load.items()},
+    out = {"jobs": workload.jobs, "parallel": parallel, "shards": shards, "goal_h": goal_h, "shared": shared,
+           "per_job": {k: round(n, 2) for k, n in buckets(workload, shared).items()}, "requests": {k: round(n) for k, n in load.items()},
            "throttle_h": {k: round(s / 3600, 2) for k, s in throttle.items()}, "unmeasured_latency": unmeasured,
-           "lower_bound_rates": sorted(k for k in throttle if not measured[k].found),
+           "lower_bound_rates": sorted(k for k in throttle if not measured[k].found and not measured[k].documented),
+           "documented_rates": sorted(k for k in throttle if measured[k].documented),
            "break_even_per_s": {k: round(n / (goal_h * 3600), 2) for k, n in load.items() if n}}
     for nodes in dict.fromkeys((1, shards)):
         floor_s = latency_s / (parallel * nodes)
@@ -165,7 +201,9 @@ def summary_line(p: dict) -> str:
     one, many = p["shards"] == 1, p["shards"]
     hours = f"{p['hours_1']} h on 1 node" + ("" if one else f", {p[f'hours_{many}']} h on {many} nodes")
     bound = p[f"bound_{many}"]
-    why = (f"bound by {bound} (throttle {p['throttle_h'][bound]} h{', at most: its rate is a lower bound' if bound in p['lower_bound_rates'] else ''})"
+    caveat = (", at most: its rate is a lower bound" if bound in p["lower_bound_rates"]
+              else ", at its documented rate" if bound in p.get("documented_rates", ()) else "")
+    why = (f"bound by {bound} (throttle {p['throttle_h'][bound]} h{caveat})"
            if bound != "latency" else f"bound by latency (floor {p[f'latency_floor_h_{many}']} h)")
     busiest = max(p["break_even_per_s"], key=p["break_even_per_s"].get) if p["break_even_per_s"] else None
     even = f"; break-even for {p['goal_h']:g} h: {busiest} {p['break_even_per_s'][busiest]}/s" if busiest else ""
@@ -173,20 +211,25 @@ def summary_line(p: dict) -> str:
 
 
 def table(workload: Workload, measured: dict[str, Measured], results: dict[str, dict], p: dict) -> list[str]:
-    """Per bucket: requests a job and in all, the measured rate, latency, hours at that rate, break-even."""
+    """Per bucket: requests a job and in all, the rate (measured, or documented for blob), latency, hours at
+    that rate, break-even. A bucket both ends share reads `workspace family`, its per-job column both ends'."""
     lines = [workload.line(),
-             f"{'bucket':<16}{'per job':>9}{'requests':>13}  {'rate measured':<30}{'p50 ms':>8}{'p95 ms':>8}{'throttle h':>11}{'1 h needs':>11}"]
+             f"{'bucket':<20}{'per job':>9}{'requests':>13}  {'rate':<30}{'p50 ms':>8}{'p95 ms':>8}{'throttle h':>11}{'1 h needs':>11}"]
     for key, n in p["requests"].items():
         result = results.get(key)
-        rate = result["describe"] if result else "not probed"
+        rate = result["describe"] if result else rate_described(measured.get(key))
         p50 = p50_for(key, measured)
         p95 = result.get("p95_ms") if result else None
-        end, family = key.split(" ")
-        lines.append(f"{key:<16}{workload.per_job[end][family]:>9.2f}{n:>13,}  {rate:<30}{fmt(p50):>8}{fmt(p95):>8}"
+        lines.append(f"{key:<20}{p['per_job'][key]:>9.2f}{n:>13,}  {rate:<30}{fmt(p50):>8}{fmt(p95):>8}"
                      f"{fmt(p['throttle_h'].get(key)):>11}{fmt(p['break_even_per_s'].get(key)):>11}")
     if p["unmeasured_latency"]:
         lines.append(f"no latency measured for {', '.join(p['unmeasured_latency'])}: left out of the latency floor")
     return lines
+
+
+def rate_described(measured: Measured | None) -> str:
+    """The rate column of a bucket no probe ran for."""
+    return f"{measured.rate:,.0f}/s documented" if measured is not None and measured.documented else "not probed"
 
 
 def fmt(value) -> str:
