@@ -155,7 +155,7 @@ def workspaces(args, work: Path):
     from fakes import azureml_artifacts, azureml_latency
     from fakes import azureml_seed as seed
     from fakes.azureml_control_plane import FakeControlPlane, FakeWorkspace
-    from servers import MlflowServer
+    from servers import MlflowServer, start_all
 
     specs, builders = workload.jobs(args.jobs)
     plan = workload.files(specs, args.files, args.min_kb, args.max_kb)
@@ -164,10 +164,10 @@ def workspaces(args, work: Path):
     started = time.monotonic()
     workload.seed_mlflow(work / "source-mlflow", specs, args.metrics, args.steps)
     with contextlib.ExitStack() as stack:
-        def server(name: str) -> str:
-            return stack.enter_context(MlflowServer(work / name)).uri
-
-        source_uri, target_uri, peer_uri = server("source-mlflow"), server("target-mlflow"), server("peer-mlflow")
+        running = start_all(*(MlflowServer(work / name) for name in ("source-mlflow", "target-mlflow", "peer-mlflow")))
+        for server in running:
+            stack.callback(server.stop)
+        source_uri, target_uri, peer_uri = (server.uri for server in running)
         # Page sizes: not recorded; the tests keep them small to exercise paging.
         fake = stack.enter_context(FakeControlPlane(work / "fake", source_uri, list_page=100, children_page=50))
         azureml_artifacts.PAGE = 100

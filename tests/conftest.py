@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers import MlflowServer  # noqa: E402
+from servers import MlflowServer, start_all  # noqa: E402
 
 import runner.ends  # noqa: E402,F401 - both ends loaded, as the CLI loads them: their stores register with runner.files
 
@@ -26,9 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def servers(tmp_path_factory):
     """(source, target) mlflow servers on loopback, sqlite-backed, serving artifacts."""
     base = tmp_path_factory.mktemp("servers")
-    source, target = MlflowServer(base / "source"), MlflowServer(base / "target")
-    source.start()
-    target.start()
+    source, target = start_all(MlflowServer(base / "source"), MlflowServer(base / "target"))
     yield source, target
     source.stop()
     target.stop()

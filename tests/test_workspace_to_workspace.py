@@ -34,7 +34,7 @@ from fakes import azureml_artifacts, azureml_latency
 from fakes.azureml_latency import BlobCounter, blob_route as plain_blob_route, family, route, turn_off, turn_on
 from fakes import azureml_seed as seed
 from fakes.azureml_control_plane import REQUEST_HOOKS, FakeControlPlane, FakeWorkspace, write_fake_az
-from servers import MlflowServer
+from servers import MlflowServer, start_all
 
 SUB, RG = "3c6a0b1e-0000-4000-8000-00000000a2a2", "rg-move"
 EXPERIMENTS = "fraud-baseline,fraud-pipelines"  # the experiments whose jobs hold files
@@ -50,8 +50,7 @@ def move(tmp_path_factory):
     base = tmp_path_factory.mktemp("ws-to-ws")
     specs, builders = seed.build_specs()
     seed.seed_mlflow(base / "source-mlflow", specs)
-    source_mlflow = MlflowServer(base / "source-mlflow").start()
-    target_mlflow = MlflowServer(base / "target-mlflow").start()
+    source_mlflow, target_mlflow = start_all(MlflowServer(base / "source-mlflow"), MlflowServer(base / "target-mlflow"))
     fake = FakeControlPlane(base / "fake", source_mlflow.uri).start()
     azurite = Azurite(base / "azurite")
     storage = CloudStorage(base / "storage", ca=fake.ca)
