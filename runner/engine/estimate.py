@@ -52,7 +52,8 @@ SHARED = "workspace"  # the end of a bucket both ends share (one workspace, one 
 GOAL_H = 1.0
 # "Maximum request rate per storage account: 20,000 requests per second" (MicrosoftDocs/azure-docs,
 # includes/azure-storage-account-limits-standard.md; learn.microsoft.com "Scalability and performance
-# targets for standard storage accounts" now lists 40,000/s in a few regions, 20,000/s elsewhere).
+# targets for standard storage accounts" now lists 40,000/s in about 30 regions, East US and West
+# Europe among them, 20,000/s elsewhere).
 # A target, not a measurement: a workspace's default storage account is a standard one.
 BLOB_RATE = 20_000.0
 
