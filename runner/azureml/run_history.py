@@ -47,12 +47,12 @@ from runner.core import retry
 from runner.core.errors import EndpointError, UsageError, first_line
 from runner.core.records import ArtifactRef
 from runner.azureml.blob import GET_SIZES, blob_stat, copy_into_blob, downloaded, pooled_transport, server_side_refusals, set_content_md5, write_block_blob
+from runner.azureml.workspace import SCOPE_RE
 from runner.files import stores
 
-RUN_ROOT = re.compile(
-    r"^azureml://(?P<host>[^/?#]+)/mlflow/v[0-9.]+/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
-    r"/providers/microsoft\.machinelearningservices/workspaces/(?P<ws>[^/]+)"
-    r"/experiments/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts/?$",
+RUN_ROOT = re.compile(  # a run's artifact root: the workspace's scope (SCOPE_RE) between the host and the run
+    r"^azureml://(?P<host>[^/?#]+)/mlflow/v[0-9.]+" + SCOPE_RE.pattern
+    + r"/experiments/(?P<experiment>[^/]+)/runs/(?P<run>[^/]+)/artifacts/?$",
     re.IGNORECASE,
 )
 HEAD_THREADS = 8  # blob HEADs in flight while listing a run's files
