@@ -258,16 +258,50 @@ def test_a_burst_is_not_reported_as_rate_the_found_rate_is_held():
 
 def test_children_come_in_their_parents_search():
     """A child's runs/get is 0 at each end: its parent's one search of children stands for it (the check's
-    child groups, runner/engine/child_groups.py; the source's plan). One parent and two children sampled:
-    3 runs/get become 1 + 1 search at each end, 2/3 a job, where 1 a job was counted before."""
+    child groups, runner/engine/child_groups.py; the source's plan). Two parents of four children each, 10
+    jobs: a spread sample of 5 draws a parent and four children of both parents (0, 2, 4, 6, 8), each
+    child carrying a quarter of its parent's search: 1 / 5 = 0.2 searches a job at each end, the whole
+    selection's 2 parents / 10 jobs, as when all 10 are sampled."""
+    from runner.core.filters import spread
     from runner.core.records import JobRecord
 
     assert requests_per_job(5, 2, 3, child=True)["source"]["mlflow"] == requests_per_job(5, 2, 3)["source"]["mlflow"] - 1
     assert requests_per_job(5, 2, 3, child=True)["target"]["mlflow"] == requests_per_job(5, 2, 3)["target"]["mlflow"] - 1
-    jobs = [JobRecord(source_id="p", name="p", experiment="e"),
-            *(JobRecord(source_id=c, name=c, experiment="e", parent_id="p", depth=1) for c in ("c1", "c2"))]
-    source = SimpleNamespace(count=lambda: 3, jobs=lambda: iter(jobs), metrics=lambda job: iter(()), artifacts=lambda job: iter(()))
-    w = estimate.sample_workload(source, 20, lambda job, points: sum(1 for _ in points) or 1)
+    jobs = [job for p in ("p1", "p2") for job in (JobRecord(source_id=p, name=p, experiment="e"),
+            *(JobRecord(source_id=f"{p}c{i}", name="c", experiment="e", parent_id=p, depth=1) for i in range(4)))]
+    source = SimpleNamespace(count=lambda: 10, metrics=lambda job: iter(()), artifacts=lambda job: iter(()),
+                             sample=lambda n: ((job, 4 if job.parent_id else 0) for job in spread(jobs, n)))
     alone = requests_per_job(0, 1, 0)
-    assert w.per_job["source"]["mlflow"] == pytest.approx(alone["source"]["mlflow"] * 1 / 3 + 1 / 3)
-    assert w.per_job["target"]["mlflow"] == pytest.approx(alone["target"]["mlflow"] - 1 + 2 / 3)
+    for n, roots in ((5, 1), (20, 2)):
+        w = estimate.sample_workload(source, n, lambda job, points: sum(1 for _ in points) or 1)
+        sampled = min(n, 10)
+        gets = roots / sampled  # a root's own runs/get; the children have none
+        assert w.per_job["source"]["mlflow"] == pytest.approx(gets + 0.2), n
+        assert w.per_job["target"]["mlflow"] == pytest.approx(alone["target"]["mlflow"] - 1 + gets + 0.2), n
+
+
+def test_the_sample_is_spread_over_the_selection_with_each_jobs_siblings(azure, monkeypatch, tmp_path):
+    """`Source.sample`: jobs spread evenly over `jobs()`'s order, each with how many selected jobs share its
+    parent, from the AzureML source (the fixture workspace, in process), an MLflow store (the demo) and a
+    manifest folder (the demo extracted)."""
+    from runner.core.filters import Filters, spread
+    from runner.demo import seed as seed_demo
+    from runner.mlflow.source import MlflowSource
+
+    assert spread(range(10), 3) == [0, 3, 6] and spread("abc", 5) == ["a", "b", "c"] and spread([], 2) == []
+    for key, value in azure.env.items():
+        monkeypatch.setenv(key, value)
+    from runner.engine.extract import extract
+    from runner.engine.manifest import ManifestSource
+    from runner.files.options import ArtifactOptions
+
+    seed_demo(str(tmp_path / "demo"))
+    extract(MlflowSource(str(tmp_path / "demo"), Filters()), str(tmp_path / "manifest"), artifacts=ArtifactOptions(mode="none"))
+    for source in (AzuremlSource(URI, credential=FakeCredential()), MlflowSource(str(tmp_path / "demo"), Filters()),
+                   ManifestSource(tmp_path / "manifest", Filters())):
+        every = list(source.jobs())
+        parents = [job.parent_id for job in every if job.parent_id]
+        drawn = list(source.sample(4))
+        assert [job.source_id for job, _ in drawn] == [job.source_id for job in spread(every, 4)], source
+        assert [siblings for _, siblings in drawn] == [parents.count(job.parent_id) if job.parent_id else 0 for job, _ in drawn]
+        assert len(every) > 4 and sum(1 for _, siblings in drawn if siblings) >= 2, (source, drawn)  # children drawn, not only roots

@@ -41,7 +41,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +52,7 @@ from loguru import logger
 from runner.mlflow import uris
 from runner.azureml.credentials import CREDENTIAL_HINTS, workspace_credential
 from runner.core.errors import EndpointError, ReplayerError, UsageError, first_line
-from runner.core.filters import Filters
+from runner.core.filters import Filters, spread
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow.source import list_experiments, metric_history, run_or_none
 from runner.azureml.sibling_runs import SiblingRuns, planned_children
@@ -195,6 +195,13 @@ class AzuremlSource:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
+
+    def sample(self, n: int) -> Iterator[tuple[JobRecord, int]]:
+        """`n` jobs spread over the plan, each read alone (a child by its own `runs/get`), with its siblings."""
+        plan = self.plan()
+        siblings = Counter(node.parent for node in plan if node.depth)
+        for node in spread(plan, n):
+            yield self._record(node), siblings[node.parent] if node.depth else 0
 
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
         with self._mlflow_errors(f"read the metrics of job {job.source_id}"):

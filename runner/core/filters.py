@@ -6,8 +6,11 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence, TypeVar
 
 from runner.core.errors import UsageError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -105,6 +108,14 @@ class Filters:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def spread(items: Sequence[T], n: int) -> list[T]:
+    """`n` items evenly over a sequence, in its order (all of it when it holds no more): `replayer estimate`'s
+    sample, so that a workspace whose first experiment is unlike the rest is still sampled across."""
+    if n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def shard_of(root_id: str, count: int) -> int:

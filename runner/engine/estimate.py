@@ -12,7 +12,8 @@ log-batch requests and F files, pages of `page` files a listing:
 split by where each request goes (`requests_per_job`): the source's MLflow a `runs/get` and K
 `get-history`; the target's MLflow create, status, completion tag and B `log-batch` (the check: a
 `runs/get` and K `get-history`); a child's `runs/get` is 0 at either end, its parent's one search
-of children standing for them (`sample_workload` adds that search per parent sampled); run history's artifact routes a listing page per `page` files on
+of children standing for them (`sample_workload` adds a 1/siblings share of that search per child
+sampled); run history's artifact routes a listing page per `page` files on
 the source, a registration per 50 new paths on the target (the check: the target's listing); blob
 a HEAD per file on the source, the copy on the target (the check: a HEAD there). Per experiment and
 per parent a few more (get-by-name, a children page) that the formula leaves out.
@@ -36,7 +37,6 @@ requests / (goal_h x 3600); enough only where the latency floor fits too.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
@@ -94,17 +94,18 @@ class Workload:
 
 def sample_workload(source: Source, sample: int, count_batches: Callable[[JobRecord, Iterator[MetricPoint]], int],
                     verify: bool = True) -> Workload:
-    """Count the selected jobs, read the first `sample` of them (their metric histories and file lists, as
-    a migration would) and average the formula over them. The first jobs, not a spread: reaching a spread
-    would read every job. `count_batches(job, points)` says how many log-batch requests the target takes."""
+    """Count the selected jobs, read `sample` of them spread evenly over the selection (`Source.sample`: their
+    metric histories and file lists, as a migration would; the first N would be one experiment's first
+    pipeline and its steps) and average the formula over them. `count_batches(job, points)` says how many
+    log-batch requests the target takes."""
     workload = Workload(jobs=source.count(), sampled=0, verify=verify)
     rows = []
-    for job in itertools.islice(source.jobs(), sample):
+    for job, siblings in source.sample(sample):
         workload.first = workload.first or (job.experiment, job.source_id)
         keys: dict[str, int] = {}
         batches = count_batches(job, counted(source.metrics(job), keys))  # streamed: a long history is never held
         files = sum(1 for _ in source.artifacts(job))
-        rows.append((len(keys), sum(keys.values()), files, batches, job.parent_id))
+        rows.append((len(keys), sum(keys.values()), files, batches, siblings))
     if not rows:
         return workload
     workload.sampled = len(rows)
@@ -112,9 +113,11 @@ def sample_workload(source: Source, sample: int, count_batches: Callable[[JobRec
     workload.points_per_key = sum(r[1] for r in rows) / max(1, sum(r[0] for r in rows))
     workload.files = sum(r[2] for r in rows) / len(rows)
     workload.batches = sum(r[3] for r in rows) / len(rows)
-    each = [requests_per_job(k, b, f, verify, child=bool(parent)) for k, _, f, b, parent in rows]  # the mean of ceil()
+    each = [requests_per_job(k, b, f, verify, child=bool(siblings)) for k, _, f, b, siblings in rows]  # the mean of ceil()
     workload.per_job = {end: {f: sum(e[end][f] for e in each) / len(each) for f in FAMILIES} for end in ENDS}
-    searches = len({parent for *_, parent in rows if parent}) / len(rows)  # one search of children per parent, each end
+    # One search of children per parent, each end: a sampled child carries 1/siblings of its parent's, so
+    # the mean over a spread sample is parents with children per job, whichever children were drawn.
+    searches = sum(1 / siblings for *_, siblings in rows if siblings) / len(rows)
     workload.per_job["source"]["mlflow"] += searches
     if verify:
         workload.per_job["target"]["mlflow"] += searches

@@ -19,12 +19,13 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from runner.core.errors import ManifestError, UsageError
-from runner.core.filters import Filters
+from runner.core.filters import Filters, spread
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint, decode_float, encode_float
 
 SCHEMA_VERSION = 1
@@ -209,6 +210,14 @@ class ManifestSource:
 
     def count(self) -> int:
         return self._count
+
+    def sample(self, n: int) -> Iterator[tuple[JobRecord, int]]:
+        """`n` selected jobs spread over the file, with their siblings (two passes; a record is kept only when taken)."""
+        siblings = Counter(job.parent_id for job in self.jobs() if job.parent_id)
+        taken = set(spread(range(self._count), n))
+        for index, job in enumerate(self.jobs()):
+            if index in taken:
+                yield job, siblings[job.parent_id] if job.parent_id else 0
 
     def jobs(self, records: Iterator[JobRecord] | None = None) -> Iterator[JobRecord]:
         f = self.filters

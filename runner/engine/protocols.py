@@ -24,6 +24,11 @@ class Source(Protocol):
     def count(self) -> int:
         """How many jobs `jobs()` yields (for progress)."""
 
+    def sample(self, n: int) -> Iterator[tuple[JobRecord, int]]:
+        """`n` of those jobs spread evenly over `jobs()`'s order (runner.core.filters.spread), each read
+        without reading the others, with how many selected jobs share its parent (0 for a root): what
+        `replayer estimate` measures a workload by (a parent's children are read in one search)."""
+
     def metrics(self, job: JobRecord) -> Iterator[MetricPoint]:
         """Every metric point of a job, key by key, in logged order."""
 

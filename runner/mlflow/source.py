@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Iterator
 
 from runner.mlflow import uris
 from runner.core.errors import UsageError
-from runner.core.filters import Filters
+from runner.core.filters import Filters, spread
 from runner.core.records import ArtifactRef, Experiment, JobRecord, MetricPoint
 from runner.mlflow import model_inputs, run_inputs
 from runner.mlflow.bulk import BulkHistories
@@ -185,20 +185,29 @@ class MlflowSource:
         return len(self.plan())
 
     def jobs(self) -> Iterator[JobRecord]:
-        names = {e.source_id: e.name for e in self.experiments()}
         plan = self.plan()
         for start in range(0, len(plan), FETCH):
-            chunk = plan[start : start + FETCH]
-            runs = {r.info.run_id: r for r in self._by_ids([n.run_id for n in chunk])}
-            self._histories.prefetch({run_id: sorted(run.data.metrics) for run_id, run in runs.items()})
-            evaluated = self._model_inputs.fill(runs) if self.reads_model_inputs else {}  # search pages carry no model inputs: get_run, where models exist
-            for node in chunk:
-                run = runs.get(node.run_id)
-                if run is not None:  # deleted between the two passes: nothing to copy
-                    self._remember(run)
-                    record = to_record(run, node, names[node.experiment_id])
-                    record.model_inputs = evaluated.get(node.run_id, [])
-                    yield record
+            yield from self._records(plan[start : start + FETCH])
+
+    def sample(self, n: int) -> Iterator[tuple[JobRecord, int]]:
+        plan = self.plan()
+        siblings = Counter(node.parent_id for node in plan if node.parent_id)
+        for job in self._records(spread(plan, n)):
+            yield job, siblings[job.parent_id] if job.parent_id else 0
+
+    def _records(self, chunk: list[Node]) -> Iterator[JobRecord]:
+        """These planned runs as records, read together (at most FETCH)."""
+        names = {e.source_id: e.name for e in self.experiments()}
+        runs = {r.info.run_id: r for r in self._by_ids([n.run_id for n in chunk])}
+        self._histories.prefetch({run_id: sorted(run.data.metrics) for run_id, run in runs.items()})
+        evaluated = self._model_inputs.fill(runs) if self.reads_model_inputs else {}  # search pages carry no model inputs: get_run, where models exist
+        for node in chunk:
+            run = runs.get(node.run_id)
+            if run is not None:  # deleted between the two passes: nothing to copy
+                self._remember(run)
+                record = to_record(run, node, names[node.experiment_id])
+                record.model_inputs = evaluated.get(node.run_id, [])
+                yield record
 
     # -- one run's contents -----------------------------------------------------------------
 
