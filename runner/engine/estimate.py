@@ -171,13 +171,11 @@ def loads(workload: Workload, shared: bool = False) -> dict[str, float]:
     return {key: workload.jobs * n for key, n in buckets(workload, shared).items()}
 
 
-def projection(workload: Workload, measured: dict[str, Measured], parallel: int, shards: int, goal_h: float = GOAL_H,
-               shared: bool | None = None) -> dict:
+def projection(workload: Workload, measured: dict[str, Measured], parallel: int, shards: int, goal_h: float = GOAL_H) -> dict:
     """Hours on 1 node and on `shards` nodes, the bounding bucket and the break-even rates (module docstring).
-    `shared`: both ends are one workspace, its buckets `workspace family` (`buckets`); None: as the probes'
-    buckets say (runner.ends.estimate_reads names them `workspace family` then), so the two cannot disagree."""
-    if shared is None:
-        shared = any(key.split(" ")[0] == SHARED for key in measured)
+    Both ends are one workspace, its buckets `workspace family` (`buckets`), when the probes' buckets say so
+    (runner.ends.estimate_reads names them `workspace family` then): the two cannot disagree."""
+    shared = any(key.split(" ")[0] == SHARED for key in measured)
     load = loads(workload, shared)
     unmeasured = sorted(k for k in load if load[k] and p50_for(k, measured) is None)
     latency_s = sum(n * (p50_for(k, measured) or 0.0) / 1000 for k, n in load.items())
