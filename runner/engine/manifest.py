@@ -212,12 +212,17 @@ class ManifestSource:
         return self._count
 
     def sample(self, n: int) -> Iterator[tuple[JobRecord, int]]:
-        """`n` selected jobs spread over the file, with their siblings (two passes; a record is kept only when taken)."""
-        siblings = Counter(job.parent_id for job in self.jobs() if job.parent_id)
+        """`n` selected jobs spread over the file, with their siblings: one pass, holding the `n` drawn records
+        until every parent's children are counted."""
+        siblings: Counter = Counter()
         taken = set(spread(range(self._count), n))
+        drawn = []
         for index, job in enumerate(self.jobs()):
+            if job.parent_id:
+                siblings[job.parent_id] += 1
             if index in taken:
-                yield job, siblings[job.parent_id] if job.parent_id else 0
+                drawn.append(job)
+        return iter([(job, siblings[job.parent_id] if job.parent_id else 0) for job in drawn])
 
     def jobs(self, records: Iterator[JobRecord] | None = None) -> Iterator[JobRecord]:
         f = self.filters
