@@ -101,13 +101,13 @@ main()
 """
 
 
-def run_killed_after(call: str, count: int, *args: str, cwd: Path) -> None:
+def run_killed_after(call: str, count: int, *args: str, cwd: Path, env: dict | None = None) -> None:
     """`replayer ARGS`, killed by SIGKILL right after `call` ("module:Owner.method") returned for
     the `count`th time: a kill aimed at a chosen moment, not at a time."""
     import signal
 
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_CALL, call, str(count), *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(cwd / "logs")})
+                            text=True, timeout=300, env={**os.environ, "REPLAYER_LOG_DIR": str(cwd / "logs"), **(env or {})})
     assert killed.returncode == -signal.SIGKILL, f"exit {killed.returncode}: {killed.stderr[-2000:]}"
 
 

@@ -203,11 +203,11 @@ def test_the_bench_checks_inline_with_the_source_read_once(tmp_path):
 
 
 def test_the_formula_line_sets_replayer_estimates_formula_against_the_run():
-    # 10 jobs of K 5, F 3, 20 log-batch requests (B 2): migrate --verify = 5 + 10 + 2 + 2 + 1 + 9 = 29 a job.
+    # 10 jobs of K 5, F 3, 20 log-batch requests (B 2): migrate --verify = 4 + 10 + 2 + 2 + 1 + 9 = 28 a job.
     row = {"requests": {"arm": 1, "history": 2, "mlflow": 170, "artifacts": 30, "blob": 90, "discovery": 0},
            "routes": {"mlflow": {"POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/log-batch": 20, "GET /x": 150}}}
     assert report.formula_line(row, jobs=10, files=30, keys=5) == (
-        "formula (runner.engine.estimate, K 5, B 2.00, F 3): 29.0 requests a job (MLflow, run history artifacts, blob) against 29.0 carried out")
+        "formula (runner.engine.estimate, K 5, B 2.00, F 3): 28.0 requests a job (MLflow, run history artifacts, blob) against 29.0 carried out")
 
 
 def test_the_estimates_formula_matches_what_the_bench_carried_out(small_bench):

@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 
 from azurite import Azurite
 from cloud_storage import CloudStorage
-from conftest import replayed_runs, run_cli
+from conftest import replayed_runs, run_cli, run_killed_after
 from fakes import azureml_artifacts, azureml_latency
 from fakes.azureml_latency import BlobCounter, blob_route as plain_blob_route, family, route, turn_off, turn_on
 from fakes import azureml_seed as seed
@@ -231,6 +231,35 @@ def test_across_accounts_streams_through_the_write_sas_and_repairs_a_registered_
     assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
 
 
+def test_a_run_killed_before_its_status_is_incomplete_then_repaired(move, unique, tmp_path):
+    """Into Azure ML a new run carries its completion tag from its create-run, awaiting its status
+    (runner.engine.ledger.awaiting): the status update is its last write, and no tag request follows.
+    A migration killed right after a run's data and files, before that update, leaves the run
+    RUNNING with its tag awaiting FINISHED: verify calls it incomplete, the rerun repairs it (its
+    tag then a plain fingerprint, written last), and nothing is copied twice."""
+    pair, workspace = move.pairs["same"], f"await-{unique}"
+    args = ("migrate", "--source", pair.source, "--target", pair.target, "--experiments", EXPERIMENTS, "--workspace", workspace,
+            "--credential", "cli", "--parallel", "1")
+    run_killed_after("runner.mlflow.target:DirectTarget.write_new", 1, *args, cwd=tmp_path, env=move.env)
+    client = MlflowClient(move.target_mlflow.uri)
+    made = replayed_runs(move.target_mlflow.uri, workspace)
+    waiting = {job: client.get_run(run_id) for job, run_id in made.items()}
+    cut = [job for job, run in waiting.items() if "@" in run.data.tags.get("replay.complete", "")]
+    assert len(cut) == 1 and waiting[cut[0]].info.status == "RUNNING", {j: (r.info.status, r.data.tags.get("replay.complete")) for j, r in waiting.items()}
+    awaited = waiting[cut[0]].data.tags["replay.complete"].split("@")[1]
+    assert awaited in ("FINISHED", "FAILED", "KILLED"), awaited
+
+    check = verify(move, pair, workspace, tmp_path)
+    assert check.returncode == 1 and "incomplete (interrupted; rerun replay)" in check.stdout, check.stdout[-3000:]
+    rerun = migrate(move, pair, workspace, tmp_path)
+    assert rerun.returncode == 0 and re.search(r"created \d+, repaired [1-9]", rerun.stderr), rerun.stderr[-3000:]
+    repaired = client.get_run(made[cut[0]])
+    assert repaired.info.status == awaited and "@" not in repaired.data.tags["replay.complete"]
+    assert replayed_runs(move.target_mlflow.uri, workspace)[cut[0]] == made[cut[0]] and len(replayed_runs(move.target_mlflow.uri, workspace)) == 15
+    check = verify(move, pair, workspace, tmp_path)
+    assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
+
+
 def test_only_a_runs_root_in_a_workspace_is_a_run_history_store():
     from runner.azureml.run_history import parse_run_root
 
@@ -328,9 +357,15 @@ def test_migrate_verify_reads_each_source_history_once(move, unique, tmp_path):
                              "target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/search")
     assert (checked[runs_get], checked[runs_search]) == (5, 4 + 1), checked  # + verify's ledger search
     assert (both[runs_get] - copied[runs_get], both[runs_search] - copied[runs_search]) == (5, 4), both
-    # So migrate + verify 159 + 126 = 285 requests; migrate --verify 212: verify's 71 source reads (13
+    # A new run's completion tag rides on its create-run, awaiting its status (runner.engine.ledger.awaiting):
+    # the 15 runs, all finished at the source, take a status update each and no set-tag.
+    set_tag, update = ("target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/set-tag",
+                       "target mlflow POST /mlflow/v2.0/{ws}/api/2.0/mlflow/runs/update")
+    assert (copied[set_tag], copied[update], both[set_tag], both[update]) == (0, 15, 0, 15), copied
+    # So migrate + verify 144 + 126 = 270 requests; migrate --verify 197: verify's 71 source reads (13
     # get-history, 5 runs/get, 5 searches, 19 artifacts, 16 blob, 12 job tree and discovery) and the 2 ledger reads fewer.
-    # (Before the children searches: 15 runs/get and no search, 132 and 218; 10 runs/get became 4 searches.)
+    # (Before the children searches: 15 runs/get and no search, 132 and 218; 10 runs/get became 4 searches.
+    # Before the tag rode on the create-run: 159 and 212, a set-tag per run.)
     # (bright_kiwi_01's 50 accuracy and 2,500 loss points take 10 log-batch requests, not 11: 250 rows per name.)
-    assert (sum(copied.values()), sum(checked.values()), sum(both.values())) == (159, 126, 212)
+    assert (sum(copied.values()), sum(checked.values()), sum(both.values())) == (144, 126, 197)
     assert sum(source(checked).values()) == 71  # with the discovery request (on neither side)

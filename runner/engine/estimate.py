@@ -6,11 +6,12 @@ The formula (docs/performance.md, "Fewer requests per job and per file"; checked
 Azure-shaped bench's measured counts in tests/test_estimate.py), for a job with K metric keys, B
 log-batch requests and F files, pages of `page` files a listing:
 
-    migrate          = 4 + K + B + ceil(F / page) + ceil(F / 50) + 2 F
-    migrate --verify = 5 + 2 K + B + 2 ceil(F / page) + ceil(F / 50) + 3 F
+    migrate          = 3 + K + B + ceil(F / page) + ceil(F / 50) + 2 F
+    migrate --verify = 4 + 2 K + B + 2 ceil(F / page) + ceil(F / 50) + 3 F
 
 split by where each request goes (`requests_per_job`): the source's MLflow a `runs/get` and K
-`get-history`; the target's MLflow create, status, completion tag and B `log-batch` (the check: a
+`get-history`; the target's MLflow create, status and B `log-batch` (the completion tag rides on the
+create on Azure ML, awaiting the status, and on the last batch elsewhere; the check: a
 `runs/get` and K `get-history`); a child's `runs/get` is 0 at either end, its parent's one search
 of children standing for them (`sample_workload` adds a 1/siblings share of that search per child
 sampled); run history's artifact routes a listing page per `page` files on
@@ -64,7 +65,7 @@ def requests_per_job(keys: int, batches: int, files: int, verify: bool = True, p
     listing, register = math.ceil(files / page), math.ceil(files / REGISTER_BATCH)
     get = 0 if child else 1  # a child comes in its parent's search of children
     source = {"mlflow": get + keys, "artifacts": listing, "blob": files}
-    target = {"mlflow": 3 + batches, "artifacts": register, "blob": files}
+    target = {"mlflow": 2 + batches, "artifacts": register, "blob": files}  # create (with the completion tag), status
     if verify:  # the check reads the target only: runs/get, K histories, the listing, a HEAD per file
         target = {"mlflow": target["mlflow"] + get + keys, "artifacts": register + listing, "blob": 2 * files}
     return {"source": source, "target": target}

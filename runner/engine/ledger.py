@@ -2,9 +2,11 @@
 
 The target itself is the ledger: no local state file can be lost or disagree with it.
 - `original_job_id` + `original_workspace` find a replayed run again (run ids cannot be kept).
-- `replay.complete` is written last and holds the source fingerprint at copy time: a run
-  without it was interrupted and is repaired; a run whose fingerprint differs changed at the
-  source since (new metric points, finished, re-tagged) and is brought up to date.
+- `replay.complete` holds the source fingerprint at copy time and is complete once the run's
+  last write is done: a run without it was interrupted and is repaired; a run whose fingerprint
+  differs changed at the source since (new metric points, finished, re-tagged) and is brought up
+  to date. The last write is the tag itself, or, for a run created on Azure ML whose source
+  finished, its status: see `awaiting`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ ORIGINAL_MODEL_ID = "original_model_id"  # on logged models copied into the targ
 # the tool's own tags are never cut or moved to overflow: the error message is cut here.
 MAX_ERROR_TAG = 1000
 COMPLETE = "replay.complete"
+AWAITS = "@"  # "<fingerprint>@<STATUS>": complete once the run's status reads STATUS (`awaiting`)
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 
@@ -51,6 +54,25 @@ def lineage_tags(job: JobRecord, workspace: str) -> dict[str, str]:
 def error_tag(error: str) -> str:
     """A failed job's error message as the target run's `original_error` tag holds it."""
     return error[:MAX_ERROR_TAG]
+
+
+def awaiting(fingerprint: str, status: str) -> str:
+    """The completion tag a new run carries from its create-run, when its last write will be its
+    status: complete once the status reads `status` (a new run reads RUNNING until then).
+
+    On Azure ML the completion tag cannot ride on the last log-batch (nothing says in which order
+    that endpoint applies a batch: runner/mlflow/target.py `completes_in_batch`), so a run's
+    status and its tag were two requests; this way the status update (one request, read back as
+    written: verify compares it) is the mark, and each new run costs one MLflow request less, on
+    the family that bounds a migration between workspaces (docs/performance.md)."""
+    return f"{fingerprint}{AWAITS}{status}"
+
+
+def fingerprint_of(tags: dict[str, str], status: str) -> str:
+    """The source fingerprint a target run is complete for; "" while it is incomplete (no tag, or
+    a tag still awaiting a status the run does not read yet)."""
+    fingerprint, sep, wanted = tags.get(COMPLETE, "").partition(AWAITS)
+    return "" if sep and status != wanted else fingerprint
 
 
 @dataclass

@@ -14,7 +14,7 @@ from loguru import logger
 
 from runner.core.records import TERMINAL_STATUSES, JobRecord, MetricPoint, decode_float
 from runner.engine import limits as caps
-from runner.engine.ledger import COMPLETE, ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, is_own_tag
+from runner.engine.ledger import ORIGINAL_ERROR, PARENT_TAG, RUN_NAME_TAG, error_tag, fingerprint_of, is_own_tag
 from runner.engine.limits import OVERFLOW_PATH, OVERFLOW_TAG, new_overflow
 from runner.engine.mapping import Mapping
 from runner.engine.metric_digest import Digest, count_differences, digests_by_key, point_hash
@@ -101,7 +101,7 @@ class JobChecker:
         if run is None:  # the ledger (or the copy) knew it; the target has it no more
             return [diff("run", "present", "missing")]
         info, data = run.info, run.data
-        if COMPLETE not in data.tags:  # the run as read now, not as the ledger (or the copy that just wrote it) saw it
+        if not fingerprint_of(data.tags, info.status):  # the run as read now, not as the ledger (or the copy that just wrote it) saw it
             return [diff("run", "complete", "incomplete (interrupted; rerun replay)")]
         # What the target could not hold (its tag/metric caps) sits in replay/overflow.json.
         overflow = self.read_overflow(found.run_id) if OVERFLOW_TAG in data.tags else new_overflow()

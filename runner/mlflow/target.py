@@ -22,7 +22,8 @@ from runner.files.roots import source_store
 from runner.mlflow import artifact_store  # noqa: F401 - registers MLflow artifact roots with runner.files
 from runner.mlflow import experiment_overflow, run_inputs, uris
 from runner.core.errors import ReplayerError, UsageError
-from runner.engine.ledger import COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, RUN_NAME_TAG, Ledger, TargetRun, is_own_tag, lineage_tags
+from runner.engine.ledger import (COMPLETE, ORIGINAL_WORKSPACE, PARENT_TAG, RUN_NAME_TAG, Ledger, TargetRun, awaiting, fingerprint_of,
+                                  is_own_tag, lineage_tags)
 from runner.engine import limits as caps
 from runner.engine.limits import MAX_ENTITIES_PER_BATCH, OVERFLOW_PATH, OVERFLOW_TAG, limits_for, new_overflow
 from runner.core.records import TERMINAL_STATUSES, Experiment, JobRecord, MetricPoint
@@ -54,8 +55,12 @@ class DirectTarget:
         # Plain MLflow stores apply a log_batch's params, then metrics, then tags (SqlAlchemyStore and
         # FileStore alike), so a new run's completion tag can ride on its last batch: one request
         # less per run. AzureML's endpoint promises no such order: there it stays a request of its own.
+        # AzureML's endpoint promises no such order: there a new run whose source finished carries
+        # its completion tag from its create-run, awaiting its status (runner.engine.ledger.awaiting),
+        # and the status update is its last write; any other run's tag stays a request of its own.
         self.completes_in_batch = not uris.is_azureml_endpoint(resolved)
         self._completed: set[str] = set()  # runs whose completion tag is written already
+        self._awaiting: set[str] = set()  # runs created with a tag awaiting their status
         self._row_caps: RowCaps | None = None  # see row_caps()
         self.inputs = run_inputs.InputWriter()  # dataset inputs; remembers a target without that route
         self.remember_copied_files = False  # --verify sets it (runner.engine.migrate_verify)
@@ -95,12 +100,10 @@ class DirectTarget:
                 page = self.client.search_runs(ids[start : start + 100], query, ViewType.ALL, max_results=PAGE, page_token=token)
                 for run in page:
                     tags = run.data.tags
-                    if run.info.lifecycle_stage == "deleted" and COMPLETE not in tags:
+                    fingerprint = fingerprint_of(tags, run.info.status)
+                    if run.info.lifecycle_stage == "deleted" and not fingerprint:
                         continue  # an abandoned attempt someone deleted: not ours to resume
-                    ledger.add(
-                        tags["original_job_id"],
-                        TargetRun(run.info.run_id, run.info.experiment_id, tags.get(COMPLETE, ""), run.info.lifecycle_stage),
-                    )
+                    ledger.add(tags["original_job_id"], TargetRun(run.info.run_id, run.info.experiment_id, fingerprint, run.info.lifecycle_stage))
                 token = page.token
                 if not token:
                     break
@@ -186,12 +189,17 @@ class DirectTarget:
         return tags
 
     def create_run(self, job: JobRecord, experiment_id: str, tags: dict[str, str]) -> str:
+        awaits = not self.completes_in_batch and job.status in TERMINAL_STATUSES
+        if awaits:  # complete once finish() sets its status: the run's last write (ledger.awaiting)
+            tags = {**tags, COMPLETE: awaiting(job.fingerprint(), job.status)}
         kept, overflow_tags = self.fit_run_tags(job, tags)
         run_name = kept.pop(RUN_NAME_TAG, None)  # the store sets that tag from the run name
         run = self.client.create_run(experiment_id, start_time=job.start_time, tags=kept, run_name=run_name)
         with self._lock:
             self._artifact_uris[run.info.run_id] = run.info.artifact_uri
             self._tag_overflow[run.info.run_id] = overflow_tags
+            if awaits:
+                self._awaiting.add(run.info.run_id)
         return run.info.run_id
 
     def write_new(self, run_id: str, job: JobRecord, source, scratch: Path) -> int:
@@ -339,14 +347,18 @@ class DirectTarget:
         self.client.delete_run(run_id)
 
     def finish(self, run_id: str, job: JobRecord) -> None:
-        """Status and end time, then the completion tag: always the last write."""
+        """Status and end time, then the completion tag: always the last write. A run created with
+        its tag awaiting its status (create_run) is complete with the status: no tag to write."""
         with self._lock:
             done = run_id in self._completed
             self._completed.discard(run_id)
+            awaited = run_id in self._awaiting
+            self._awaiting.discard(run_id)
         if not done:
             if job.status in TERMINAL_STATUSES:
                 self.client.set_terminated(run_id, job.status, end_time=job.end_time)
-            self.client.set_tag(run_id, COMPLETE, job.fingerprint())
+            if not awaited:
+                self.client.set_tag(run_id, COMPLETE, job.fingerprint())
         if job.lifecycle_stage == "deleted":
             self.client.delete_run(run_id)
         with self._lock:
