@@ -56,7 +56,7 @@ PRELOAD = ("runner.cli", "runner.ends", "mlflow", "mlflow.tracking", "mlflow.sto
 # What runner.core.retry.configure() and runner.core.logs.quiet_libraries() setdefault before any
 # command imports mlflow; the zygote imports under the same values (test_cli_zygote checks the list).
 CLI_ENV_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
@@ -174,12 +174,9 @@ def reader_module() -> str:
     return frame.f_globals.get("__name__", "?") if frame else "?"
 
 
-def serve(path: str) -> dict:
+def serve(listener: socket.socket) -> dict:
     """Answer requests until stdin closes (the worker ended). Returns only in a forked child, with
     its request: the caller then runs the CLI in that child."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
@@ -325,10 +322,13 @@ def zygote_main(path: str) -> None:
     import gc
 
     gc.freeze()  # the preloaded objects stay out of the children's collections: no page copies for them
-    print(json.dumps(facts), flush=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    print(json.dumps(facts), flush=True)  # ready: the socket answers from now on
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # the caller stopped reading the handshake pipe
-    request = serve(path)
+    request = serve(listener)
     become_cli(request, facts)
 
 
