@@ -185,7 +185,7 @@ def test_the_zygote_imports_what_the_cli_would_and_nothing_it_hides(pool):
     facts = pool.facts
     assert {"runner", "mlflow", "loguru", "fire", "requests"} <= set(facts["modules"])
     assert not {"numpy", "pandas", "scipy", "pyarrow"} & set(facts["modules"]), "runner.cli.NOT_IN_IMAGE"
-    assert {"MLFLOW_LOGGING_LEVEL", "PYTHONPATH", "SSL_CERT_FILE"} <= {key for key, _ in cli_zygote.startup_signature({}, facts)}
+    assert {"MLFLOW_LOGGING_LEVEL", "TMPDIR", "SSL_CERT_FILE"} <= {key for key, _ in cli_zygote.startup_signature({}, facts)}
 
 
 def test_the_cli_env_defaults_are_the_ones_runner_sets():
