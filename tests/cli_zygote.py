@@ -21,6 +21,8 @@ What a fork cannot reproduce, and what is done about it (see `fresh_interpreter_
 - A module in the request's cwd named like a preloaded top-level module (`python -m` puts the cwd
   first on sys.path) -> a real process.
 - The str hash seed is the zygote's, shared by its children (a fresh interpreter draws its own).
+- numpy is never imported (runner.cli hides it, and the zygote installs the same finder before
+  mlflow), so no OpenBLAS threads exist to be lost in a fork; fork_child asserts a single thread.
   `random` is reseeded in a forked child by Python (os.register_at_fork) and tempfile's names by
   pid change; tests/test_cli_zygote.py checks both.
 
@@ -84,15 +86,16 @@ def fresh_interpreter_needed(env: dict, cwd: Path, facts: dict) -> str | None:
 
     A forked child shares what the interpreter and the preloaded modules decided at start-up. The
     interpreter's own variables (PYTHON*: path, hash seed, flags, warnings, io encoding) differing from
-    the worker's mean the test wants another interpreter: run one. A module in the cwd named like a
+    the zygotes' mean the test wants another interpreter: run one. A module in the cwd named like a
     preloaded one would have shadowed it (`-m` puts the cwd first on sys.path): run one. Other import-time
     variables are handled by `startup_signature` (a zygote per value), not here."""
-    python_vars = {k for k in {*env, *os.environ} if k.startswith("PYTHON")}
-    differing = sorted(k for k in python_vars if env.get(k) != os.environ.get(k))
+    zygotes = facts["python_env"]
+    differing = sorted(k for k in {*env, *zygotes} if k.startswith("PYTHON") and env.get(k) != zygotes.get(k))
     if differing:
         return f"interpreter variables differ: {', '.join(differing)}"
-    shadows = sorted(name for name in module_names_in(cwd) if name in facts["modules"] and not
-                     facts["modules"][name].startswith(str(cwd.resolve()) + os.sep))
+    here = str(cwd.resolve())
+    shadows = sorted(name for name in module_names_in(cwd) if name in facts["modules"]
+                     and not (facts["modules"][name] + os.sep).startswith(here + os.sep))
     if shadows:
         return f"{cwd} holds modules named like preloaded ones: {', '.join(shadows)}"
     return None
@@ -139,7 +142,8 @@ def preload() -> dict:
     modules = {name: str(Path(getattr(module, "__file__", None) or "").parent) for name, module in list(sys.modules.items())
                if "." not in name and getattr(module, "__file__", None)}
     prefixes = sorted(filter(None, (WHOLE_ENVIRONMENT_READERS[m] for m in reads["*"])))
-    return {"env_keys": sorted(reads["keys"] - IGNORED_READS), "env_prefixes": prefixes, "written": written, "modules": modules, "pid": os.getpid()}
+    python_env = {k: v for k, v in launch_env.items() if k.startswith("PYTHON")}
+    return {"env_keys": sorted(reads["keys"] - IGNORED_READS), "env_prefixes": prefixes, "python_env": python_env, "written": written, "modules": modules, "pid": os.getpid()}
 
 
 class recorded_environment_reads:
@@ -416,13 +420,13 @@ class ZygotePool:
         self.lock = threading.Lock()
         self.counts = {"forked": 0, "fallback": 0, "zygotes": 0}
 
-    def first(self) -> "ZygotePool":
-        """Starts the zygote of the worker's own environment, the one most calls use and the facts' source."""
+    def first_facts(self) -> dict:
+        """The first zygote's facts; it starts with the worker's own environment, the one most calls use."""
         if self.facts is None:
             zygote = self.start(dict(os.environ))
             self.facts = zygote.facts
             self.zygotes[startup_signature(dict(os.environ), self.facts)] = zygote
-        return self
+        return self.facts
 
     def zygote_for(self, env: dict) -> Zygote:
         signature = startup_signature(env, self.facts)
@@ -443,7 +447,7 @@ class ZygotePool:
 
     def run(self, args, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         with self.lock:  # run_cli may be called from several threads at once; the runs themselves overlap
-            reason = fresh_interpreter_needed(env, cwd, self.first().facts)
+            reason = fresh_interpreter_needed(env, cwd, self.first_facts())
             zygote = None if reason else self.zygote_for(env)
             self.counts["fallback" if reason else "forked"] += 1
             if zygote:

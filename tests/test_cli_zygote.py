@@ -32,7 +32,7 @@ def pool(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REPLAYER_LOG_DIR", str(zygote_log_dir))
         own = cli_zygote.ZygotePool()
-        own.first()
+        own.first_facts()
     own.zygote_log_dir = zygote_log_dir
     yield own
     own.stop()
