@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -419,11 +420,13 @@ class ZygotePool:
         self.facts: dict | None = None  # what the imports read, from the first zygote
         self.lock = threading.Lock()
         self.counts = {"forked": 0, "fallback": 0, "zygotes": 0}
+        self.why: list[str] = []  # each fallback's reason, each later zygote's differing variables
 
     def first_facts(self) -> dict:
         """The first zygote's facts; it starts with the worker's own environment, the one most calls use."""
         if self.facts is None:
-            zygote = self.start(dict(os.environ))
+            self.first_env = dict(os.environ)
+            zygote = self.start(self.first_env)
             self.facts = zygote.facts
             self.zygotes[startup_signature(dict(os.environ), self.facts)] = zygote
         return self.facts
@@ -432,6 +435,8 @@ class ZygotePool:
         signature = startup_signature(env, self.facts)
         zygote = self.zygotes.pop(signature, None)
         if zygote is None or not zygote.alive():
+            first = dict(startup_signature(self.first_env, self.facts))
+            self.why.append("zygote for " + ",".join(k for k, v in signature if first.get(k) != v))
             zygote = self.start(env)
         self.zygotes[signature] = zygote  # most recently used last
         while len(self.zygotes) > self.KEEP:
@@ -450,6 +455,8 @@ class ZygotePool:
             reason = fresh_interpreter_needed(env, cwd, self.first_facts())
             zygote = None if reason else self.zygote_for(env)
             self.counts["fallback" if reason else "forked"] += 1
+            if reason:
+                self.why.append(reason)
             if zygote:
                 zygote.users += 1
         if zygote is None:
@@ -466,10 +473,11 @@ class ZygotePool:
         for zygote in self.zygotes.values():
             zygote.stop()
         self.zygotes.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)  # sockets and the zygotes' logs
         report = os.environ.get("REPLAYER_TEST_ZYGOTE_STATS")
         if report:  # for comparing runs: how many CLI calls were forked, fell back, zygotes started
             with open(report, "a") as out:
-                out.write(json.dumps({"pid": os.getpid(), **self.counts}) + "\n")
+                out.write(json.dumps({"pid": os.getpid(), **self.counts, "why": self.why}) + "\n")
 
 
 def real_run(args, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
