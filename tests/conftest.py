@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import MlflowServer, start_all  # noqa: E402
+import cli_zygote  # noqa: E402
 
 import runner.ends  # noqa: E402,F401 - both ends loaded, as the CLI loads them: their stores register with runner.files
 
@@ -70,12 +71,37 @@ def unique():
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m runner ...` as a real process; returns the completed process."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "REPLAYER_LOG_DIR": str((cwd or ROOT) / "logs"), **(env or {})},
-    )
+    """Run `python -m runner ...` as a real process; returns the completed process.
+
+    The process is forked from a warm interpreter that has the CLI's libraries imported (tests/cli_zygote.py)
+    unless REPLAYER_TEST_NO_ZYGOTE=1, or the request needs a fresh interpreter; either way it is a process
+    of its own running the real CLI code, with this cwd, exactly this environment and its own stdout/stderr."""
+    cwd = cwd or ROOT
+    env = {**os.environ, "REPLAYER_LOG_DIR": str(cwd / "logs"), **(env or {})}
+    if os.environ.get(cli_zygote.OFF_VARIABLE) == "1":
+        return run_real_cli(*args, cwd=cwd, timeout=timeout, env=env)
+    return zygotes().run(args, Path(cwd), env, timeout)
+
+
+def run_real_cli(*args: str, cwd: Path, timeout: float = 300, env: dict) -> subprocess.CompletedProcess:
+    """`python -m runner ...` started from scratch: the entry point itself, interpreter start-up included."""
+    return cli_zygote.real_run(args, cwd, env, timeout)
+
+
+_ZYGOTES: list = []
+
+
+def zygotes() -> "cli_zygote.ZygotePool":
+    """This worker's zygote pool, made on first use (a session fixture would not reach module-level helpers)."""
+    if not _ZYGOTES:
+        _ZYGOTES.append(cli_zygote.ZygotePool())
+    return _ZYGOTES[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The zygotes end with the session (they also end on their own when this process goes: stdin closes)."""
+    if _ZYGOTES:
+        _ZYGOTES.pop().stop()
 
 
 # `python -c` body: the CLI, with one client call patched to SIGKILL the process right after its
