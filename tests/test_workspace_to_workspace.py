@@ -255,7 +255,8 @@ def test_a_run_killed_before_its_status_is_incomplete_then_repaired(move, unique
     assert rerun.returncode == 0 and re.search(r"created \d+, repaired [1-9]", rerun.stderr), rerun.stderr[-3000:]
     repaired = client.get_run(made[cut[0]])
     assert repaired.info.status == awaited and "@" not in repaired.data.tags["replay.complete"]
-    assert replayed_runs(move.target_mlflow.uri, workspace)[cut[0]] == made[cut[0]] and len(replayed_runs(move.target_mlflow.uri, workspace)) == 15
+    after = replayed_runs(move.target_mlflow.uri, workspace)
+    assert after[cut[0]] == made[cut[0]] and len(after) == 15
     check = verify(move, pair, workspace, tmp_path)
     assert check.returncode == 0 and "15 runs compared, 15 equal" in check.stdout, check.stdout[-3000:] + check.stderr[-2000:]
 
