@@ -163,10 +163,11 @@ def workspaces(args, work: Path):
           f"({sum(f.size for f in plan) / 1e6:.0f} MB) ...", flush=True)
     started = time.monotonic()
     workload.seed_mlflow(work / "source-mlflow", specs, args.metrics, args.steps)
-    for name in ("source-mlflow", "target-mlflow", "peer-mlflow"):
+    stores = ("source-mlflow", "target-mlflow", "peer-mlflow")
+    for name in stores:
         workload.plan_as_large(work / name)
     with contextlib.ExitStack() as stack:
-        running = start_all(*(MlflowServer(work / name) for name in ("source-mlflow", "target-mlflow", "peer-mlflow")))
+        running = start_all(*(MlflowServer(work / name) for name in stores))
         for server in running:
             stack.callback(server.stop)
         source_uri, target_uri, peer_uri = (server.uri for server in running)

@@ -54,9 +54,10 @@ class DirectTarget:
         self.artifact_stats = CopyStats()  # totals over all runs, for the summary
         # Plain MLflow stores apply a log_batch's params, then metrics, then tags (SqlAlchemyStore and
         # FileStore alike), so a new run's completion tag can ride on its last batch: one request
-        # less per run. AzureML's endpoint promises no such order: there a new run whose source finished carries
-        # its completion tag from its create-run, awaiting its status (runner.engine.ledger.awaiting),
-        # and the status update is its last write; any other run's tag stays a request of its own.
+        # less per run. AzureML's endpoint promises no such order: there a new run whose source
+        # finished carries its completion tag from its create-run, awaiting its status
+        # (runner.engine.ledger.awaiting), and the status update is its last write; any other run's
+        # tag stays a request of its own.
         self.completes_in_batch = not uris.is_azureml_endpoint(resolved)
         self._completed: set[str] = set()  # runs whose completion tag is written already
         self._awaiting: set[str] = set()  # runs created with a tag awaiting their status
